@@ -9,6 +9,7 @@ from ._cache import cache_info, clear_cache, set_cache_max_bytes
 from ._estimator import RelishTextRegressor
 from ._featurizer import BackboneMismatchError
 from ._head import RelishHead
+from ._persistence import load_model, save_model
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,7 @@ __all__ = [
     "cache_info",
     "clear_backbones",
     "clear_cache",
+    "load_model",
+    "save_model",
     "set_cache_max_bytes",
 ]

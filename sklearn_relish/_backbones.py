@@ -44,7 +44,7 @@ EMBEDDED = {
 
 
 def relish_home() -> Path:
-    """Folder for converted backbones (``$SKLEARN_RELISH_HOME``, else ``~/.cache/sklearn_relish``)."""
+    """Where converted backbones go: ``$SKLEARN_RELISH_HOME`` or ``~/.cache/sklearn_relish``."""
     default = Path.home() / ".cache" / "sklearn_relish"
     return Path(os.environ.get("SKLEARN_RELISH_HOME", default)).expanduser()
 
@@ -79,6 +79,7 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
+    print(f"sklearn_relish: converting {source.name} once into {target} ...", flush=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
         model = AutoModel.from_pretrained(folder, gguf_file=gguf_file)
@@ -202,11 +203,18 @@ def load_backbone(
         if key in _REGISTRY:
             return _REGISTRY[key]
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         source = resolve_backbone(name)
         kwargs = {"trust_remote_code": trust_remote_code}
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs)
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a weight-loading bar per fit is noise
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            model = AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         N_LOADS += 1
         # Fingerprint before any cast so it names the weights, not how they are run.
         fingerprint = weights_fingerprint(model)

@@ -128,7 +128,7 @@ class DiskCache:
 
 _MEMORY_CACHE = TokenStateCache()
 # Texts the LLM actually ran on, process-wide: lets tests and benchmarks prove reuse.
-_COUNTERS = {"llm_texts": 0, "llm_batches": 0}
+_COUNTERS = {"llm_texts": 0, "llm_calls": 0}
 
 
 def memory_cache() -> TokenStateCache:
@@ -137,7 +137,7 @@ def memory_cache() -> TokenStateCache:
 
 def count_forward(n_texts: int) -> None:
     _COUNTERS["llm_texts"] += n_texts
-    _COUNTERS["llm_batches"] += 1
+    _COUNTERS["llm_calls"] += 1
 
 
 def set_cache_max_bytes(max_bytes: int) -> None:
@@ -150,13 +150,14 @@ def set_cache_max_bytes(max_bytes: int) -> None:
 def clear_cache() -> None:
     """Empty the in-memory token-state cache and reset its counters."""
     _MEMORY_CACHE.clear()
-    _COUNTERS["llm_texts"] = _COUNTERS["llm_batches"] = 0
+    _COUNTERS["llm_texts"] = _COUNTERS["llm_calls"] = 0
 
 
 def cache_info() -> dict[str, int]:
     """Entries, bytes, bound, hits and misses of the in-memory cache, and LLM work done.
 
-    ``llm_texts`` counts texts the backbone actually ran on in this process.
+    ``llm_texts`` counts texts the backbone actually ran on in this process and
+    ``llm_calls`` the featurization calls that needed the backbone at all.
     """
     cache = _MEMORY_CACHE
     return {

@@ -1,4 +1,4 @@
-"""The ``relish`` command. ``relish demo`` is the main job: RELISH vs TF-IDF + Ridge on real data."""
+"""The ``relish`` command; ``relish demo`` is the main job: RELISH vs TF-IDF + Ridge."""
 
 from __future__ import annotations
 

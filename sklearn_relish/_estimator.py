@@ -352,6 +352,25 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
             verbose=self.verbose,
         )
 
+    # -- pickling -------------------------------------------------------------------------
+    # The pickle holds the head, the target scaling and the backbone's identity; the
+    # backbone's weights never travel (the featurizer drops them) and are re-loaded lazily.
+    _PICKLE_FORMAT = 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_relish_pickle_format"] = self._PICKLE_FORMAT
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        found = state.pop("_relish_pickle_format", None)
+        if found is not None and found > self._PICKLE_FORMAT:
+            raise ValueError(
+                f"This model was saved by a newer sklearn_relish (pickle format {found}); "
+                "upgrade sklearn_relish to load it."
+            )
+        super().__setstate__(state)
+
     # -- prediction -----------------------------------------------------------------------
     def predict(self, X: Any) -> np.ndarray:
         """Predict one number per text (or pair).
