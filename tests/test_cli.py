@@ -1,0 +1,28 @@
+"""`relish demo` end to end on a tiny backbone and a slice of the real data."""
+
+import pytest
+
+from sklearn_relish import _cli
+
+
+def test_demo_prints_the_comparison_table(tiny_llama, capsys):
+    try:
+        from sklearn_relish.datasets import load_vader
+
+        load_vader("tweets", download_if_missing=False)
+    except OSError:
+        pytest.skip("VADER data not prepared (make install prepares it)")
+    code = _cli.main(["demo", "--backbone", tiny_llama, "--n-train", "60", "--n-test", "30",
+                      "--verbose", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "60 train / 30 test" in out
+    for column in ("Pearson", "Spearman", "NRMSE", "R2", "time (s)"):
+        assert column in out
+    assert "TF-IDF + Ridge" in out and "RELISH" in out
+
+
+def test_demo_rejects_a_split_larger_than_the_data(tiny_llama):
+    pytest.importorskip("sklearn_relish.datasets")
+    with pytest.raises(SystemExit, match="exceeds"):
+        _cli.main(["demo", "--backbone", tiny_llama, "--n-train", "5000", "--n-test", "5000"])
