@@ -1,0 +1,225 @@
+"""RelishTextRegressor keeps scikit-learn's contract wherever a regressor is used."""
+
+import io
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TARGETS, TEXTS, small_regressor
+from sklearn.base import clone, is_regressor
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+from sklearn.pipeline import FunctionTransformer, Pipeline
+from sklearn.utils import estimator_checks
+
+from sklearn_relish import RelishTextRegressor, cache_info
+
+# scikit-learn's own checks that apply to an estimator whose X is text; the checks that
+# feed numeric arrays cannot apply, and the behaviour they cover is tested below instead.
+APPLICABLE_CHECKS = [
+    "check_no_attributes_set_in_init",
+    "check_parameters_default_constructible",
+    "check_get_params_invariance",
+    "check_set_params",
+    "check_estimator_repr",
+    "check_estimator_cloneable",
+    "check_estimator_tags_renamed",
+    "check_valid_tag_types",
+    "check_mixin_order",
+    "check_do_not_raise_errors_in_init_or_set_params",
+    "check_estimators_unfitted",
+    "check_param_validation",
+]
+
+
+@pytest.mark.parametrize("check", APPLICABLE_CHECKS)
+def test_scikit_learn_checks_that_apply_to_text(check):
+    estimator = RelishTextRegressor()
+    getattr(estimator_checks, check)(type(estimator).__name__, estimator)
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_llama):
+    return small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+
+
+def test_is_a_regressor_with_string_input_tags():
+    estimator = RelishTextRegressor()
+    assert is_regressor(estimator)
+    tags = estimator.__sklearn_tags__()
+    assert tags.estimator_type == "regressor"
+    assert tags.input_tags.string and not tags.input_tags.two_d_array
+
+
+def test_init_loads_nothing(monkeypatch):
+    from sklearn_relish import _backbones
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("nothing may be loaded before fit")
+
+    monkeypatch.setattr(_backbones, "load_backbone", forbidden)
+    estimator = RelishTextRegressor("some/model-that-does-not-exist", lr=0.5)
+    clone(estimator)
+    assert estimator.get_params()["lr"] == 0.5
+
+
+def test_predict_before_fit_raises_not_fitted():
+    with pytest.raises(NotFittedError):
+        RelishTextRegressor().predict(["text"])
+
+
+def test_predictions_are_float64_1d_and_fit_returns_self(tiny_llama):
+    estimator = small_regressor(tiny_llama)
+    assert estimator.fit(TEXTS, TARGETS) is estimator
+    predictions = estimator.predict(TEXTS[:5])
+    assert predictions.dtype == np.float64 and predictions.shape == (5,)
+    assert np.isfinite(predictions).all()
+
+
+def test_predictions_are_on_the_targets_scale(tiny_llama):
+    # Targets standardised for training, un-standardised for output.
+    shifted = [1000 + 10 * t for t in TARGETS]
+    predictions = small_regressor(tiny_llama, max_epochs=30).fit(TEXTS, shifted).predict(TEXTS)
+    assert 950 < predictions.mean() < 1050
+
+
+def test_learns_the_training_data(tiny_llama):
+    estimator = small_regressor(tiny_llama, max_epochs=60, lr=3e-3, latent_dim=32)
+    estimator.fit(TEXTS, TARGETS)
+    assert estimator.score(TEXTS, TARGETS) > 0.8
+
+
+def test_clone_of_fitted_is_unfitted_with_same_params(fitted):
+    copy = clone(fitted)
+    assert copy.get_params() == fitted.get_params()
+    with pytest.raises(NotFittedError):
+        copy.predict(TEXTS)
+
+
+def test_set_params_changes_the_model(tiny_llama):
+    estimator = small_regressor(tiny_llama).set_params(n_iterations=4, latent_dim=8)
+    estimator.fit(TEXTS, TARGETS)
+    assert len(estimator.net_.module_.blocks) == 4
+    assert estimator.net_.module_.latents.shape[-1] == 8
+
+
+def test_same_random_state_same_predictions(tiny_llama):
+    a = small_regressor(tiny_llama, random_state=3).fit(TEXTS, TARGETS).predict(TEXTS)
+    b = small_regressor(tiny_llama, random_state=3).fit(TEXTS, TARGETS).predict(TEXTS)
+    c = small_regressor(tiny_llama, random_state=4).fit(TEXTS, TARGETS).predict(TEXTS)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_fit_leaves_the_global_torch_seed_alone(tiny_llama):
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_early_stopping_holds_out_and_restores_best(tiny_llama):
+    texts = TEXTS * 2
+    estimator = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.25,
+                                patience=2, max_epochs=50, lr=0.05)
+    estimator.fit(texts, TARGETS * 2)
+    history = estimator.net_.history
+    assert "valid_loss" in history[0]
+    assert len(history) < 50  # stopped early
+    best = int(np.argmin(history[:, "valid_loss"]))
+    assert history[best, "valid_loss_best"]
+
+
+def test_pipeline(tiny_llama):
+    pipeline = Pipeline([
+        ("lowercase", FunctionTransformer(lambda X: [x.lower() for x in X])),
+        ("relish", small_regressor(tiny_llama)),
+    ])
+    pipeline.fit([t.upper() for t in TEXTS], TARGETS)
+    direct = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+    np.testing.assert_allclose(pipeline.predict(TEXTS), direct.predict(TEXTS), atol=1e-6)
+
+
+def test_grid_search(tiny_llama):
+    search = GridSearchCV(small_regressor(tiny_llama), {"n_iterations": [1, 2], "lr": [1e-3, 1e-2]},
+                          cv=KFold(2, shuffle=True, random_state=0))
+    search.fit(TEXTS, TARGETS)
+    assert set(search.best_params_) == {"n_iterations", "lr"}
+    assert search.predict(TEXTS).shape == (len(TEXTS),)
+
+
+def test_cross_val_score(tiny_llama):
+    scores = cross_val_score(small_regressor(tiny_llama), TEXTS, TARGETS, cv=3,
+                             scoring="neg_mean_absolute_error")
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+    assert cache_info()["llm_texts"] == len(set(TEXTS))
+
+
+def test_transformed_target_regressor(tiny_llama):
+    model = TransformedTargetRegressor(small_regressor(tiny_llama), func=np.expm1,
+                                       inverse_func=np.log1p)
+    positive = np.log1p(np.exp(np.asarray(TARGETS)))
+    model.fit(TEXTS, positive)
+    assert np.isfinite(model.predict(TEXTS)).all()
+
+
+def test_joblib_round_trip_predicts_the_same(fitted):
+    buffer = io.BytesIO()
+    joblib.dump(fitted, buffer)
+    buffer.seek(0)
+    restored = joblib.load(buffer)
+    np.testing.assert_array_equal(restored.predict(TEXTS), fitted.predict(TEXTS))
+
+
+def test_pandas_series_and_dataframe_input(tiny_llama, fitted):
+    series = pd.Series(TEXTS, index=np.arange(100, 100 + len(TEXTS)))
+    np.testing.assert_allclose(fitted.predict(series), fitted.predict(TEXTS))
+    frame = pd.DataFrame({"review": TEXTS})
+    np.testing.assert_allclose(fitted.predict(frame), fitted.predict(TEXTS))
+    small_regressor(tiny_llama).fit(series, pd.Series(TARGETS))
+
+
+def test_text_pairs_in_every_form(tiny_llama):
+    pairs = [(a, b) for a, b in zip(TEXTS, TEXTS[::-1], strict=True)]
+    model = small_regressor(tiny_llama, prompt="{text_a} | {text_b}").fit(pairs, TARGETS)
+    expected = model.predict(pairs)
+    as_array = np.array(pairs, dtype=object)
+    as_frame = pd.DataFrame(pairs, columns=["a", "b"])
+    np.testing.assert_allclose(model.predict(as_array), expected)
+    np.testing.assert_allclose(model.predict(as_frame), expected)
+    assert model.input_kind_ == "pair"
+    with pytest.raises(ValueError, match="fitted on pair inputs"):
+        model.predict(TEXTS)
+
+
+def test_pairs_are_ordered(tiny_llama):
+    pairs = [("good movie", "awful plot")]
+    model = small_regressor(tiny_llama).fit([(a, b) for a, b in zip(TEXTS, TEXTS[1:] + TEXTS[:1],
+                                                                     strict=True)], TARGETS)
+    assert model.predict(pairs)[0] != model.predict([(b, a) for a, b in pairs])[0]
+
+
+def test_verbose_shows_progress(tiny_llama, capsys):
+    small_regressor(tiny_llama, verbose=1).fit(TEXTS, TARGETS)
+    captured = capsys.readouterr()
+    assert "Featurizing" in captured.err
+    assert "train_loss" in captured.out
+
+
+def test_mse_loss_and_options_train(tiny_llama):
+    model = small_regressor(tiny_llama, loss="mse", n_latents=2, share_weights=True,
+                            input_norm=True, dropout=0.1)
+    assert np.isfinite(model.fit(TEXTS, TARGETS).predict(TEXTS)).all()
+    assert isinstance(model.net_.criterion_, __import__("torch").nn.MSELoss)
+
+
+def test_head_parameters_match_the_paper_at_default_settings(tiny_llama):
+    model = RelishTextRegressor(tiny_llama, max_epochs=1, early_stopping=False).fit(TEXTS,
+                                                                                   TARGETS)
+    n_params = sum(p.numel() for p in model.net_.module_.parameters())
+    assert n_params == 32 * 256 + 256 + 256 + 3 * 789_760 + 257
