@@ -167,7 +167,13 @@ def resolve_device(device: str) -> torch.device:
     """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"device={device!r} is not a valid torch device; use 'auto', 'cpu', 'cuda' or "
+            "'cuda:N'."
+        ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         import warnings
 

@@ -114,7 +114,8 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
     featurizer_ : object
         The frozen backbone's featurizer; holds the backbone's identity, not its weights.
     y_mean_, y_scale_ : float
-        Standardisation of the target used in training.
+        Standardisation of the target used in training (``y_scale_`` is 0 for a
+        constant target, which is then predicted exactly).
     input_kind_ : {"single", "pair"}
         Whether the model was fitted on texts or text pairs.
     n_train_tokens_ : int
@@ -279,6 +280,9 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
             torch.manual_seed(seed)
             self.net_.fit(TokenStateDataset(states, torch.as_tensor(scaled)), y=None)
         self._drop_training_state()
+        if spread == 0:
+            # A constant target: predict it exactly rather than the head's near-zero output.
+            self.y_scale_ = 0.0
         return self
 
     def _drop_training_state(self) -> None:
@@ -386,13 +390,13 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self, "net_")
         texts, kind = check_texts(X)
+        if not texts:
+            return np.zeros(0)
         if kind != self.input_kind_:
             raise ValueError(
                 f"This model was fitted on {self.input_kind_} inputs but predict got {kind} "
                 "inputs; pass the same kind of X as in fit."
             )
-        if not texts:
-            return np.zeros(0)
         states = self.featurizer_.transform(texts, kind)
         scaled = self.net_.predict(TokenStateDataset(states))
         return np.asarray(scaled, dtype=np.float64).reshape(-1) * self.y_scale_ + self.y_mean_

@@ -7,6 +7,7 @@ length into batches (dynamic padding, so short texts cost little), run once unde
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any
 
@@ -15,6 +16,9 @@ import torch
 from ._backbones import LoadedBackbone, load_backbone, resolve_device, resolve_dtype
 from ._cache import CachedStates, DiskCache, cache_key, count_forward, memory_cache
 from ._inputs import format_texts
+
+# transformers' log level is process-wide: one lock for everyone who lowers it for a moment.
+_LOG_LEVEL_LOCK = threading.Lock()
 
 
 class BackboneMismatchError(ValueError):
@@ -153,20 +157,25 @@ class LLMFeaturizer:
         from transformers.utils import logging as hf_logging
 
         tokenizer = self.loaded.tokenizer
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # we report truncation ourselves, with a count
-        try:
-            ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-            truncated = [len(row) > max_length for row in ids]
-            long_rows = [i for i, cut in enumerate(truncated) if cut]
-            if long_rows:
-                # Re-tokenize with the tokenizer's own truncation so special tokens survive.
-                cut = tokenizer([texts[i] for i in long_rows], truncation=True,
-                                max_length=max_length, add_special_tokens=True)["input_ids"]
-                for i, row in zip(long_rows, cut, strict=True):
-                    ids[i] = row
-        finally:
-            hf_logging.set_verbosity(verbosity)
+        with _LOG_LEVEL_LOCK:
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # we report truncation ourselves, with a count
+            try:
+                return self._tokenize_quietly(tokenizer, texts, max_length)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+
+    @staticmethod
+    def _tokenize_quietly(tokenizer, texts: list[str], max_length: int):
+        ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
+        truncated = [len(row) > max_length for row in ids]
+        long_rows = [i for i, cut in enumerate(truncated) if cut]
+        if long_rows:
+            # Re-tokenize with the tokenizer's own truncation so special tokens survive.
+            cut = tokenizer([texts[i] for i in long_rows], truncation=True,
+                            max_length=max_length, add_special_tokens=True)["input_ids"]
+            for i, row in zip(long_rows, cut, strict=True):
+                ids[i] = row
         return ids, truncated
 
     def _forward(self, texts: list[str], layer: int, max_length: int) -> list[CachedStates]:

@@ -62,6 +62,11 @@ def _rows(X: Any) -> tuple[list, int | None]:
         raise ValueError(f"X must be 1-D (texts) or 2-D (text pairs); got shape {X.shape}.")
     if isinstance(X, Sequence):
         return list(X), None
+    if isinstance(X, set | frozenset):  # no row order: predictions could not be matched up
+        raise TypeError(
+            f"X must be an ordered collection of texts; got a {type(X).__name__}, whose "
+            "order is arbitrary. Pass a list, e.g. sorted(X)."
+        )
     if hasattr(X, "__iter__") and not isinstance(X, dict):
         return list(X), None
     raise TypeError(
@@ -112,6 +117,10 @@ def check_target(y: Any, n_samples: int) -> np.ndarray:
     if y is None:
         raise ValueError("y is required: RelishTextRegressor is a supervised regressor.")
     values = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+    if values.dtype.kind in "US" and not hasattr(y, "dtype"):
+        # A list mixing numbers and strings: numpy turned every entry into a string; keep
+        # the entries as they were so the error below names the row that really is one.
+        values = np.asarray(y, dtype=object)
     if values.ndim == 2 and values.shape[1] == 1:
         warnings.warn(
             "A column-vector y was passed when a 1-D array was expected; it was ravelled.",
@@ -124,18 +133,47 @@ def check_target(y: Any, n_samples: int) -> np.ndarray:
             f"y must be 1-D (one target per text); got shape {values.shape}. "
             "RelishTextRegressor predicts a single number per text."
         )
+    if values.dtype.kind == "c":
+        non_real = np.flatnonzero(values.imag != 0)
+        row = int(non_real[0]) if non_real.size else 0
+        raise ValueError(
+            f"y must be real numbers; y[{row}] is complex ({values[row]}). Pass the real "
+            "part explicitly if that is what you mean, e.g. y.real."
+        )
     if values.dtype.kind not in "biuf":
+        # Like scikit-learn, refuse strings (even "1.5": a column read as text is a bug
+        # upstream) and complex numbers (float() would silently drop the imaginary part).
+        floats = np.empty(values.shape[0], dtype=np.float64)
         for i, value in enumerate(values):
+            if _is_missing(value):
+                floats[i] = np.nan  # reported as missing below, with its row
+                continue
+            if isinstance(value, str | bytes | complex | np.complexfloating):
+                raise ValueError(
+                    f"y must be real numbers; y[{i}] is a {type(value).__name__} "
+                    f"({value!r:.50}). Convert y first, e.g. y.astype(float)."
+                )
             try:
-                float(value)
+                floats[i] = float(value)
             except (TypeError, ValueError):
-                raise ValueError(f"y must be numeric; y[{i}] is {value!r:.50}.") from None
+                raise ValueError(
+                    f"y must be real numbers; y[{i}] is a {type(value).__name__} "
+                    f"({value!r:.50})."
+                ) from None
+        values = floats
     values = values.astype(np.float64)
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         raise ValueError(
-            f"y contains {bad.size} NaN or infinite value(s), first at y[{bad[0]}] "
+            f"y contains {bad.size} missing, NaN or infinite value(s), first at y[{bad[0]}] "
             f"({values[bad[0]]}). Drop those rows before fitting."
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread = float(values.std()) if values.size else 0.0
+    if not math.isfinite(spread):
+        raise ValueError(
+            f"y is too large to standardise in float64 (largest |y| is "
+            f"{np.abs(values).max():.3g}); rescale it, e.g. y / 1e100."
         )
     if values.shape[0] != n_samples:
         raise ValueError(f"X has {n_samples} texts but y has {values.shape[0]} values.")

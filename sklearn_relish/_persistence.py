@@ -46,7 +46,7 @@ def load_model(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}.")
     try:
-        return joblib.load(path)
+        model = joblib.load(path)
     except (EOFError, pickle.UnpicklingError, ValueError, KeyError, IndexError,
             AttributeError, OSError, RuntimeError) as error:
         if isinstance(error, ValueError) and "sklearn_relish" in str(error):
@@ -55,3 +55,6 @@ def load_model(path: str | os.PathLike) -> Any:
             f"{path} is not a readable model file: it looks truncated or corrupted "
             f"({type(error).__name__}: {error}). Re-save the model from its source."
         ) from error
+    if not hasattr(model, "predict"):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a fitted model.")
+    return model

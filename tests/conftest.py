@@ -14,6 +14,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models on a small machine: thread start-up costs more than it saves (about 100x
+# slower per predict with 2 threads on the 2-core CI machine).
+torch.set_num_threads(1)
 
 WORDS = (
     "good great awful bad terrible fine okay love hate movie film plot acting the a an is "

@@ -1,0 +1,89 @@
+"""Concurrency: threads sharing one fitted model, and grid searches in worker processes.
+
+Threads share one backbone (its forward pass is serialised by a lock) and the token-state
+cache; neither may mix up one caller's texts with another's. ``GridSearchCV(n_jobs=2)``
+runs the estimator in loky worker processes that share token states through ``cache_dir``.
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from conftest import TARGETS, TEXTS, WORDS, small_regressor
+from sklearn.model_selection import GridSearchCV
+
+from sklearn_relish import _backbones, clear_backbones, clear_cache
+
+# Four callers with different, partly overlapping batches of different text lengths.
+BATCHES = [
+    TEXTS[0::4] + ["shared text"],
+    TEXTS[1::4] + [" ".join(WORDS[:16])],
+    TEXTS[2::4] + ["shared text", ""],
+    TEXTS[3::4] + [" ".join(WORDS[::-1][:12])],
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine more threads only wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def predict_in_threads(model, batches, repeats=3):
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(model.predict, batches * repeats))
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["no-cache", "cache"])
+def test_threads_predict_like_serial_calls(tiny_llama, cache):
+    model = small_regressor(tiny_llama, cache=cache).fit(TEXTS, TARGETS)
+    serial = [model.predict(batch) for batch in BATCHES]
+    clear_cache()  # with the cache on, the threads race to fill it
+    results = predict_in_threads(model, BATCHES)
+    # Without the cache each call recomputes its own batch: bit-identical. With it, a
+    # thread may reuse states another computed in a different batch: the batch-invariance
+    # bound applies.
+    atol = 0 if not cache else 1e-5
+    for got, expected in zip(results, serial * 3, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
+
+
+def test_threads_share_the_lazy_backbone_load_after_unpickling(tiny_llama):
+    model = small_regressor(tiny_llama, cache=False).fit(TEXTS, TARGETS)
+    serial = [model.predict(batch) for batch in BATCHES]
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    buffer.seek(0)
+    restored = joblib.load(buffer)
+    clear_backbones()  # all four threads find no backbone and load it at once
+    loads = _backbones.N_LOADS
+    results = predict_in_threads(restored, BATCHES, repeats=1)
+    assert _backbones.N_LOADS == loads + 1  # read from disk once, shared by all threads
+    for got, expected in zip(results, serial, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_grid_search_in_worker_processes(tiny_llama, tmp_path):
+    grid = {"lr": [1e-3, 1e-2]}
+    serial = GridSearchCV(small_regressor(tiny_llama, cache_dir=str(tmp_path / "serial")),
+                          grid, cv=2, n_jobs=1, refit=False).fit(TEXTS, TARGETS)
+    clear_cache()
+    shared = tmp_path / "shared"
+    search = GridSearchCV(small_regressor(tiny_llama, cache_dir=str(shared)),
+                          grid, cv=2, n_jobs=2).fit(TEXTS, TARGETS)
+    assert search.best_params_["lr"] in grid["lr"]
+    assert np.isfinite(search.best_estimator_.predict(["good movie"])).all()
+    # Each fold featurizes the same two halves of TEXTS in any process, so the workers'
+    # scores equal the serial ones.
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"],
+                               serial.cv_results_["mean_test_score"], rtol=1e-6)
+    # The workers wrote their token states to the shared folder: one file per text.
+    assert len(list(shared.rglob("*.pt"))) == len(set(TEXTS))

@@ -1,0 +1,250 @@
+"""The input contract: bad X, y and parameters fail fast, clearly and before any LLM work.
+
+Every rejected input must raise the right exception type with a message that names the
+problem (and the offending row), before a backbone is loaded or run: ``fit`` leaves the
+backbone registry empty and ``cache_info()["llm_texts"]`` at zero. Accepted oddities
+(empty, whitespace-only and control-character texts, pandas input, over-long texts) must
+give finite predictions.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TARGETS, TEXTS, WORDS, small_regressor
+from sklearn.exceptions import DataConversionWarning
+
+from sklearn_relish import _backbones, cache_info, clear_backbones, clear_cache
+
+N = len(TEXTS)
+
+
+def fit_fails(backbone, exception, match, X, y, **params):
+    """Fit must raise ``exception`` matching ``match`` without loading or running a backbone."""
+    clear_backbones()
+    clear_cache()
+    with pytest.raises(exception, match=match) as info:
+        small_regressor(backbone, **params).fit(X, y)
+    assert _backbones._REGISTRY == {}, "a backbone was loaded before the input was checked"
+    assert cache_info()["llm_texts"] == 0
+    return info
+
+
+def predict_fails(model, exception, match, X):
+    """Predict must raise ``exception`` matching ``match`` without running the backbone."""
+    clear_cache()
+    with pytest.raises(exception, match=match) as info:
+        model.predict(X)
+    assert cache_info()["llm_texts"] == 0
+    return info
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine more threads only wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_llama):
+    return small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+
+
+# -- X: one string, missing values, non-strings ---------------------------------------------
+def test_fit_single_string_names_the_fix(tiny_llama):
+    fit_fails(tiny_llama, TypeError, r"single string.*\[text\]", "good movie", [1.0])
+
+
+def test_predict_single_string_names_the_fix(fitted):
+    predict_fails(fitted, TypeError, r"single string.*\[text\]", "good movie")
+
+
+@pytest.mark.parametrize("missing", [None, float("nan"), np.nan, pd.NA, pd.NaT],
+                         ids=["None", "nan", "np.nan", "pd.NA", "pd.NaT"])
+def test_fit_missing_text_names_the_row(tiny_llama, missing):
+    X = [*TEXTS[:5], missing, *TEXTS[6:]]
+    fit_fails(tiny_llama, ValueError, r"X\[5\] is missing", X, TARGETS)
+
+
+def test_predict_missing_text_in_series_names_the_row(fitted):
+    X = pd.Series(["good", "bad", None, "fine"], dtype="string")
+    predict_fails(fitted, ValueError, r"X\[2\] is missing", X)
+
+
+@pytest.mark.parametrize("value", [3, 2.5, b"bytes", ("a", "b"), ["a"]],
+                         ids=["int", "float", "bytes", "tuple", "list"])
+def test_fit_non_string_entry_names_the_row(tiny_llama, value):
+    X = [*TEXTS[:3], value, *TEXTS[4:]]
+    fit_fails(tiny_llama, TypeError, r"X\[3\] is a .*not a str", X, TARGETS)
+
+
+def test_predict_int_entries_name_the_row(fitted):
+    predict_fails(fitted, TypeError, r"X\[1\] is a int", ["good", 7])
+
+
+def test_unordered_set_is_rejected(tiny_llama):
+    fit_fails(tiny_llama, TypeError, "ordered", set(TEXTS), TARGETS)
+
+
+# -- X: pairs with the wrong shape -------------------------------------------------------------
+def test_three_column_dataframe_is_rejected(tiny_llama):
+    X = pd.DataFrame({"a": TEXTS, "b": TEXTS, "c": TEXTS})
+    fit_fails(tiny_llama, ValueError, "3 columns", X, TARGETS)
+
+
+def test_ragged_tuples_name_the_row(tiny_llama):
+    X = [(t, t) for t in TEXTS]
+    X[4] = (TEXTS[4], TEXTS[4], "extra")
+    fit_fails(tiny_llama, ValueError, r"row 4 has 3 parts", X, TARGETS)
+
+
+def test_predict_pairs_on_a_single_text_model(fitted):
+    predict_fails(fitted, ValueError, "fitted on single inputs but predict got pair",
+                  [("good", "bad"), ("fine", "okay")])
+
+
+# -- y ----------------------------------------------------------------------------------------
+def test_x_and_y_of_different_lengths(tiny_llama):
+    fit_fails(tiny_llama, ValueError, rf"{N} texts but y has {N - 1} values", TEXTS, TARGETS[:-1])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, None], ids=["nan", "inf", "-inf", "None"])
+def test_non_finite_y_names_the_row(tiny_llama, bad):
+    y = list(TARGETS)
+    y[7] = bad
+    fit_fails(tiny_llama, ValueError, r"first at y\[7\]", TEXTS, y)
+
+
+@pytest.mark.parametrize("y, row", [
+    (["high"] * N, 0),
+    ([*TARGETS[:-1], "1.5"], N - 1),
+    ([*TARGETS[:N - 3], 2j, *TARGETS[N - 2:]], N - 3),
+], ids=["words", "numeric-string", "complex"])
+def test_non_numeric_y_names_the_row(tiny_llama, y, row):
+    fit_fails(tiny_llama, ValueError, rf"y must be real numbers; y\[{row}\]", TEXTS, y)
+
+
+def test_two_column_y_is_rejected(tiny_llama):
+    y = np.column_stack([TARGETS, TARGETS])
+    fit_fails(tiny_llama, ValueError, r"y must be 1-D.*\(16, 2\)", TEXTS, y)
+
+
+def test_overflowing_y_is_rejected(tiny_llama):
+    y = np.array(TARGETS) * 1e307  # finite, but its standard deviation is not
+    fit_fails(tiny_llama, ValueError, "too large to standardise", TEXTS, y)
+
+
+def test_column_vector_y_is_ravelled_with_a_warning(tiny_llama):
+    y = np.asarray(TARGETS).reshape(-1, 1)
+    with pytest.warns(DataConversionWarning, match="ravelled"):
+        model = small_regressor(tiny_llama).fit(TEXTS, y)
+    reference = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+    np.testing.assert_array_equal(model.predict(TEXTS), reference.predict(TEXTS))
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_fewer_than_two_samples(tiny_llama, n):
+    fit_fails(tiny_llama, ValueError, rf"At least 2 texts.*got {n}", TEXTS[:n], TARGETS[:n])
+
+
+def test_constant_y_predicts_the_constant(tiny_llama):
+    model = small_regressor(tiny_llama).fit(TEXTS, [4.2] * N)
+    np.testing.assert_allclose(model.predict(TEXTS[:5] + ["unseen text"]), 4.2, atol=1e-6)
+
+
+# -- parameters -----------------------------------------------------------------------------
+@pytest.mark.parametrize("params, match", [
+    ({"loss": "l1"}, "loss"),
+    ({"lr": -1}, "lr"),
+    ({"max_length": 0}, "max_length"),
+    ({"backbone_dtype": "float64"}, "backbone_dtype"),
+    ({"prompt": "Review: no field"}, r"\{text\}"),
+    ({"prompt": "{text} and {other}"}, r"other"),
+    ({"latent_dim": 10, "n_heads": 3}, "divisible"),
+], ids=["loss", "lr", "max_length", "dtype", "prompt-no-field", "prompt-extra-field", "heads"])
+def test_invalid_parameters_fail_before_loading(tiny_llama, params, match):
+    fit_fails(tiny_llama, ValueError, match, TEXTS, TARGETS, **params)
+
+
+def test_invalid_device_string_is_a_value_error(tiny_llama):
+    fit_fails(tiny_llama, ValueError, "gpu", TEXTS, TARGETS, device="gpu")
+
+
+# -- accepted oddities ------------------------------------------------------------------------
+def test_empty_and_whitespace_texts_are_allowed(tiny_llama):
+    X = ["", " ", "\t\n", "   ", *TEXTS[4:]]
+    model = small_regressor(tiny_llama).fit(X, TARGETS)
+    assert np.isfinite(model.predict(["", "  ", "\n", "good"])).all()
+
+
+def test_control_characters_are_accepted(fitted):
+    X = ["\x00", "nul\x00inside", "\x07bell", "\u202eright-to-left override", "\x1b[31m"]
+    prediction = fitted.predict(X)
+    assert prediction.shape == (5,) and np.isfinite(prediction).all()
+
+
+def test_lone_surrogate_names_the_row(tiny_llama, fitted):
+    X = [*TEXTS[:2], "ok \ud800 broken", *TEXTS[3:]]
+    fit_fails(tiny_llama, ValueError, r"X\[2\] contains invalid Unicode", X, TARGETS)
+    predict_fails(fitted, ValueError, r"X\[1\] contains invalid Unicode", ["ok", "\ud800"])
+
+
+def test_truncation_warning_counts_the_texts(fitted):
+    long = "the plot was great but the acting was awful " * 20  # > 64 tokens
+    X = ["good", long, "bad", long + "!", "fine"]
+    with pytest.warns(UserWarning, match=r"2 of 5 texts are longer than max_length"):
+        prediction = fitted.predict(X)
+    assert np.isfinite(prediction).all()
+
+
+def test_truncation_warning_on_fit(tiny_llama):
+    X = list(WORDS[:N])  # one word each: a few tokens
+    X[0] = X[1] = X[2] = "very boring " * 80
+    with pytest.warns(UserWarning, match=rf"3 of {N} texts are longer than max_length=8"):
+        small_regressor(tiny_llama, max_length=8).fit(X, TARGETS)
+
+
+def test_million_character_text_keeps_its_start(fitted):
+    huge = ("i love this film but the plot was dull " * 30_000)[:1_000_000]
+    with pytest.warns(UserWarning, match="1 of 2 texts"):
+        prediction = fitted.predict([huge, "good"])
+    # Truncation keeps the first tokens: a 2,000-character prefix (also far over the
+    # limit) reads the same tokens, so the same prediction.
+    with pytest.warns(UserWarning, match="1 of 1 texts"):
+        prefix = fitted.predict([huge[:2_000]])
+    assert np.isfinite(prediction).all()
+    np.testing.assert_allclose(prediction[0], prefix[0], atol=1e-6)
+
+
+# -- pandas -----------------------------------------------------------------------------------
+def test_pandas_series_and_one_column_frame_are_texts(fitted):
+    expected = fitted.predict(TEXTS[:6])
+    index = range(100, 106)  # a non-default index must not matter
+    series = pd.Series(TEXTS[:6], index=index)
+    frame = pd.DataFrame({"text": TEXTS[:6]}, index=index)
+    np.testing.assert_allclose(fitted.predict(series), expected, atol=1e-6)
+    np.testing.assert_allclose(fitted.predict(frame), expected, atol=1e-6)
+
+
+def test_two_column_frame_is_pairs(tiny_llama):
+    frame = pd.DataFrame({"a": TEXTS, "b": TEXTS[::-1]})
+    y = pd.Series(TARGETS, index=range(50, 50 + N))
+    model = small_regressor(tiny_llama).fit(frame, y)
+    assert model.input_kind_ == "pair"
+    tuples = list(zip(TEXTS[:4], TEXTS[::-1][:4], strict=True))
+    np.testing.assert_allclose(model.predict(frame.head(4)), model.predict(tuples), atol=1e-6)
+    with pytest.raises(ValueError, match="fitted on pair inputs but predict got single"):
+        model.predict(TEXTS[:2])
+
+
+def test_no_warnings_for_clean_input(fitted):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted.predict(TEXTS[:3])

@@ -1,0 +1,202 @@
+"""Persistence: what a pickle holds, where it can be loaded, and how loading fails.
+
+A fitted model pickles its head and the backbone's identity, never the backbone's weights;
+it loads on a CPU-only machine after training on a GPU; it refuses to predict with a
+backbone whose weights changed; and ``save_model``/``load_model`` never clobber a file and
+turn a damaged one into a clear ValueError.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import torch
+import transformers
+from conftest import TARGETS, TEXTS, build_tiny_llama, small_regressor
+
+from sklearn_relish import (
+    BackboneMismatchError,
+    RelishTextRegressor,
+    _backbones,
+    clear_backbones,
+    clear_cache,
+    load_model,
+    save_model,
+)
+
+PROBE = [*TEXTS[:4], "an unseen text", ""]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine more threads only wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_llama):
+    return small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+
+
+def round_trip(model):
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    buffer.seek(0)
+    return joblib.load(buffer)
+
+
+# -- the pickle holds the head, not the LLM ---------------------------------------------------
+@pytest.mark.slow
+def test_pickle_holds_the_head_not_the_backbone(minilm):
+    model = small_regressor(minilm, latent_dim=128, n_heads=4, max_epochs=1).fit(TEXTS, TARGETS)
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    size = buffer.getbuffer().nbytes
+    weights = Path(_backbones.resolve_backbone(minilm)) / "model.safetensors"
+    head = sum(p.numel() * p.element_size() for p in model.net_.module_.parameters())
+    assert size < 0.25 * weights.stat().st_size, f"{size} bytes: the backbone travelled"
+    # About 1.8 MB of head weights; skorch's history and our attributes add a few kB, and
+    # no optimizer moments or early-stopping copies may double it.
+    assert 0.95 * head < size < 1.25 * head, (size, head)
+
+
+# -- CUDA -> CPU -----------------------------------------------------------------------------
+def test_cuda_request_without_cuda_falls_back_to_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for request in ("cuda", "cuda:1"):
+        with pytest.warns(UserWarning, match="CUDA is not available"):
+            assert _backbones.resolve_device(request) == torch.device("cpu")
+
+
+def test_auto_device_follows_cuda_availability(monkeypatch, recwarn):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _backbones.resolve_device("auto") == torch.device("cpu")
+    assert _backbones.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _backbones.resolve_device("auto") == torch.device("cuda")
+    assert _backbones.resolve_device("cuda:0") == torch.device("cuda:0")
+    assert not [w for w in recwarn if "CUDA" in str(w.message)]  # no fallback, no warning
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_model_fitted_on_cuda_predicts_on_a_cpu_only_machine(tiny_llama, monkeypatch):
+    # float32 on both sides, so only GPU-vs-CPU arithmetic differs, not bfloat16 rounding.
+    model = small_regressor(tiny_llama, device="cuda", backbone_dtype="float32")
+    model.fit(TEXTS, TARGETS)
+    on_gpu = model.predict(PROBE)
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    buffer.seek(0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    clear_backbones()
+    with pytest.warns(UserWarning):  # skorch: "Requested to load data to CUDA ..."
+        restored = joblib.load(buffer)
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        on_cpu = restored.predict(PROBE)
+    assert all(p.device.type == "cpu" for p in restored.net_.module_.parameters())
+    assert restored.featurizer_.loaded.device == torch.device("cpu")
+    np.testing.assert_allclose(on_cpu, on_gpu, rtol=0, atol=1e-4)
+
+
+# -- the backbone's fingerprint is checked on load ------------------------------------------------
+def _fit_dump_rebuild(folder, seed_after):
+    build_tiny_llama(folder, seed=0)
+    model = small_regressor(str(folder)).fit(TEXTS, TARGETS)
+    expected = model.predict(PROBE)
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    build_tiny_llama(folder, seed=seed_after)  # same path, maybe other weights
+    clear_backbones()
+    clear_cache()
+    buffer.seek(0)
+    return joblib.load(buffer), expected
+
+
+def test_changed_backbone_weights_are_refused(tmp_path):
+    restored, _ = _fit_dump_rebuild(tmp_path / "A", seed_after=1)
+    with pytest.raises(BackboneMismatchError, match="not the one this model was trained on") as e:
+        restored.predict(PROBE)
+    assert isinstance(e.value, ValueError)
+    assert str(tmp_path / "A") in str(e.value)  # names the backbone
+
+
+def test_identical_backbone_rebuilt_is_accepted(tmp_path):
+    restored, expected = _fit_dump_rebuild(tmp_path / "A", seed_after=0)
+    np.testing.assert_allclose(restored.predict(PROBE), expected, rtol=0, atol=1e-6)
+
+
+# -- save_model / load_model -----------------------------------------------------------------
+def test_save_load_round_trip(fitted, tmp_path):
+    path = save_model(fitted, tmp_path / "model.joblib")
+    assert os.listdir(tmp_path) == ["model.joblib"]  # no temporary file left behind
+    np.testing.assert_array_equal(load_model(path).predict(PROBE), fitted.predict(PROBE))
+
+
+def test_save_refuses_to_overwrite(fitted, tmp_path):
+    path = tmp_path / "model.joblib"
+    path.write_bytes(b"someone's precious file")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_model(fitted, path)
+    assert path.read_bytes() == b"someone's precious file"
+    assert os.listdir(tmp_path) == ["model.joblib"]
+    save_model(fitted, path, overwrite=True)
+    np.testing.assert_array_equal(load_model(path).predict(PROBE), fitted.predict(PROBE))
+
+
+@pytest.mark.parametrize("damage", ["first-half", "last-byte-missing", "garbage", "empty"])
+def test_damaged_file_is_a_clear_value_error(fitted, tmp_path, damage):
+    good = save_model(fitted, tmp_path / "good.joblib").read_bytes()
+    content = {
+        "first-half": good[: len(good) // 2],
+        "last-byte-missing": good[:-1],
+        "garbage": np.random.default_rng(0).bytes(4096),
+        "empty": b"",
+    }[damage]
+    bad = tmp_path / "bad.joblib"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        load_model(bad)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No model file"):
+        load_model(tmp_path / "nothing-here.joblib")
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path)  # a folder is not a model file
+
+
+# -- trust_remote_code -------------------------------------------------------------------------
+def test_trust_remote_code_is_off_by_default():
+    assert RelishTextRegressor().trust_remote_code is False
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_trust_remote_code_reaches_transformers_and_the_pickle(tiny_llama, monkeypatch, trust):
+    calls = []
+
+    def recording(name, original):
+        def wrapper(*args, **kwargs):
+            calls.append((name, kwargs.get("trust_remote_code", "absent")))
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for cls in (transformers.AutoModel, transformers.AutoTokenizer):
+        monkeypatch.setattr(cls, "from_pretrained", recording(cls.__name__, cls.from_pretrained))
+    clear_backbones()
+    model = small_regressor(tiny_llama, trust_remote_code=trust).fit(TEXTS, TARGETS)
+    assert sorted(calls) == [("AutoModel", trust), ("AutoTokenizer", trust)]
+    restored = round_trip(model)
+    assert restored.featurizer_.trust_remote_code is trust
+    clear_backbones()
+    calls.clear()
+    restored.predict(["good"])  # the re-load after unpickling asks the same
+    assert sorted(calls) == [("AutoModel", trust), ("AutoTokenizer", trust)]
