@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
 
 from sklearn_relish.metrics import nrmse, pearson_r, regression_report, spearman_r
 
@@ -499,14 +500,7 @@ def save_predictions(path: Path, pred_id: str, y_true: np.ndarray, test: np.ndar
 def machine_info() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     device = (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
               else ", CPU only")
     return (f"{cpu}, {os.cpu_count()} cores (torch uses {torch.get_num_threads()} threads)"
