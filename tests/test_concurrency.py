@@ -8,6 +8,7 @@ runs the estimator in loky worker processes that share token states through ``ca
 from __future__ import annotations
 
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import joblib
@@ -15,9 +16,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import TARGETS, TEXTS, WORDS, small_regressor
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, cross_validate
 
-from sklearn_relish import _backbones, clear_backbones, clear_cache
+from sklearn_relish import RelishTextRegressor, _backbones, clear_backbones, clear_cache
+
+SMALL = dict(latent_dim=16, n_heads=2, n_iterations=2, max_epochs=3, early_stopping=False,
+             batch_size=8, random_state=0)
 
 # Four callers with different, partly overlapping batches of different text lengths.
 BATCHES = [
@@ -26,15 +30,6 @@ BATCHES = [
     TEXTS[2::4] + ["shared text", ""],
     TEXTS[3::4] + [" ".join(WORDS[::-1][:12])],
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def predict_in_threads(model, batches, repeats=3):
@@ -87,3 +82,19 @@ def test_grid_search_in_worker_processes(tiny_llama, tmp_path):
                                serial.cv_results_["mean_test_score"], rtol=1e-6)
     # The workers wrote their token states to the shared folder: one file per text.
     assert len(list(shared.rglob("*.pt"))) == len(set(TEXTS))
+
+
+class ThreadRecordingRegressor(RelishTextRegressor):
+    """Records how many torch threads the process it was fitted in used."""
+
+    def fit(self, X, y):
+        super().fit(X, y)
+        self.torch_threads_ = torch.get_num_threads()
+        return self
+
+
+def test_worker_processes_do_not_oversubscribe_the_cores(tiny_llama, tmp_path):
+    estimator = ThreadRecordingRegressor(tiny_llama, **SMALL, cache_dir=str(tmp_path))
+    result = cross_validate(estimator, TEXTS, TARGETS, cv=2, n_jobs=2, return_estimator=True)
+    budget = max(1, (os.cpu_count() or 1) // 2)  # joblib gives each of 2 workers its share
+    assert all(fitted.torch_threads_ <= budget for fitted in result["estimator"])

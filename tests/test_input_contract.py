@@ -14,7 +14,6 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import TARGETS, TEXTS, WORDS, small_regressor
 from sklearn.exceptions import DataConversionWarning
 
@@ -41,15 +40,6 @@ def predict_fails(model, exception, match, X):
         model.predict(X)
     assert cache_info()["llm_texts"] == 0
     return info
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

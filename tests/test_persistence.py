@@ -32,15 +32,6 @@ from sklearn_relish import (
 PROBE = [*TEXTS[:4], "an unseen text", ""]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def fitted(tiny_llama):
     return small_regressor(tiny_llama).fit(TEXTS, TARGETS)

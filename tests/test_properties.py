@@ -13,7 +13,6 @@ from contextlib import contextmanager
 import joblib
 import numpy as np
 import pytest
-import torch
 from conftest import TARGETS, TEXTS, WORDS, small_regressor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,15 +28,6 @@ word_texts = st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join)
 any_texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 texts = st.one_of(word_texts, any_texts)
 batches = st.lists(texts, min_size=1, max_size=8)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
