@@ -96,6 +96,7 @@ class Settings:
     n_texts: int | None  # None = whole corpus; --quick subsamples
     max_epochs: int  # RELISH's max_epochs (package default unless --quick / --max-epochs)
     cache_dir: str
+    lr: float  # RELISH's learning rate (package default unless --lr)
 
 
 @dataclass
@@ -128,7 +129,7 @@ def relish_config(settings: Settings, *, layer: int = -1, n_iterations: int = N_
                   loss: str = "huber", input_norm: bool = False) -> dict[str, Any]:
     """RELISH's parameters that the ablations vary (the rest are package defaults)."""
     return {"layer": layer, "n_iterations": n_iterations, "loss": loss,
-            "input_norm": input_norm, "max_epochs": settings.max_epochs}
+            "input_norm": input_norm, "max_epochs": settings.max_epochs, "lr": settings.lr}
 
 
 def n_hidden_states(backbone: str) -> int:
@@ -615,7 +616,8 @@ class Summary:
             if (row["n_texts"] == settings.n_texts and row["seed"] in self.seeds
                     and row["corpus"] in self.corpora + self.ablation_corpora
                     and row["config"].get("max_epochs", settings.max_epochs)
-                    == settings.max_epochs):
+                    == settings.max_epochs
+                    and (row["method"] != "relish" or row["config"].get("lr") == settings.lr)):
                 cells[self._cell_key(row)].append(row)
         self.cells = {k: Cell(sorted(v, key=lambda r: r["seed"])) for k, v in cells.items()}
         self.rows = [row for cell in self.cells.values() for row in cell.rows]
@@ -899,6 +901,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-epochs", type=int, default=None,
                         help=f"RELISH's max_epochs (default: the package's; --quick: "
                              f"{QUICK_MAX_EPOCHS})")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="RELISH's learning rate (default: the package's)")
     parser.add_argument("--n-texts", type=int, default=None,
                         help=f"subsample each corpus (default: all; --quick: {QUICK_N_TEXTS})")
     parser.add_argument("--quick", action="store_true",
@@ -925,6 +929,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     secondary = None if args.secondary_backbone.lower() == "none" else args.secondary_backbone
     args.secondary = None if secondary == args.backbone else secondary
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
+    args.lr = args.lr or RelishTextRegressor().lr
     args.max_epochs = args.max_epochs or (
         QUICK_MAX_EPOCHS if quick else RelishTextRegressor().max_epochs)
     args.n_texts = args.n_texts or (QUICK_N_TEXTS if quick else None)
@@ -941,7 +946,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "benchmarks/quality.py",
                           *(sys.argv[1:] if argv is None else argv)])
-    settings = Settings(args.n_texts, args.max_epochs, args.cache_dir)
+    settings = Settings(args.n_texts, args.max_epochs, args.cache_dir, args.lr)
     if not args.summarise:
         backbones = [b for b in (args.backbone, args.secondary) if b]
         jobs = []

@@ -72,7 +72,7 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         Training loss on standardised targets.
     huber_delta : float, default=1.0
         Threshold of the Huber loss, in standard deviations of the target.
-    lr : float, default=1e-3
+    lr : float, default=3e-4
         AdamW learning rate.
     weight_decay : float, default=0.01
         AdamW weight decay.
@@ -180,7 +180,7 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         input_norm: bool = False,
         loss: str = "huber",
         huber_delta: float = 1.0,
-        lr: float = 1e-3,
+        lr: float = 3e-4,
         weight_decay: float = 0.01,
         batch_size: int = 16,
         max_epochs: int = 20,
