@@ -125,9 +125,18 @@ def short(backbone: str | None) -> str:
     return SHORT_NAMES.get(backbone, str(backbone).split("/")[-1]) if backbone else ""
 
 
-def relish_config(settings: Settings, *, layer: int = -1, n_iterations: int = N_ITERATIONS,
-                  loss: str = "huber", input_norm: bool = False) -> dict[str, Any]:
-    """RELISH's parameters that the ablations vary (the rest are package defaults)."""
+def package_default(name: str) -> Any:
+    from sklearn_relish import RelishTextRegressor
+
+    return RelishTextRegressor().get_params()[name]
+
+
+def relish_config(settings: Settings, *, layer: int | float | None = None,
+                  n_iterations: int = N_ITERATIONS, loss: str = "huber",
+                  input_norm: bool | None = None) -> dict[str, Any]:
+    """RELISH's parameters that the ablations vary (unset ones are the package defaults)."""
+    layer = package_default("layer") if layer is None else layer
+    input_norm = package_default("input_norm") if input_norm is None else input_norm
     return {"layer": layer, "n_iterations": n_iterations, "loss": loss,
             "input_norm": input_norm, "max_epochs": settings.max_epochs, "lr": settings.lr}
 
@@ -141,10 +150,15 @@ def n_hidden_states(backbone: str) -> int:
     return int(AutoConfig.from_pretrained(resolve_backbone(backbone)).num_hidden_layers) + 1
 
 
-def ablation_layers(backbone: str) -> list[tuple[str, int]]:
-    """(label, hidden-state index) for last, 3/4, 1/2 and 1/4 of the depth."""
+def ablation_layers(backbone: str) -> list[tuple[str, int | float]]:
+    """(label, layer) for last, 3/4, 1/2 and 1/4 of the depth.
+
+    Shares of depth are passed to the estimator as floats, as its ``layer`` default is, so
+    the default's own layer is not fitted twice under two names.
+    """
     n_layers = n_hidden_states(backbone) - 1  # hidden state k is the output of layer k
-    return [(name, -1 if frac is None else int(n_layers * frac))
+    return [("last", -1) if frac is None else (f"{name} depth (layer {round(frac * n_layers)})",
+                                               frac)
             for name, frac in ABLATION_LAYERS]
 
 
@@ -169,8 +183,8 @@ def ablation_jobs(corpora, seeds, backbone, methods, settings) -> list[Job]:
     configs += [relish_config(settings, loss=loss) for loss in ABLATION_LOSSES]
     for _, layer in ablation_layers(backbone):
         # Intermediate SmolLM2 layers carry massive activations on the first token, which
-        # destabilise the head unless the states are normalised: run both ways.
-        for norm in (False,) if layer == -1 else (False, True):
+        # destabilise the head unless the states are normalised: run every layer both ways.
+        for norm in (False, True):
             configs.append(relish_config(settings, layer=layer, input_norm=norm))
     return [Job("relish", corpus, seed, backbone, config)
             for corpus in corpora for seed in seeds for config in configs]
@@ -717,11 +731,12 @@ class Summary:
         except Exception:  # backbone not installed here: label layers from the rows
             depth = sorted({(str(r["config"]["layer"]), r["config"]["layer"])
                             for r in self.rows if r["method"] == "relish"}, key=lambda t: -t[1])
+        default_layer = (package_default("layer"), package_default("input_norm"))
         for name, layer in depth:
-            for norm in (False,) if layer == -1 else (False, True):
-                where = "last layer (-1)" if layer == -1 else f"{name} depth (layer {layer})"
+            for norm in (False, True):
+                where = "last layer (-1)" if layer == -1 else name
                 layers.append((f"{where}{', input_norm' if norm else ''}"
-                               f"{default if layer == -1 else ''}",
+                               f"{default if (layer, norm) == default_layer else ''}",
                                relish_config(s, layer=layer, input_norm=norm)))
         lines = []
         for corpus in self.ablation_corpora:

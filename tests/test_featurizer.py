@@ -43,6 +43,26 @@ def test_layer_selects_that_hidden_state(tiny_llama, layer):
                                atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.parametrize("share, index", [(0.0, 0), (0.5, 1), (1.0, 2)])
+def test_float_layer_is_a_share_of_depth(tiny_llama, share, index):
+    got = LLMFeaturizer(tiny_llama, layer=share, cache=False).transform(["good movie"], "single")
+    torch.testing.assert_close(got[0].float(), reference_states(tiny_llama, "good movie", index),
+                               atol=2e-3, rtol=2e-3)
+
+
+def test_float_layer_and_its_index_share_cache_entries(tiny_llama):
+    LLMFeaturizer(tiny_llama, layer=0.5).transform(["good movie"], "single")
+    LLMFeaturizer(tiny_llama, layer=1).transform(["good movie"], "single")
+    from sklearn_relish import cache_info
+
+    assert cache_info()["llm_texts"] == 1
+
+
+def test_float_layer_outside_unit_interval_is_rejected(tiny_llama):
+    with pytest.raises(ValueError, match="share of depth"):
+        LLMFeaturizer(tiny_llama, layer=1.5).transform(["x"], "single")
+
+
 def test_layer_out_of_range_is_a_clear_error(tiny_llama):
     with pytest.raises(ValueError, match="layer=7 is out of range.*3 hidden states"):
         LLMFeaturizer(tiny_llama, layer=7).transform(["x"], "single")
