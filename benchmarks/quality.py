@@ -162,6 +162,21 @@ def ablation_layers(backbone: str) -> list[tuple[str, int | float]]:
             for name, frac in ABLATION_LAYERS]
 
 
+def baseline_configs() -> list[dict[str, Any]]:
+    """Last layer (config {} for rows recorded before layers were varied) and RELISH's."""
+    return [{}, {"layer": package_default("layer")}]
+
+
+def method_label(method: str, backbone: str | None, config: dict | None) -> str:
+    """Table label; baselines name their layer when it is not the last."""
+    name = label(method, backbone)
+    layer = (config or {}).get("layer")
+    if METHODS[method].baseline and layer is not None and layer != -1:
+        where = "middle layer" if layer == 0.5 else f"layer {layer}"
+        name = name[:-1] + f", {where})" if name.endswith(")") else f"{name}, {where}"
+    return name
+
+
 def main_jobs(corpora, seeds, backbones, methods, settings) -> list[Job]:
     jobs = []
     for corpus in corpora:
@@ -169,8 +184,11 @@ def main_jobs(corpora, seeds, backbones, methods, settings) -> list[Job]:
             # Cheap methods first, so a partial run already has every baseline.
             jobs += [Job("vader", corpus, seed), Job("tfidf_ridge", corpus, seed)]
             for backbone in backbones:
-                jobs += [Job(m, corpus, seed, backbone)
-                         for m in ("meanpool_ridge", "lasttoken_ridge", "meanpool_mlp")]
+                # Each head baseline reads the last layer (the paper's setting) and also
+                # RELISH's default layer, so no method wins by its layer alone.
+                for config in baseline_configs():
+                    jobs += [Job(m, corpus, seed, backbone, config)
+                             for m in ("meanpool_ridge", "lasttoken_ridge", "meanpool_mlp")]
             for backbone in backbones:
                 jobs.append(Job("relish", corpus, seed, backbone, relish_config(settings)))
     return [job for job in jobs if job.method in methods]
@@ -277,11 +295,12 @@ class FeatureStore:
         if (corpus.name, backbone, layer) not in self._warm:
             self.states(corpus, backbone, layer)
 
-    def pooled(self, corpus: Corpus, backbone: str, pooling: str) -> np.ndarray:
+    def pooled(self, corpus: Corpus, backbone: str, pooling: str,
+               layer: int | float = -1) -> np.ndarray:
         """(n_texts, d) float32: mean over tokens, or the last token (zeros if empty)."""
-        key = (corpus.name, backbone)
+        key = (corpus.name, backbone, layer)
         if key not in self._pooled:
-            states = self.states(corpus, backbone, -1)
+            states = self.states(corpus, backbone, layer)
             d = states[0].shape[1]
             zeros = np.zeros(d, dtype=np.float32)
             self._pooled[key] = {
@@ -342,10 +361,10 @@ def matched_mlp_width(d: int) -> int:
 
 
 def run_pooled_ridge(job, corpus, train, test, store, settings, pooling: str) -> Outcome:
-    X = store.pooled(corpus, job.backbone, pooling)
+    X = store.pooled(corpus, job.backbone, pooling, job.layer)
     model = ridge_cv()
     pred, fit_s, pred_s = timed_fit_predict(model, X[train], corpus.y[train], X[test])
-    return Outcome(pred, fit_s, pred_s, {"pooling": pooling, "layer": -1,
+    return Outcome(pred, fit_s, pred_s, {"pooling": pooling, "layer": job.layer,
                                          **alpha_note(model[-1].alpha_)})
 
 
@@ -366,7 +385,7 @@ def run_meanpool_mlp(job, corpus, train, test, store, settings) -> Outcome:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    X = store.pooled(corpus, job.backbone, "mean")
+    X = store.pooled(corpus, job.backbone, "mean", job.layer)
     d = X.shape[1]
     width = matched_mlp_width(d)
     # Standardised features and target, as RELISH standardises its target; early stopping
@@ -379,7 +398,7 @@ def run_meanpool_mlp(job, corpus, train, test, store, settings) -> Outcome:
         pred, fit_s, pred_s = timed_fit_predict(model, X[train], corpus.y[train], X[test])
     fitted = model.regressor_[-1]
     return Outcome(pred, fit_s, pred_s, {
-        "pooling": "mean", "layer": -1, "hidden_units": width,
+        "pooling": "mean", "layer": job.layer, "hidden_units": width,
         "mlp_params": width * (d + 2) + 1, "relish_head_params": relish_head_params(d),
         "n_iter": int(fitted.n_iter_),
         "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught),
@@ -654,8 +673,8 @@ class Summary:
         backbones = [b for b in (self.primary, self.secondary) if b]
         methods = [("relish", b, self.default_relish) for b in backbones]
         for b in backbones:
-            methods += [(m, b, None) for m in ("meanpool_ridge", "meanpool_mlp",
-                                               "lasttoken_ridge")]
+            methods += [(m, b, config or None) for config in baseline_configs()
+                        for m in ("meanpool_ridge", "meanpool_mlp", "lasttoken_ridge")]
         return methods + [("tfidf_ridge", None, None), ("vader", None, None)]
 
     def corpus_table(self, corpus: str) -> list[str]:
@@ -665,7 +684,7 @@ class Summary:
             cell = self.cell(method, backbone, corpus, config)
             if cell is None:
                 continue
-            name = label(method, backbone) + ("†" if method == "vader" else "")
+            name = method_label(method, backbone, config) + ("†" if method == "vader" else "")
             name = f"**{name}**" if method == "relish" and backbone == self.primary else name
             lines.append(f"| {name}{self.seeds_note(cell)} | {cell.text('pearson')} | "
                          f"{cell.text('spearman')} | {cell.text('nrmse')} | "
@@ -674,7 +693,7 @@ class Summary:
 
     def best_baseline(self, corpus: str) -> tuple[str, Cell] | None:
         """The baseline with the highest mean Pearson (the paper's primary metric)."""
-        candidates = [(label(m, b), self.cell(m, b, corpus, c))
+        candidates = [(method_label(m, b, c), self.cell(m, b, corpus, c))
                       for m, b, c in self.main_methods() if METHODS[m].baseline]
         candidates = [(name, cell) for name, cell in candidates if cell is not None]
         return max(candidates, key=lambda nc: nc[1].mean("pearson"), default=None)
