@@ -357,12 +357,9 @@ def render(reports: list[BackboneReport], args: argparse.Namespace, n_texts: int
 
 
 def write_results(body: str, machine: list[str], path: Path, quick: bool) -> None:
-    header = "" if path.exists() else (
-        "# sklearn_relish speed benchmarks\n\n"
-        "Sections appended by `benchmarks/speed.py`, newest last.\n"
-    )
+    header = "" if path.exists() else "# Benchmark results\n"
     section = "\n".join([
-        f"\n## {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}"
+        f"\n## Speed, {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}"
         + (" (--quick smoke test: not representative)" if quick else ""),
         "",
         f"Command: `{shlex.join(sys.orig_argv)}`",
