@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,8 +176,6 @@ def resolve_device(device: str) -> torch.device:
             "'cuda:N'."
         ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        import warnings
-
         warnings.warn(
             f"device={device!r} was requested but CUDA is not available here; using the CPU.",
             UserWarning,

@@ -89,12 +89,9 @@ class LLMFeaturizer:
                     "Install the original backbone, or refit on this one."
                 )
             self.fingerprint = loaded.fingerprint
-            self._check_layer(loaded)
+            self.layer_index(loaded)  # an out-of-range layer fails here, before any forward
             self._loaded = loaded
         return self._loaded
-
-    def _check_layer(self, loaded: LoadedBackbone) -> None:
-        self.layer_index(loaded)
 
     def layer_index(self, loaded: LoadedBackbone) -> int:
         """The hidden-state index ``layer`` names: an int as is, a float as a share of depth.
@@ -208,7 +205,7 @@ class LLMFeaturizer:
             for batch in self._progress(batches, len(order)):
                 hidden = self._run_batch([ids[i] for i in batch], layer)
                 for row, i in enumerate(batch):
-                    states[i] = hidden[row, : len(ids[i])].to("cpu", torch.float16).clone()
+                    states[i] = hidden[row, : len(ids[i])].to("cpu", torch.float16, copy=True)
             count_forward(len(order))
         return [CachedStates(s, cut) for s, cut in zip(states, truncated, strict=True)]
 
