@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,9 @@ class LoadedBackbone:
     dtype: torch.dtype
     # Serialises tokenizer and forward calls: fast tokenizers are not re-entrant.
     lock: threading.Lock
+    # Per layer: whether stopping the forward pass there was checked to give the same
+    # states as the full pass (see _early_exit.py); unchecked layers are absent.
+    early_exit_ok: dict[int, bool] = field(default_factory=dict)
 
     @property
     def hidden_size(self) -> int:

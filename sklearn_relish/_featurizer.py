@@ -15,6 +15,7 @@ import torch
 
 from ._backbones import LoadedBackbone, load_backbone, resolve_device, resolve_dtype
 from ._cache import CachedStates, DiskCache, cache_key, count_forward, memory_cache
+from ._early_exit import hidden_states_at
 from ._inputs import format_texts
 
 # transformers' log level is process-wide: one lock for everyone who lowers it for a moment.
@@ -214,8 +215,7 @@ class LLMFeaturizer:
         loaded = self.loaded
         padded = loaded.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
         padded = {name: tensor.to(loaded.device) for name, tensor in padded.items()}
-        output = loaded.model(**padded, output_hidden_states=True)
-        return output.hidden_states[layer]
+        return hidden_states_at(loaded, padded, layer)
 
     def _progress(self, batches: list, n_texts: int):
         if not self.verbose:
