@@ -70,7 +70,7 @@ DEFAULT_CACHE_DIR = Path("~/.cache/sklearn_relish/states")
 QUICK_DIR = Path(tempfile.gettempdir()) / "sklearn_relish_quality_quick"
 
 TEST_SIZE = 0.2
-RIDGE_ALPHAS = np.logspace(-3, 3, 13)
+RIDGE_ALPHAS = np.logspace(-3, 5, 17)  # wide: SmolLM2 last-layer states want alpha 1e3+
 QUICK_N_TEXTS = 200
 QUICK_MAX_EPOCHS = 3
 
@@ -639,21 +639,29 @@ class Cell:
 
 
 class Summary:
-    def __init__(self, rows, settings, corpora, ablation_corpora, seeds, primary, secondary):
+    def __init__(self, rows, settings, corpora, ablation_corpora, seeds, primary, secondary,
+                 ablation_n_texts=None):
         self.settings, self.seeds = settings, list(seeds)
         self.corpora, self.ablation_corpora = list(corpora), list(ablation_corpora)
         self.primary, self.secondary = primary, secondary
+        self.ablation_n_texts = ablation_n_texts
         self.default_relish = relish_config(settings)
-        cells: dict[tuple, list[dict]] = defaultdict(list)
+        # Main tables and ablations may use different corpus sizes (ablations are many
+        # fits), so each reads its own rows.
+        self.cells = self._group(rows, settings.n_texts, self.corpora)
+        self.ablation_cells = self._group(rows, ablation_n_texts, self.ablation_corpora)
+        self.rows = list({row["key"]: row for cells in (self.cells, self.ablation_cells)
+                          for cell in cells.values() for row in cell.rows}.values())
+
+    def _group(self, rows, n_texts, corpora) -> dict[tuple, Cell]:
+        s, cells = self.settings, defaultdict(list)
         for row in rows:
-            if (row["n_texts"] == settings.n_texts and row["seed"] in self.seeds
-                    and row["corpus"] in self.corpora + self.ablation_corpora
-                    and row["config"].get("max_epochs", settings.max_epochs)
-                    == settings.max_epochs
-                    and (row["method"] != "relish" or row["config"].get("lr") == settings.lr)):
+            if (row["n_texts"] == n_texts and row["seed"] in self.seeds
+                    and row["corpus"] in corpora
+                    and row["config"].get("max_epochs", s.max_epochs) == s.max_epochs
+                    and (row["method"] != "relish" or row["config"].get("lr") == s.lr)):
                 cells[self._cell_key(row)].append(row)
-        self.cells = {k: Cell(sorted(v, key=lambda r: r["seed"])) for k, v in cells.items()}
-        self.rows = [row for cell in self.cells.values() for row in cell.rows]
+        return {k: Cell(sorted(v, key=lambda r: r["seed"])) for k, v in cells.items()}
 
     @staticmethod
     def _cell_key(row) -> tuple:
@@ -727,7 +735,8 @@ class Summary:
         lines = ["| Variant | Pearson ↑ | Spearman ↑ | NRMSE ↓ | Epochs | Fit (s) |",
                  "|---|---:|---:|---:|---:|---:|"]
         for name, config in variants:
-            cell = self.cell("relish", self.primary, corpus, config)
+            cell = self.ablation_cells.get(("relish", self.primary, corpus,
+                                            json.dumps(config, sort_keys=True)))
             if cell is None:
                 continue
             epochs = np.mean([row["params"]["epochs"] for row in cell.rows])
@@ -788,12 +797,14 @@ class Summary:
             + (f"; each corpus subsampled to {self.settings.n_texts} texts"
                if self.settings.n_texts else "")
             + ". Everything a method tunes is chosen on the training split only: Ridge's "
-            f"alpha by RidgeCV's leave-one-out over logspace(-3, 3, 13) on standardised "
-            "features; RELISH (package defaults, max_epochs="
+            "alpha by RidgeCV's leave-one-out over logspace("
+            f"{np.log10(RIDGE_ALPHAS[0]):.0f}, {np.log10(RIDGE_ALPHAS[-1]):.0f}, "
+            f"{len(RIDGE_ALPHAS)}) on standardised features; RELISH (package defaults, max_epochs="
             f"{self.settings.max_epochs}) and the MLP stop early on 10% held out of the "
             "training split. Pearson, Spearman and NRMSE (RMSE / (max - min) of the test "
             "targets) are x100, mean ± sample std (ddof=1) over seeds. Backbone baselines "
-            "read the same frozen last layer as RELISH; the MLP has one hidden layer sized to "
+            "read the same frozen backbone as RELISH, at its last layer (the paper's "
+            "setting) and at RELISH's default middle layer; the MLP has one hidden layer sized to "
             "match the RELISH head's parameters"
             + "".join(f" ({', '.join(f'{w} units for {b}' for b, w in mlp_widths.items())})"
                       for _ in [0] if mlp_widths)
@@ -818,8 +829,11 @@ class Summary:
                 *self.headline(), ""]
         ablations = self.ablations()
         if ablations:
+            size = (f"each corpus subsampled to {self.ablation_n_texts:,} texts, "
+                    if self.ablation_n_texts else "")
             out += [f"### Ablations (RELISH on {short(self.primary)})", "",
-                    "Same seeds and splits; one parameter varied from the defaults. "
+                    f"Same seeds; {size}80/20 splits as above; one parameter varied from "
+                    "the defaults. "
                     "Epochs = mean epochs trained (early stopping restores the best).", "",
                     *ablations]
         if figure is not None:
@@ -892,7 +906,8 @@ def replace_section(path: Path, section: str, heading: str = "## Quality") -> No
 
 def summarise(args, settings: Settings, command: str) -> None:
     summary = Summary(read_rows(args.runs_file), settings, args.corpora,
-                      args.ablation_corpora, args.seeds, args.backbone, args.secondary)
+                      args.ablation_corpora, args.seeds, args.backbone, args.secondary,
+                      args.ablation_n_texts)
     if not summary.rows:
         print(f"No rows for these settings in {args.runs_file}; nothing to summarise.")
         return
@@ -939,6 +954,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="RELISH's learning rate (default: the package's)")
     parser.add_argument("--n-texts", type=int, default=None,
                         help=f"subsample each corpus (default: all; --quick: {QUICK_N_TEXTS})")
+    parser.add_argument("--ablation-n-texts", type=int, default=None,
+                        help="subsample each corpus for the ablations only (default: "
+                             "--n-texts)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: MiniLM, 200 texts per corpus, 1 seed, 3 epochs; "
                              f"rows and results go to {QUICK_DIR} unless paths are given")
@@ -967,6 +985,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.max_epochs = args.max_epochs or (
         QUICK_MAX_EPOCHS if quick else RelishTextRegressor().max_epochs)
     args.n_texts = args.n_texts or (QUICK_N_TEXTS if quick else None)
+    args.ablation_n_texts = args.ablation_n_texts or args.n_texts
     args.runs_file = args.runs_file or (QUICK_DIR / "quality_runs.jsonl" if quick
                                         else DEFAULT_RUNS_FILE)
     args.results = args.results or (QUICK_DIR / "RESULTS.md" if quick else DEFAULT_RESULTS)
@@ -983,19 +1002,24 @@ def main(argv=None) -> int:
     settings = Settings(args.n_texts, args.max_epochs, args.cache_dir, args.lr)
     if not args.summarise:
         backbones = [b for b in (args.backbone, args.secondary) if b]
-        jobs = []
+        ablation_settings = Settings(args.ablation_n_texts, args.max_epochs, args.cache_dir,
+                                     args.lr)
+        batches = []  # (jobs, their settings): main and ablation corpus sizes may differ
         if args.part in ("main", "all"):
-            jobs += main_jobs(args.corpora, args.seeds, backbones, args.methods, settings)
+            batches.append((main_jobs(args.corpora, args.seeds, backbones, args.methods,
+                                      settings), settings))
         if args.part in ("ablations", "all"):
-            jobs += ablation_jobs(args.ablation_corpora, args.seeds, args.backbone,
-                                  args.methods, settings)
+            batches.append((ablation_jobs(args.ablation_corpora, args.seeds, args.backbone,
+                                          args.methods, ablation_settings), ablation_settings))
         print(f"Quality benchmark: part={args.part}, corpora={args.corpora}, "
               f"seeds={args.seeds}, backbone={args.backbone}"
               + (f" (+ {args.secondary})" if args.secondary else "")
-              + f", n_texts={args.n_texts or 'all'}, RELISH max_epochs={args.max_epochs}, "
+              + f", n_texts={args.n_texts or 'all'} (ablations: {args.ablation_n_texts or 'all'})"
+              + f", RELISH max_epochs={args.max_epochs}, "
               f"cache {args.cache_dir}", flush=True)
         start = time.perf_counter()
-        run_jobs(dedupe(jobs, settings), settings, args.runs_file)
+        for jobs, job_settings in batches:
+            run_jobs(dedupe(jobs, job_settings), job_settings, args.runs_file)
         print(f"Runs finished in {(time.perf_counter() - start) / 60:.1f} min.", flush=True)
     summarise(args, settings, command)
     return 0
