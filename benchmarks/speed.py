@@ -153,7 +153,8 @@ def sentence_transformers_method(backbone: str, device: torch.device) -> Method:
                   f"its own length sort; max_seq_length={model.max_seq_length}")
 
 
-def featurization(report: BackboneReport, texts: list[str], repeats: int) -> None:
+def featurization(report: BackboneReport, texts: list[str], repeats: int,
+                  padded: bool = True) -> None:
     """Time each method over the same texts, after one warm-up batch each."""
     # cache=False: every call really runs the LLM, so repeats measure the same work.
     featurizer = LLMFeaturizer(report.backbone, batch_size=BATCH_SIZE, cache=False)
@@ -162,14 +163,25 @@ def featurization(report: BackboneReport, texts: list[str], repeats: int) -> Non
     report.load_s = time.perf_counter() - start
     max_length = featurizer._effective_max_length()
 
+    # The estimator's default reads a middle layer, and the featurizer stops the forward
+    # pass there; the floor and the rows above run every layer.
+    default_layer = RelishTextRegressor().layer
+    at_default = LLMFeaturizer(report.backbone, layer=default_layer, batch_size=BATCH_SIZE,
+                               cache=False)
+    index = at_default.layer_index(loaded)
     methods = [
         Method("bare transformers forward (floor)",
                lambda t: bare_forward(loaded, t, max_length), "length-sorted, padded per batch"),
         Method("sklearn_relish LLMFeaturizer, cache off",
                lambda t: featurizer.transform(t, "single"), "same batches + fp16 copies"),
-        Method(f"pad every text to max_length={PAPER_MAX_LENGTH}",
-               lambda t: padded_forward(loaded, t, PAPER_MAX_LENGTH), "as the paper's code"),
+        Method(f"sklearn_relish LLMFeaturizer, layer={default_layer} (the default), cache off",
+               lambda t: at_default.transform(t, "single"),
+               f"stops after block {index} of {loaded.n_hidden_states - 1}"),
     ]
+    if padded:
+        methods.append(Method(f"pad every text to max_length={PAPER_MAX_LENGTH}",
+                              lambda t: padded_forward(loaded, t, PAPER_MAX_LENGTH),
+                              "as the paper's code"))
     if report.backbone == MINILM:
         methods.append(sentence_transformers_method(report.backbone, loaded.device))
 
@@ -319,40 +331,47 @@ def machine_info() -> list[str]:
 
 def render(reports: list[BackboneReport], args: argparse.Namespace, n_texts: int,
            avg_chars: float) -> str:
+    padded = "" if args.no_padded else (
+        f"Padded baseline uses max_length={PAPER_MAX_LENGTH}, as the paper's code did; ")
     parts = [
         f"### Featurization of {n_texts} VADER tweets (mean {avg_chars:.0f} characters), "
         f"batch size {BATCH_SIZE}, median of {args.repeats} run(s) after one warm-up batch",
         "",
-        "Padded baseline uses max_length=256, as the paper's code did; the package and the "
-        "floor use dynamic padding (max_length=512, no tweet is that long). Backbone load "
-        "times (not included): "
+        padded + "the package and the floor use dynamic padding (max_length=512, no tweet is "
+        "that long). Backbone load times (not included): "
         + ", ".join(f"{short(r.backbone)} {r.load_s:.1f} s" for r in reports) + ".",
         "",
         markdown_table(["backbone", "method", "seconds", "texts/s", "x floor", "note"],
                        [row for r in reports for row in r.featurization]),
-        "",
-        f"### Token-state cache memory (after featurizing the {n_texts} tweets)",
-        "",
-        markdown_table(
-            ["backbone", "entries", "d", "tokens/text", "cache MiB per 1,000 texts (fp16)",
-             f"padded fp32 @{PAPER_MAX_LENGTH} MiB per 1,000", "padded / cache",
-             "cold featurize s", "all-hit featurize ms"],
-            [r.memory for r in reports]),
-        "",
-        f"### GridSearchCV: {len(GRID['lr']) * len(GRID['n_iterations'])} candidates "
-        f"({GRID}) x {N_FOLDS} folds, max_epochs={args.max_epochs}, early_stopping=False, "
-        "n_jobs=1",
-        "",
-        markdown_table(
-            ["backbone", "cache", "texts", "fits", "wall s", "llm_texts", "expected",
-             "LLM passes per text", "best CV R²"],
-            [row for r in reports for row in r.grid]),
-        "",
-        f"### predict latency on one text, warm backbone (fitted on {args.grid_n} tweets)",
-        "",
-        markdown_table(["backbone", "text", "calls", "median ms", "min ms", "max ms"],
-                       [row for r in reports for row in r.latency]),
     ]
+    if any(r.memory for r in reports):
+        parts += [
+            "",
+            f"### Token-state cache memory (after featurizing the {n_texts} tweets)",
+            "",
+            markdown_table(
+                ["backbone", "entries", "d", "tokens/text", "cache MiB per 1,000 texts (fp16)",
+                 f"padded fp32 @{PAPER_MAX_LENGTH} MiB per 1,000", "padded / cache",
+                 "cold featurize s", "all-hit featurize ms"],
+                [r.memory for r in reports if r.memory]),
+        ]
+    if any(r.grid for r in reports):
+        parts += [
+            "",
+            f"### GridSearchCV: {len(GRID['lr']) * len(GRID['n_iterations'])} candidates "
+            f"({GRID}) x {N_FOLDS} folds, max_epochs={args.max_epochs}, "
+            "early_stopping=False, n_jobs=1",
+            "",
+            markdown_table(
+                ["backbone", "cache", "texts", "fits", "wall s", "llm_texts", "expected",
+                 "LLM passes per text", "best CV R²"],
+                [row for r in reports for row in r.grid]),
+            "",
+            f"### predict latency on one text, warm backbone (fitted on {args.grid_n} tweets)",
+            "",
+            markdown_table(["backbone", "text", "calls", "median ms", "min ms", "max ms"],
+                           [row for r in reports for row in r.latency]),
+        ]
     return "\n".join(parts) + "\n"
 
 
@@ -392,6 +411,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int,
                         help="torch intra-op threads (default: torch's own default, one per "
                              "core); 1 gives steadier numbers on a machine shared with others")
+    parser.add_argument("--parts", nargs="+", choices=["featurization", "cache", "grid"],
+                        default=["featurization", "cache", "grid"],
+                        help="what to measure (default: all; featurization always runs, "
+                             "grid includes the predict latency)")
+    parser.add_argument("--no-padded", action="store_true",
+                        help="skip the slow pad-to-256 featurization method")
     parser.add_argument("--no-write", action="store_true",
                         help=f"print only; do not append to {RESULTS.name}")
     parser.add_argument("--results", type=Path, default=RESULTS, help="file to append to")
@@ -433,13 +458,15 @@ def main(argv: list[str] | None = None) -> None:
     for backbone in args.backbones:
         report = BackboneReport(backbone)
         log(f"{short(backbone)}: featurization of {len(featurize_texts)} texts")
-        featurization(report, featurize_texts, args.repeats)
-        log(f"{short(backbone)}: cache memory")
-        cache_memory(report, featurize_texts)
-        log(f"{short(backbone)}: grid search on {len(grid_texts)} texts")
-        estimator = grid_search(report, grid_texts, grid_y, args.max_epochs)
-        log(f"{short(backbone)}: predict latency")
-        predict_latency(report, estimator, fresh)
+        featurization(report, featurize_texts, args.repeats, padded=not args.no_padded)
+        if "cache" in args.parts:
+            log(f"{short(backbone)}: cache memory")
+            cache_memory(report, featurize_texts)
+        if "grid" in args.parts:
+            log(f"{short(backbone)}: grid search on {len(grid_texts)} texts")
+            estimator = grid_search(report, grid_texts, grid_y, args.max_epochs)
+            log(f"{short(backbone)}: predict latency")
+            predict_latency(report, estimator, fresh)
         reports.append(report)
 
     avg_chars = float(np.mean([len(t) for t in featurize_texts]))
