@@ -85,3 +85,16 @@ def test_disagreeing_early_exit_falls_back_to_the_full_pass(tiny_llama, monkeypa
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b)
     featurizer.loaded.early_exit_ok.pop(1)  # the shared backbone must not keep the verdict
+
+
+def test_a_block_the_forward_pass_never_runs_falls_back(tiny_llama, monkeypatch):
+    # An architecture whose only list of n_layers modules is not the one its forward uses.
+    decoy = torch.nn.ModuleList(torch.nn.Identity() for _ in range(2))
+    monkeypatch.setattr(_early_exit, "_blocks", lambda model, n_layers: decoy)
+    featurizer = LLMFeaturizer(tiny_llama, layer=1, cache=False)
+    featurizer.loaded.early_exit_ok.pop(1, None)
+    got = featurizer.transform(TEXTS, "single")
+    assert featurizer.loaded.early_exit_ok.pop(1) is False
+    expected = full_pass_states(featurizer, TEXTS, 1)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
