@@ -9,7 +9,8 @@ and NRMSE (RMSE / (max - min) of the test targets), x100, mean +- std over seeds
 Methods (the "main" part):
 
 - RELISH (``RelishTextRegressor`` with the package defaults) on SmolLM2 and on MiniLM;
-- predictive heads on the same frozen backbone's last layer: mean-pooled states + Ridge,
+- predictive heads on the same frozen backbone's last layer (the paper's setting) and on
+  RELISH's default middle layer: mean-pooled states + Ridge,
   mean-pooled states + an MLP with about as many parameters as the RELISH head, and the
   last token's state + Ridge;
 - TF-IDF (word 1-2 grams) + Ridge;
@@ -29,6 +30,7 @@ Usage::
 
     python benchmarks/quality.py                      # everything (hours on a laptop CPU)
     python benchmarks/quality.py --part main --corpora tweets nyt
+    python benchmarks/quality.py --ablation-n-texts 1000   # full main tables, cheaper ablations
     python benchmarks/quality.py --summarise          # rewrite RESULTS.md from the rows
     python benchmarks/quality.py --quick              # minutes: MiniLM, 200 texts, 1 seed
 """
