@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from numbers import Integral, Real
 from typing import Any
 
@@ -16,11 +15,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE, resolve_device
 from ._featurizer import LLMFeaturizer
-from ._head import RelishHead
 from ._inputs import check_prompt, check_target, check_texts
-from ._net import RelishNet, TokenStateDataset, pad_collate
-
-_LOSSES = {"huber": torch.nn.HuberLoss, "mse": torch.nn.MSELoss}
+from ._net import LOSSES, TokenStateDataset, build_net
 
 
 class RelishTextRegressor(RegressorMixin, BaseEstimator):
@@ -149,7 +145,7 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "share_weights": ["boolean"],
         "input_norm": ["boolean"],
-        "loss": [StrOptions(set(_LOSSES))],
+        "loss": [StrOptions(set(LOSSES))],
         "huber_delta": [Interval(Real, 0, None, closed="neither")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -278,7 +274,7 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         self.y_scale_ = spread if spread > 0 else 1.0
         scaled = (target - self.y_mean_) / self.y_scale_
 
-        self.net_ = self._make_net(self.featurizer_.hidden_size, len(texts), seed, device)
+        self.net_ = build_net(self, self.featurizer_.hidden_size, len(texts), seed, device)
         cuda = [device.index or 0] if device.type == "cuda" else []
         # A private RNG stream: the user's global torch seed is neither used nor disturbed.
         with torch.random.fork_rng(devices=cuda):
@@ -310,54 +306,6 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
             trust_remote_code=self.trust_remote_code,
             cache=self.cache,
             cache_dir=None if self.cache_dir is None else str(self.cache_dir),
-            verbose=self.verbose,
-        )
-
-    def _make_net(self, input_dim: int, n_samples: int, seed: int, device) -> RelishNet:
-        from skorch.callbacks import EarlyStopping
-        from skorch.dataset import ValidSplit
-
-        early_stopping = self.early_stopping
-        if early_stopping and int(n_samples * self.validation_fraction) < 2:
-            warnings.warn(
-                f"early_stopping needs at least 2 validation texts, but "
-                f"validation_fraction={self.validation_fraction} of {n_samples} texts gives "
-                f"fewer; training for max_epochs={self.max_epochs} without it.",
-                UserWarning,
-                stacklevel=3,
-            )
-            early_stopping = False
-        callbacks = []
-        if early_stopping:
-            callbacks.append(("early_stopping", EarlyStopping(
-                monitor="valid_loss", patience=self.patience, load_best=True)))
-        loss_kwargs = {"criterion__delta": self.huber_delta} if self.loss == "huber" else {}
-        return RelishNet(
-            module=RelishHead,
-            module__input_dim=input_dim,
-            module__n_latents=self.n_latents,
-            module__latent_dim=self.latent_dim,
-            module__n_heads=self.n_heads,
-            module__n_iterations=self.n_iterations,
-            module__ff_mult=self.ff_mult,
-            module__dropout=self.dropout,
-            module__share_weights=self.share_weights,
-            module__input_norm=self.input_norm,
-            criterion=_LOSSES[self.loss],
-            **loss_kwargs,
-            optimizer=torch.optim.AdamW,
-            optimizer__weight_decay=self.weight_decay,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            max_epochs=self.max_epochs,
-            train_split=(
-                ValidSplit(self.validation_fraction, random_state=seed) if early_stopping else None
-            ),
-            callbacks=callbacks,
-            iterator_train__shuffle=True,
-            iterator_train__collate_fn=pad_collate,
-            iterator_valid__collate_fn=pad_collate,
-            device=str(device),
             verbose=self.verbose,
         )
 

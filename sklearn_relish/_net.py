@@ -7,9 +7,16 @@ own longest text when the DataLoader collates it, with a mask marking the real t
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
 from skorch import NeuralNetRegressor
 from torch.utils.data import Dataset
+
+from ._head import RelishHead
+
+LOSSES = {"huber": torch.nn.HuberLoss, "mse": torch.nn.MSELoss}
 
 
 class TokenStateDataset(Dataset):
@@ -52,3 +59,57 @@ class RelishNet(NeuralNetRegressor):
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         return super().get_loss(y_pred.reshape(-1), y_true.reshape(-1), X=X, training=training)
+
+
+def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device) -> RelishNet:
+    """The skorch training loop for a head configured by an estimator's parameters.
+
+    ``params`` is the estimator (anything with its head and training attributes): the
+    estimator keeps flat, grid-searchable parameters and this turns them into skorch's.
+    """
+    from skorch.callbacks import EarlyStopping
+    from skorch.dataset import ValidSplit
+
+    early_stopping = params.early_stopping
+    if early_stopping and int(n_samples * params.validation_fraction) < 2:
+        warnings.warn(
+            f"early_stopping needs at least 2 validation texts, but "
+            f"validation_fraction={params.validation_fraction} of {n_samples} texts gives "
+            f"fewer; training for max_epochs={params.max_epochs} without it.",
+            UserWarning,
+            stacklevel=4,
+        )
+        early_stopping = False
+    callbacks = []
+    if early_stopping:
+        callbacks.append(("early_stopping", EarlyStopping(
+            monitor="valid_loss", patience=params.patience, load_best=True)))
+    loss_kwargs = {"criterion__delta": params.huber_delta} if params.loss == "huber" else {}
+    return RelishNet(
+        module=RelishHead,
+        module__input_dim=input_dim,
+        module__n_latents=params.n_latents,
+        module__latent_dim=params.latent_dim,
+        module__n_heads=params.n_heads,
+        module__n_iterations=params.n_iterations,
+        module__ff_mult=params.ff_mult,
+        module__dropout=params.dropout,
+        module__share_weights=params.share_weights,
+        module__input_norm=params.input_norm,
+        criterion=LOSSES[params.loss],
+        **loss_kwargs,
+        optimizer=torch.optim.AdamW,
+        optimizer__weight_decay=params.weight_decay,
+        lr=params.lr,
+        batch_size=params.batch_size,
+        max_epochs=params.max_epochs,
+        train_split=(
+            ValidSplit(params.validation_fraction, random_state=seed) if early_stopping else None
+        ),
+        callbacks=callbacks,
+        iterator_train__shuffle=True,
+        iterator_train__collate_fn=pad_collate,
+        iterator_valid__collate_fn=pad_collate,
+        device=str(device),
+        verbose=params.verbose,
+    )
