@@ -2,34 +2,64 @@
 
 ``joblib.dump``/``joblib.load`` work as for any estimator; these two helpers add what a
 pickle cannot: an atomic write that never replaces a user's file unless asked, and a
-load that turns a truncated or damaged file into a ValueError that says so.
+checksum, so that a damaged or truncated file is refused with a ValueError instead of
+loading and predicting nonsense (a pickle with a few flipped bytes often still loads).
+
+A file written by :func:`save_model` is one header line, then joblib's bytes::
+
+    sklearn_relish-model 1 sha256=<hex digest of 'sklearn_relish-model 1 ' + the rest>\\n
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import joblib
 
+_MAGIC = b"sklearn_relish-model"
+_FORMAT = 1
+_CHUNK = 1 << 20
+_MAX_HEADER = 128  # the header is about 95 bytes; anything longer is not ours
+
 
 def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``model`` to ``path`` with joblib, atomically.
+    """Write ``model`` to ``path`` with joblib, atomically and with a checksum.
 
-    The file is written under a temporary name and renamed into place, so a crash never
-    leaves half a model where a good one was. An existing file is kept unless
-    ``overwrite=True``.
+    The file is written under a temporary name, flushed to disk and renamed into place, so
+    a crash or a full disk never leaves half a model where a good one was. An existing file
+    is kept unless ``overwrite=True``. Read it back with :func:`load_model`.
+
+    Parameters
+    ----------
+    model : object
+        A fitted estimator (or any picklable object with ``predict``).
+    path : str or path-like
+        Where to write.
+    overwrite : bool, default=False
+        Replace an existing file at ``path``.
+
+    Returns
+    -------
+    path : Path
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
     handle, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
     try:
-        joblib.dump(model, tmp)
+        with os.fdopen(handle, "w+b") as stream:
+            header = _header(b"0" * 64)
+            stream.write(header)  # a placeholder of the same length, filled in below
+            joblib.dump(model, stream)
+            digest = _digest(stream, len(header), _signed_part(b"%d" % _FORMAT))
+            stream.seek(0)
+            stream.write(_header(digest.encode()))
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -37,24 +67,93 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     return path
 
 
+def _header(digest: bytes) -> bytes:
+    return b"%s %d sha256=%s\n" % (_MAGIC, _FORMAT, digest)
+
+
+def _signed_part(version: bytes) -> bytes:
+    # The digest also covers the format number, so a flipped digit there reads as damage.
+    return b"%s %s " % (_MAGIC, version)
+
+
+def _digest(stream: IO[bytes], start: int, prefix: bytes) -> str:
+    stream.seek(start)
+    sha = hashlib.sha256(prefix)
+    while chunk := stream.read(_CHUNK):
+        sha.update(chunk)
+    return sha.hexdigest()
+
+
 def load_model(path: str | os.PathLike) -> Any:
-    """Load a model written by :func:`save_model` or ``joblib.dump``.
+    """Load a model written by :func:`save_model` (checksum verified) or ``joblib.dump``.
 
     Only load files you trust: like any pickle, a model file can run code when loaded.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``path``.
+    ValueError
+        The file is damaged, truncated, or does not hold a model.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}.")
-    try:
-        model = joblib.load(path)
-    except (EOFError, pickle.UnpicklingError, ValueError, KeyError, IndexError,
-            AttributeError, OSError, RuntimeError) as error:
-        if isinstance(error, ValueError) and "sklearn_relish" in str(error):
-            raise  # our own, already clear message (e.g. a newer format)
-        raise ValueError(
-            f"{path} is not a readable model file: it looks truncated or corrupted "
-            f"({type(error).__name__}: {error}). Re-save the model from its source."
-        ) from error
+    with open(path, "rb") as stream:
+        verified = stream.read(len(_MAGIC)) == _MAGIC
+        if verified:
+            _verify(stream, path)
+        else:
+            # A plain joblib file (e.g. from joblib.dump): no checksum to check.
+            stream.seek(0)
+        model = _unpickle(stream, path, verified)
     if not hasattr(model, "predict"):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a fitted model.")
     return model
+
+
+def _damaged(path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"{path} is damaged or truncated ({why}); it was not loaded. Re-save the model "
+        "from its source or restore a backup."
+    )
+
+
+def _verify(stream: IO[bytes], path: Path) -> None:
+    """Check the header and the checksum; leave ``stream`` at the start of the payload."""
+    stream.seek(0)
+    line = stream.readline(_MAX_HEADER)
+    parts = line.rstrip(b"\n").split(b" ")
+    if not line.endswith(b"\n") or len(parts) != 3 or not parts[2].startswith(b"sha256="):
+        raise _damaged(path, "its header is unreadable")
+    expected = parts[2][len(b"sha256="):].decode("ascii", "replace")
+    if _digest(stream, len(line), _signed_part(parts[1])) == expected:
+        stream.seek(len(line))
+        return
+    if parts[1].isdigit() and int(parts[1]) > _FORMAT:
+        raise ValueError(
+            f"{path} was written by a newer sklearn_relish (model file format "
+            f"{int(parts[1])}), or it is damaged or truncated; upgrade sklearn_relish and "
+            "try again."
+        )
+    raise _damaged(path, "its checksum does not match its contents")
+
+
+def _unpickle(stream: IO[bytes], path: Path, verified: bool) -> Any:
+    try:
+        return joblib.load(stream)
+    except ValueError as error:
+        if "sklearn_relish" in str(error):
+            raise  # our own, already clear message (e.g. a newer pickle format)
+        failure = error
+    except Exception as error:  # struct.error, EOFError, UnpicklingError, ModuleNotFoundError...
+        failure = error
+    why = f"{type(failure).__name__}: {failure}"
+    if verified:
+        # The checksum matched, so the bytes are the ones save_model wrote: the cause is
+        # this environment (a missing package, an incompatible version), not damage.
+        raise ValueError(
+            f"{path} is intact but cannot be loaded here ({why}); install the packages and "
+            "versions it was saved with."
+        ) from failure
+    raise _damaged(path, why) from failure

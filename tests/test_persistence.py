@@ -153,8 +153,77 @@ def test_damaged_file_is_a_clear_value_error(fitted, tmp_path, damage):
     }[damage]
     bad = tmp_path / "bad.joblib"
     bad.write_bytes(content)
-    with pytest.raises(ValueError, match="truncated or corrupted"):
+    with pytest.raises(ValueError, match="damaged or truncated"):
         load_model(bad)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_flipped_bytes_are_refused_not_loaded(fitted, tmp_path, seed):
+    # A pickle with a few flipped bytes in its weights still unpickles and predicts
+    # nonsense; the checksum that save_model writes is what catches it, wherever the
+    # bytes are (the header included).
+    good = bytearray(save_model(fitted, tmp_path / "good.joblib").read_bytes())
+    rng = np.random.default_rng(seed)
+    for position in rng.choice(len(good), size=5, replace=False):
+        good[position] ^= 1 << int(rng.integers(8))
+    bad = tmp_path / "bad.joblib"
+    bad.write_bytes(bytes(good))
+    with pytest.raises(ValueError, match="damaged or truncated"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("keep", [1, 10, 30, 95, 96, 200, -100])
+def test_cut_files_are_refused(fitted, tmp_path, keep):
+    good = save_model(fitted, tmp_path / "good.joblib").read_bytes()
+    bad = tmp_path / "bad.joblib"
+    bad.write_bytes(good[:keep])
+    with pytest.raises(ValueError, match="damaged or truncated"):
+        load_model(bad)
+
+
+def test_plain_joblib_file_cut_short_is_a_value_error(fitted, tmp_path):
+    # Files from joblib.dump carry no checksum, but a cut one must still fail clearly
+    # (it used to raise a bare struct.error).
+    path = tmp_path / "plain.joblib"
+    joblib.dump(fitted, path)
+    np.testing.assert_array_equal(load_model(path).predict(PROBE), fitted.predict(PROBE))
+    path.write_bytes(path.read_bytes()[:10])
+    with pytest.raises(ValueError, match="damaged or truncated"):
+        load_model(path)
+
+
+def test_newer_file_format_asks_for_an_upgrade(fitted, tmp_path):
+    path = save_model(fitted, tmp_path / "model.joblib")
+    content = path.read_bytes()
+    path.write_bytes(content.replace(b"sklearn_relish-model 1 ", b"sklearn_relish-model 7 ", 1))
+    with pytest.raises(ValueError, match="newer sklearn_relish"):
+        load_model(path)
+
+
+def test_intact_file_that_cannot_unpickle_says_so(tmp_path, monkeypatch):
+    path = save_model(_Predictor(), tmp_path / "model.joblib")
+    monkeypatch.delattr(__import__(__name__), "_Predictor")  # its class is gone here
+    with pytest.raises(ValueError, match="intact but cannot be loaded here"):
+        load_model(path)
+
+
+class _Predictor:
+    def predict(self, X):
+        return X
+
+
+def test_full_disk_while_saving_keeps_the_old_file(fitted, tmp_path, monkeypatch):
+    path = save_model(fitted, tmp_path / "model.joblib")
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(joblib, "dump", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_model(fitted, path, overwrite=True)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.joblib"]  # no temporary file left behind
 
 
 def test_missing_file(tmp_path):
