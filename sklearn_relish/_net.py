@@ -50,12 +50,58 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict, t
     return {"token_states": padded, "attention_mask": mask}, torch.stack(targets)
 
 
+class _EarlyStop(KeyboardInterrupt):
+    """skorch's EarlyStopping ends training by raising KeyboardInterrupt; this subclass lets
+    ``RelishNet.fit_loop`` tell that planned stop from the user's Ctrl-C."""
+
+
+def make_early_stopping(patience: int):
+    """skorch's EarlyStopping on the validation loss, restoring the best epoch's weights."""
+    from skorch.callbacks import EarlyStopping
+
+    class RelishEarlyStopping(EarlyStopping):
+        def on_epoch_end(self, net, **kwargs):
+            try:
+                super().on_epoch_end(net, **kwargs)
+            except KeyboardInterrupt:
+                if self.misses_ == self.patience:  # its own signal, not a Ctrl-C
+                    raise _EarlyStop from None
+                raise
+
+    return RelishEarlyStopping(monitor="valid_loss", patience=patience, load_best=True)
+
+
+class _Interrupted(Exception):
+    """Carries a KeyboardInterrupt past skorch's handler (see ``RelishNet.fit_loop``)."""
+
+    def __init__(self, interrupt: KeyboardInterrupt) -> None:
+        super().__init__()
+        self.interrupt = interrupt
+
+
 class RelishNet(NeuralNetRegressor):
     """``NeuralNetRegressor`` over :class:`TokenStateDataset`; 1-D targets, 1-D outputs.
 
     The head returns one value per row, so the loss compares ``(B,)`` with ``(B,)``; no
     2-D float32 target is asked of the user.
     """
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        # skorch's partial_fit swallows KeyboardInterrupt and returns a half-trained net;
+        # a scikit-learn fit must let Ctrl-C through (cross_val_score would carry on with
+        # the next fold). Smuggle it past skorch's handler and re-raise it in partial_fit.
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except _EarlyStop:
+            raise  # skorch catches it and restores the best epoch, as designed
+        except KeyboardInterrupt as interrupt:
+            raise _Interrupted(interrupt) from interrupt
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        try:
+            return super().partial_fit(X, y, classes=classes, **fit_params)
+        except _Interrupted as carried:
+            raise carried.interrupt from None
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         return super().get_loss(y_pred.reshape(-1), y_true.reshape(-1), X=X, training=training)
@@ -67,7 +113,6 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device) ->
     ``params`` is the estimator (anything with its head and training attributes): the
     estimator keeps flat, grid-searchable parameters and this turns them into skorch's.
     """
-    from skorch.callbacks import EarlyStopping
     from skorch.dataset import ValidSplit
 
     early_stopping = params.early_stopping
@@ -82,8 +127,7 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device) ->
         early_stopping = False
     callbacks = []
     if early_stopping:
-        callbacks.append(("early_stopping", EarlyStopping(
-            monitor="valid_loss", patience=params.patience, load_best=True)))
+        callbacks.append(("early_stopping", make_early_stopping(params.patience)))
     loss_kwargs = {"criterion__delta": params.huber_delta} if params.loss == "huber" else {}
     return RelishNet(
         module=RelishHead,
