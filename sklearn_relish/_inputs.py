@@ -168,8 +168,7 @@ def check_target(y: Any, n_samples: int) -> np.ndarray:
             f"y contains {bad.size} missing, NaN or infinite value(s), first at y[{bad[0]}] "
             f"({values[bad[0]]}). Drop those rows before fitting."
         )
-    with np.errstate(over="ignore", invalid="ignore"):
-        spread = float(values.std()) if values.size else 0.0
+    spread = target_scale(values) if values.size else 0.0
     if not math.isfinite(spread):
         raise ValueError(
             f"y is too large to standardise in float64 (largest |y| is "
@@ -178,6 +177,22 @@ def check_target(y: Any, n_samples: int) -> np.ndarray:
     if values.shape[0] != n_samples:
         raise ValueError(f"X has {n_samples} texts but y has {values.shape[0]} values.")
     return values
+
+
+def target_scale(values: np.ndarray) -> float:
+    """Standard deviation of ``values`` that neither underflows nor overflows needlessly.
+
+    ``np.std`` squares the deviations, so targets around 1e-200 get a spread of exactly 0
+    and would be taken for a constant; dividing by the largest deviation first keeps the
+    squares near 1. Returns 0.0 only when all values are equal, inf when the deviations
+    themselves overflow float64.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        deviations = values - values.mean()
+        largest = float(np.max(np.abs(deviations)))
+        if largest == 0.0 or not math.isfinite(largest):
+            return largest
+        return largest * float(np.std(deviations / largest))
 
 
 _FIELDS = {SINGLE: {"text"}, PAIR: {"text_a", "text_b"}}
@@ -198,6 +213,15 @@ def check_prompt(prompt: str | None, kind: str) -> None:
             f"prompt for {kind} inputs must contain {wanted} and no other field; got fields "
             f"{sorted(fields)} in {prompt!r}. Write literal braces as {{{{ and }}}}."
         )
+    # Fields can carry a format spec or conversion that fails on a str ("{text:d}"): try
+    # it now, before any model loads, rather than deep inside featurization.
+    try:
+        prompt.format(**dict.fromkeys(expected, "text"))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+        raise ValueError(
+            f"prompt {prompt!r} cannot be filled with text: {error}. Use plain fields such as "
+            f"{'{'}text{'}'} without a format spec."
+        ) from None
 
 
 def format_texts(texts: list, kind: str, prompt: str | None, separator: str) -> list[str]:
