@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE, resolve_device
 from ._featurizer import LLMFeaturizer
-from ._inputs import check_prompt, check_target, check_texts
+from ._inputs import check_prompt, check_target, check_texts, target_scale
 from ._net import LOSSES, TokenStateDataset, build_net
 
 
@@ -262,37 +262,34 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         device = resolve_device(self.device)
 
-        self.featurizer_ = self._make_featurizer()
-        states = self.featurizer_.transform(texts, kind)
-        self.input_kind_ = kind
-        self.n_train_tokens_ = int(sum(s.shape[0] for s in states))
+        # Everything is built in locals and published at the end: a fit that fails or is
+        # interrupted leaves a previously fitted model exactly as it was.
+        featurizer = self._make_featurizer()
+        states = featurizer.transform(texts, kind)
 
         # Standardised targets keep one learning rate and one Huber delta sensible for
         # any target scale; a constant target gets scale 1 and is learned as zero.
-        self.y_mean_ = float(target.mean())
-        spread = float(target.std())
-        self.y_scale_ = spread if spread > 0 else 1.0
-        scaled = (target - self.y_mean_) / self.y_scale_
+        y_mean = float(target.mean())
+        spread = target_scale(target)
+        scaled = (target - y_mean) / (spread if spread > 0 else 1.0)
 
-        self.net_ = build_net(self, self.featurizer_.hidden_size, len(texts), seed, device)
+        net = build_net(self, featurizer.hidden_size, len(texts), seed, device)
         cuda = [device.index or 0] if device.type == "cuda" else []
         # A private RNG stream: the user's global torch seed is neither used nor disturbed.
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
-            self.net_.fit(TokenStateDataset(states, torch.as_tensor(scaled)), y=None)
-        self._drop_training_state()
-        if spread == 0:
-            # A constant target: predict it exactly rather than the head's near-zero output.
-            self.y_scale_ = 0.0
-        return self
+            net.fit(TokenStateDataset(states, torch.as_tensor(scaled)), y=None)
+        _check_trained_head(net, self.lr)
+        _drop_training_state(net)
 
-    def _drop_training_state(self) -> None:
-        # The head is final after fit: Adam's two moment buffers and early stopping's copy of
-        # the best weights would triple the pickle and serve no prediction.
-        self.net_.optimizer_.state.clear()
-        for _, callback in self.net_.callbacks_:
-            if hasattr(callback, "best_model_weights_"):
-                callback.best_model_weights_ = None
+        self.featurizer_ = featurizer
+        self.net_ = net
+        self.input_kind_ = kind
+        self.n_train_tokens_ = int(sum(s.shape[0] for s in states))
+        self.y_mean_ = y_mean
+        # A constant target (scale 0) is predicted exactly rather than as the head's output.
+        self.y_scale_ = spread
+        return self
 
     def _make_featurizer(self) -> LLMFeaturizer:
         return LLMFeaturizer(
@@ -351,5 +348,33 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
                 "inputs; pass the same kind of X as in fit."
             )
         states = self.featurizer_.transform(texts, kind)
-        scaled = self.net_.predict(TokenStateDataset(states))
-        return np.asarray(scaled, dtype=np.float64).reshape(-1) * self.y_scale_ + self.y_mean_
+        scaled = np.asarray(self.net_.predict(TokenStateDataset(states)), dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(scaled.reshape(-1)))
+        if bad.size:
+            # A NaN is never a prediction: it means inf/NaN token states or a broken head.
+            raise ValueError(
+                f"The head produced {bad.size} non-finite prediction(s), first for X[{bad[0]}]; "
+                "the backbone's states for those texts overflow (try backbone_dtype='float32') "
+                "or the model file is damaged."
+            )
+        return scaled.reshape(-1) * self.y_scale_ + self.y_mean_
+
+
+def _check_trained_head(net: Any, lr: float) -> None:
+    """Refuse a head whose training diverged: its predictions would be NaN or garbage."""
+    params = net.module_.parameters()
+    if all(bool(torch.isfinite(p).all()) for p in params):
+        return
+    raise ValueError(
+        f"Training diverged: the head's weights became NaN or infinite (lr={lr:g}). Lower lr "
+        "(the default is 3e-4) or check the targets for extreme values."
+    )
+
+
+def _drop_training_state(net: Any) -> None:
+    # The head is final after fit: Adam's two moment buffers and early stopping's copy of
+    # the best weights would triple the pickle and serve no prediction.
+    net.optimizer_.state.clear()
+    for _, callback in net.callbacks_:
+        if hasattr(callback, "best_model_weights_"):
+            callback.best_model_weights_ = None
