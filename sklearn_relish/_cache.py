@@ -16,6 +16,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import torch
@@ -142,7 +143,8 @@ def count_forward(n_texts: int) -> None:
 
 def set_cache_max_bytes(max_bytes: int) -> None:
     """Bound the in-memory token-state cache (default 2 GiB); evicts at once if needed."""
-    if not isinstance(max_bytes, int) or max_bytes < 0:
+    # numbers.Integral takes numpy's ints; bool is an int to Python but never a size.
+    if not isinstance(max_bytes, Integral) or isinstance(max_bytes, bool) or max_bytes < 0:
         raise ValueError(f"max_bytes must be a non-negative int, got {max_bytes!r}.")
     _MEMORY_CACHE.resize(max_bytes)
 

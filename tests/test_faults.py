@@ -1,0 +1,140 @@
+"""Faults found by adversarial use: each must give an error or the right answer, never a
+silently wrong one (issue 14). Damaged model files are in test_persistence.py, cache faults
+in test_cache.py, backbone fingerprints in test_backbones.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TARGETS, TEXTS, small_regressor
+from sklearn.model_selection import KFold, cross_val_score
+
+from sklearn_relish import _net, set_cache_max_bytes
+from sklearn_relish._featurizer import LLMFeaturizer
+
+PAIRS = [(a, b) for a, b in zip(TEXTS, TEXTS[1:] + TEXTS[:1], strict=True)]
+
+
+def interrupt_on_call(monkeypatch, owner, name: str, on_call: int) -> list:
+    """Make ``owner.name`` raise KeyboardInterrupt on its ``on_call``-th call (Ctrl-C)."""
+    original = getattr(owner, name)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == on_call:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
+# -- Ctrl-C is never swallowed ----------------------------------------------------------------
+def test_interrupt_during_training_propagates_from_fit(tiny_llama, monkeypatch):
+    # skorch catches KeyboardInterrupt in its training loop and returns a half-trained net.
+    calls = interrupt_on_call(monkeypatch, _net.RelishNet, "train_step", on_call=3)
+    model = small_regressor(tiny_llama, max_epochs=5)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(TEXTS, TARGETS)
+    assert len(calls) == 3  # stopped at once, not after finishing the epoch or the fit
+    assert not hasattr(model, "net_")  # clearly unfitted, not half-trained
+
+
+def test_interrupt_stops_cross_validation(tiny_llama, monkeypatch):
+    calls = interrupt_on_call(monkeypatch, _net.RelishNet, "train_step", on_call=2)
+    with pytest.raises(KeyboardInterrupt):
+        cross_val_score(small_regressor(tiny_llama), TEXTS, TARGETS, cv=KFold(3))
+    assert len(calls) == 2  # no later fold ran
+
+
+@pytest.mark.parametrize("stage", ["featurize", "predict"])
+def test_interrupt_propagates_from_featurization_and_predict(tiny_llama, monkeypatch, stage):
+    model = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+    if stage == "featurize":
+        interrupt_on_call(monkeypatch, LLMFeaturizer, "_run_batch", on_call=1)
+        probe = ["a text the cache has not seen"]
+    else:
+        interrupt_on_call(monkeypatch, _net.RelishNet, "predict", on_call=1)
+        probe = TEXTS[:2]
+    with pytest.raises(KeyboardInterrupt):
+        model.predict(probe)
+
+
+# -- a failed or interrupted refit keeps the fitted model ---------------------------------
+def test_failed_refit_keeps_the_previous_model(tiny_llama, monkeypatch):
+    model = small_regressor(tiny_llama).fit(PAIRS, TARGETS)
+    before = model.predict(PAIRS[:4])
+    fitted = {name: getattr(model, name) for name in
+              ("net_", "featurizer_", "input_kind_", "y_mean_", "y_scale_", "n_train_tokens_")}
+
+    def no_memory(self, *args, **kwargs):
+        raise MemoryError("cannot allocate the head")
+
+    monkeypatch.setattr(_net.RelishNet, "initialize", no_memory)
+    with pytest.raises(MemoryError):
+        model.set_params(ff_mult=8).fit(TEXTS, [t * 2 for t in TARGETS])  # other kind, scale
+    for name, value in fitted.items():
+        assert getattr(model, name) is value, name
+    np.testing.assert_array_equal(model.predict(PAIRS[:4]), before)
+
+
+def test_interrupted_refit_keeps_the_previous_model(tiny_llama, monkeypatch):
+    model = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+    before = model.predict(TEXTS[:4])
+    interrupt_on_call(monkeypatch, _net.RelishNet, "train_step", on_call=2)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(TEXTS, [-t for t in TARGETS])
+    np.testing.assert_array_equal(model.predict(TEXTS[:4]), before)
+
+
+# -- divergence and non-finite outputs are errors, not NaN predictions ----------------------
+def test_diverging_training_is_an_error(tiny_llama):
+    model = small_regressor(tiny_llama, lr=1e10, max_epochs=5)
+    with pytest.raises(ValueError, match="Training diverged.*lr=1e\\+?10"):
+        model.fit(TEXTS, TARGETS)
+    assert not hasattr(model, "net_")
+
+
+def test_non_finite_head_output_is_an_error_at_predict(tiny_llama):
+    model = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+    with torch.no_grad():
+        model.net_.module_.output.bias.fill_(float("nan"))  # as a damaged head would
+    with pytest.raises(ValueError, match="non-finite prediction.*X\\[0\\]"):
+        model.predict(TEXTS[:3])
+
+
+# -- targets on tiny scales are targets, not constants --------------------------------------
+@pytest.mark.parametrize("scale", [1e-200, 1e-300, 1e200])
+def test_tiny_and_huge_target_scales_are_learned(tiny_llama, scale):
+    y = np.asarray(TARGETS) * scale
+    model = small_regressor(tiny_llama, max_epochs=20, latent_dim=32, n_heads=4).fit(TEXTS, y)
+    assert model.y_scale_ > 0
+    assert model.y_scale_ == pytest.approx(np.std(TARGETS) * scale, rel=1e-9)
+    pred = model.predict(TEXTS)
+    assert np.all(np.isfinite(pred)) and np.ptp(pred) > 0
+    # np.corrcoef itself underflows here: compare on the unit scale.
+    assert np.corrcoef(pred / scale, TARGETS)[0, 1] > 0.5  # learned, on the targets' scale
+
+
+# -- prompts that cannot be filled fail before the backbone loads --------------------------
+@pytest.mark.parametrize("prompt", ["{text:d}", "Review: {text!s:>z}", "{text.upper}"])
+def test_prompt_with_a_bad_format_spec_is_refused_up_front(prompt, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the backbone was loaded before the prompt was checked")
+
+    monkeypatch.setattr(LLMFeaturizer, "transform", no_loading)
+    with pytest.raises(ValueError, match="prompt .* cannot be filled|must contain"):
+        small_regressor("unused", prompt=prompt).fit(TEXTS, TARGETS)
+
+
+# -- set_cache_max_bytes takes integers, not booleans --------------------------------------
+def test_cache_bound_takes_numpy_ints_and_refuses_bools():
+    from sklearn_relish import cache_info
+
+    set_cache_max_bytes(np.int64(10**9))
+    assert cache_info()["max_bytes"] == 10**9
+    for bad in (True, False, 1.5, -1, "1e9"):
+        with pytest.raises(ValueError, match="max_bytes"):
+            set_cache_max_bytes(bad)
