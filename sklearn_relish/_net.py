@@ -157,3 +157,35 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device) ->
         device=str(device),
         verbose=params.verbose,
     )
+
+
+def training_diagnostics(net: RelishNet) -> dict[str, Any]:
+    """scikit-learn-style training attributes from skorch's history.
+
+    ``n_iter_`` epochs run, ``loss_curve_`` and ``validation_loss_curve_`` per epoch (the
+    latter None without early stopping), ``best_iteration_`` the 1-based epoch whose
+    weights were kept (the last one without early stopping; 0 when nothing was trained).
+    """
+    history = net.history
+    n_epochs = len(history)
+    losses = [float(v) for v in history[:, "train_loss"]] if n_epochs else []
+    has_validation = n_epochs and "valid_loss" in history[-1]
+    best = max((getattr(cb, "best_epoch_", 0) for _, cb in net.callbacks_), default=0)
+    return {
+        "n_iter_": n_epochs,
+        "loss_curve_": losses,
+        "validation_loss_curve_": (
+            [float(v) for v in history[:, "valid_loss"]] if has_validation else None
+        ),
+        "best_iteration_": int(best) if best else n_epochs,
+    }
+
+
+def sync_net_device(net: RelishNet, device: str) -> None:
+    """Move a fitted head to the device the estimator's ``device`` names now."""
+    from ._backbones import resolve_device
+
+    target = str(resolve_device(device))
+    if str(net.device) != target:
+        net.module_.to(target)
+        net.device = target

@@ -193,7 +193,7 @@ def test_text_pairs_in_every_form(tiny_llama):
     np.testing.assert_allclose(model.predict(as_array), expected)
     np.testing.assert_allclose(model.predict(as_frame), expected)
     assert model.input_kind_ == "pair"
-    with pytest.raises(ValueError, match="fitted on pair inputs"):
+    with pytest.raises(ValueError, match="fitted on text pairs"):
         model.predict(TEXTS)
 
 

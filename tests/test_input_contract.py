@@ -96,7 +96,7 @@ def test_ragged_tuples_name_the_row(tiny_llama):
 
 
 def test_predict_pairs_on_a_single_text_model(fitted):
-    predict_fails(fitted, ValueError, "fitted on single inputs but predict got pair",
+    predict_fails(fitted, ValueError, r"X has 2 column\(s\) but .* fitted on single texts",
                   [("good", "bad"), ("fine", "okay")])
 
 
@@ -232,7 +232,7 @@ def test_two_column_frame_is_pairs(tiny_llama):
     assert model.input_kind_ == "pair"
     tuples = list(zip(TEXTS[:4], TEXTS[::-1][:4], strict=True))
     np.testing.assert_allclose(model.predict(frame.head(4)), model.predict(tuples), atol=1e-6)
-    with pytest.raises(ValueError, match="fitted on pair inputs but predict got single"):
+    with pytest.raises(ValueError, match=r"X has 1 column\(s\) but .* on text pairs"):
         model.predict(TEXTS[:2])
 
 

@@ -1,0 +1,128 @@
+"""What every estimator of this package passes to the frozen LLM, in one place.
+
+``RelishTextRegressor`` and ``LLMTextEncoder`` take the same flat, grid-searchable
+parameters for the backbone (which model, which layer, prompt, truncation, batching,
+cache, device). This mixin validates the texts, records the input's column names, builds
+the featurizer from those parameters and keeps the settings that only change *how* the
+LLM runs (batching, device, cache, progress) current after ``fit``, so that
+``set_params(device="cpu")`` on a fitted model takes effect. No second copy of this
+plumbing exists anywhere else.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from numbers import Integral, Real
+from typing import Any
+
+from sklearn.utils.validation import validate_data
+
+from ._featurizer import LLMFeaturizer
+from ._inputs import PAIR, check_texts
+from ._sklearn_compat import Interval, StrOptions
+
+LLM_CONSTRAINTS: dict = {
+    "backbone": [str],
+    # check_layer gives the precise rule: one meaning per value, numpy scalars included.
+    "layer": [Integral, Real],
+    "max_length": [Interval(Integral, 1, None, closed="left")],
+    "prompt": [str, None],
+    "featurize_batch_size": [Interval(Integral, 1, None, closed="left")],
+    "cache": ["boolean"],
+    "cache_dir": [str, os.PathLike, None],
+    "device": [str],
+    "backbone_dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+    "trust_remote_code": ["boolean"],
+    "verbose": ["verbose"],
+}
+
+# Parameter name -> featurizer attribute, for the settings that never change a text's
+# states, only how they are computed or shown: honoured when changed after fit.
+INFERENCE_ONLY = {
+    "featurize_batch_size": "batch_size",
+    "cache": "cache",
+    "cache_dir": "cache_dir",
+    "device": "device",
+    "verbose": "verbose",
+}
+
+
+def check_layer(layer: Any) -> int | float:
+    """One meaning per value: a whole number is an index, a fraction is a share of depth.
+
+    ``1``, ``1.0`` and ``np.int64(1)`` all name hidden state 1 (the first block's
+    output; 0 is the embeddings, -1 the last layer). A non-integral number strictly
+    between 0 and 1 (``0.5``, ``np.float32(0.25)``) is a share of the backbone's depth,
+    so one default means "the middle" for any backbone. Returns a plain ``int`` or
+    ``float`` (numpy scalars would otherwise slip through ``isinstance(x, float)``).
+    """
+    if isinstance(layer, bool) or not isinstance(layer, Real):
+        raise ValueError(f"layer must be an int or a float; got {layer!r}.")
+    value = float(layer)
+    if not math.isfinite(value):
+        raise ValueError(f"layer must be finite; got {layer!r}.")
+    if value.is_integer():
+        return int(value)
+    if 0.0 < value < 1.0:
+        return value
+    raise ValueError(
+        f"layer={layer!r} is neither a whole number (a hidden-state index, -1 for the last "
+        "layer) nor a share of depth strictly between 0 and 1 (0.5 for the middle)."
+    )
+
+
+class LLMParamsMixin:
+    """Texts in, featurizer out, for estimators that carry :data:`LLM_CONSTRAINTS`."""
+
+    def _check_texts(self, X: Any, *, reset: bool) -> tuple[list, str]:
+        """Validate texts or pairs; unless ``reset``, check them against the fitted columns.
+
+        With ``reset`` nothing is recorded yet: :meth:`_record_columns` does that once fit
+        has succeeded, so a failed refit leaves the fitted model's columns as they were.
+        """
+        texts, kind = check_texts(X)
+        if not reset:
+            # Column names of a DataFrame are checked against fit's, so swapped pair
+            # columns are an error rather than silently reversed pairs.
+            validate_data(self, X, skip_check_array=True, reset=False, ensure_2d=False)
+            n_columns = 2 if kind == PAIR else 1
+            if n_columns != self.n_features_in_:
+                fitted = "text pairs" if self.n_features_in_ == 2 else "single texts"
+                raise ValueError(
+                    f"X has {n_columns} column(s) but this model was fitted on {fitted} "
+                    f"({self.n_features_in_} column(s)); pass the same kind of X as in fit."
+                )
+        return texts, kind
+
+    def _record_columns(self, X: Any, kind: str) -> None:
+        """Record ``n_features_in_`` (1 for texts, 2 for pairs) and DataFrame column names."""
+        validate_data(self, X, skip_check_array=True, reset=True, ensure_2d=False)
+        self.n_features_in_ = 2 if kind == PAIR else 1
+
+    def _make_featurizer(self, layer: int | float | None = None) -> LLMFeaturizer:
+        return LLMFeaturizer(
+            self.backbone,
+            layer=check_layer(self.layer if layer is None else layer),
+            max_length=self.max_length,
+            prompt=self.prompt,
+            batch_size=self.featurize_batch_size,
+            device=self.device,
+            dtype=self.backbone_dtype,
+            trust_remote_code=self.trust_remote_code,
+            cache=self.cache,
+            cache_dir=None if self.cache_dir is None else str(self.cache_dir),
+            verbose=self.verbose,
+        )
+
+    def _sync_inference_settings(self, featurizer: LLMFeaturizer) -> LLMFeaturizer:
+        """Apply inference-only parameters changed since fit to a fitted featurizer."""
+        for param, attribute in INFERENCE_ONLY.items():
+            value = getattr(self, param)
+            if param == "cache_dir" and value is not None:
+                value = str(value)
+            if getattr(featurizer, attribute) != value:
+                setattr(featurizer, attribute, value)
+                if attribute == "device":
+                    featurizer._loaded = None  # re-resolved (and re-loaded) on next use
+        return featurizer

@@ -1,0 +1,23 @@
+"""The one place that touches scikit-learn's private parameter-validation module.
+
+``_parameter_constraints`` with ``Interval``/``StrOptions`` is how scikit-learn's own
+estimators declare their parameters, and its estimator checks (``check_param_validation``)
+read them; but the module is private and may move in a minor release. The supported
+range is pinned in pyproject.toml (tested in CI with the version it installs); outside it,
+this import fails with a message that says what to do instead of an obscure traceback.
+"""
+
+from __future__ import annotations
+
+try:
+    from sklearn.utils._param_validation import Interval, StrOptions
+except ImportError as error:  # pragma: no cover - only with an untested scikit-learn
+    import sklearn
+
+    raise ImportError(
+        f"sklearn_relish needs scikit-learn's parameter validation "
+        f"(sklearn.utils._param_validation), which scikit-learn {sklearn.__version__} does "
+        "not provide; install a supported version: pip install 'scikit-learn>=1.6,<1.10'."
+    ) from error
+
+__all__ = ["Interval", "StrOptions"]
