@@ -6,6 +6,7 @@ a backbone is read from disk on the first ``fit`` or ``predict`` and then shared
 
 from ._backbones import DEFAULT_BACKBONE, clear_backbones
 from ._cache import cache_info, clear_cache, set_cache_max_bytes
+from ._encoder import LLMTextEncoder
 from ._estimator import RelishTextRegressor
 from ._featurizer import BackboneMismatchError
 from ._head import RelishHead
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_BACKBONE",
     "BackboneMismatchError",
+    "LLMTextEncoder",
     "RelishHead",
     "RelishTextRegressor",
     "cache_info",

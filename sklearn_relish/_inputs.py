@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 import string
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import DataConversionWarning
+from sklearn.utils import check_consistent_length, column_or_1d
 
 SINGLE, PAIR = "single", "pair"
 
@@ -122,12 +121,7 @@ def check_target(y: Any, n_samples: int) -> np.ndarray:
         # the entries as they were so the error below names the row that really is one.
         values = np.asarray(y, dtype=object)
     if values.ndim == 2 and values.shape[1] == 1:
-        warnings.warn(
-            "A column-vector y was passed when a 1-D array was expected; it was ravelled.",
-            DataConversionWarning,
-            stacklevel=3,
-        )
-        values = values.ravel()
+        values = column_or_1d(values, warn=True)  # with scikit-learn's DataConversionWarning
     if values.ndim != 1:
         raise ValueError(
             f"y must be 1-D (one target per text); got shape {values.shape}. "
@@ -174,8 +168,10 @@ def check_target(y: Any, n_samples: int) -> np.ndarray:
             f"y is too large to standardise in float64 (largest |y| is "
             f"{np.abs(values).max():.3g}); rescale it, e.g. y / 1e100."
         )
-    if values.shape[0] != n_samples:
-        raise ValueError(f"X has {n_samples} texts but y has {values.shape[0]} values.")
+    try:
+        check_consistent_length(values, np.empty(n_samples))
+    except ValueError:
+        raise ValueError(f"X has {n_samples} texts but y has {values.shape[0]} values.") from None
     return values
 
 

@@ -1,12 +1,17 @@
 """The paper's evaluation metrics: Pearson, Spearman and NRMSE (RMSE over the target's range).
 
-numpy only, so the demo and the benchmarks need no scipy.
+Correlations come from scipy.stats (installed with scikit-learn); a constant side gives NaN
+rather than scipy's warning, as the paper's tables would show it.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from scipy import stats
 from sklearn.metrics import r2_score
+from sklearn.utils import check_consistent_length
 
 __all__ = ["nrmse", "pearson_r", "regression_report", "spearman_r"]
 
@@ -14,34 +19,32 @@ __all__ = ["nrmse", "pearson_r", "regression_report", "spearman_r"]
 def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     y_true = np.asarray(y_true, dtype=np.float64).ravel()
     y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true has {y_true.size} values but y_pred has {y_pred.size}.")
+    try:
+        check_consistent_length(y_true, y_pred)
+    except ValueError:
+        raise ValueError(
+            f"y_true has {y_true.size} values but y_pred has {y_pred.size}."
+        ) from None
     return y_true, y_pred
+
+
+def _correlation(function, y_true, y_pred) -> float:
+    y_true, y_pred = _pair(y_true, y_pred)
+    if y_true.size < 2 or np.ptp(y_true) == 0 or np.ptp(y_pred) == 0:
+        return float("nan")  # undefined; scipy would warn and return NaN too
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(function(y_true, y_pred).statistic)
 
 
 def pearson_r(y_true, y_pred) -> float:
     """Pearson correlation; NaN when either side is constant."""
-    y_true, y_pred = _pair(y_true, y_pred)
-    a, b = y_true - y_true.mean(), y_pred - y_pred.mean()
-    denominator = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    # Tied values share the mean of the ranks they span.
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_values)) + 1]
-    ends = np.r_[starts[1:], values.size]
-    ranks = np.empty(values.size)
-    ranks[order] = np.repeat((starts + ends - 1) / 2.0 + 1, ends - starts)
-    return ranks
+    return _correlation(stats.pearsonr, y_true, y_pred)
 
 
 def spearman_r(y_true, y_pred) -> float:
-    """Spearman rank correlation (Pearson on average ranks, so ties are handled)."""
-    y_true, y_pred = _pair(y_true, y_pred)
-    return pearson_r(_average_ranks(y_true), _average_ranks(y_pred))
+    """Spearman rank correlation (tied values share their average rank); NaN if constant."""
+    return _correlation(stats.spearmanr, y_true, y_pred)
 
 
 def nrmse(y_true, y_pred) -> float:

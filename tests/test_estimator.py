@@ -12,32 +12,8 @@ from sklearn.compose import TransformedTargetRegressor
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import FunctionTransformer, Pipeline
-from sklearn.utils import estimator_checks
 
 from sklearn_relish import RelishTextRegressor, cache_info
-
-# scikit-learn's own checks that apply to an estimator whose X is text; the checks that
-# feed numeric arrays cannot apply, and the behaviour they cover is tested below instead.
-APPLICABLE_CHECKS = [
-    "check_no_attributes_set_in_init",
-    "check_parameters_default_constructible",
-    "check_get_params_invariance",
-    "check_set_params",
-    "check_estimator_repr",
-    "check_estimator_cloneable",
-    "check_estimator_tags_renamed",
-    "check_valid_tag_types",
-    "check_mixin_order",
-    "check_do_not_raise_errors_in_init_or_set_params",
-    "check_estimators_unfitted",
-    "check_param_validation",
-]
-
-
-@pytest.mark.parametrize("check", APPLICABLE_CHECKS)
-def test_scikit_learn_checks_that_apply_to_text(check):
-    estimator = RelishTextRegressor()
-    getattr(estimator_checks, check)(type(estimator).__name__, estimator)
 
 
 @pytest.fixture(scope="module")

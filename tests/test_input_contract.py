@@ -135,7 +135,7 @@ def test_overflowing_y_is_rejected(tiny_llama):
 
 def test_column_vector_y_is_ravelled_with_a_warning(tiny_llama):
     y = np.asarray(TARGETS).reshape(-1, 1)
-    with pytest.warns(DataConversionWarning, match="ravelled"):
+    with pytest.warns(DataConversionWarning, match="column-vector y was passed"):
         model = small_regressor(tiny_llama).fit(TEXTS, y)
     reference = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
     np.testing.assert_array_equal(model.predict(TEXTS), reference.predict(TEXTS))

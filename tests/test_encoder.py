@@ -1,0 +1,118 @@
+"""LLMTextEncoder: pooled LLM states as scikit-learn features, sharing RELISH's cache."""
+
+from __future__ import annotations
+
+import io
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TARGETS, TEXTS, small_regressor
+from sklearn.base import clone
+from sklearn.linear_model import RidgeCV
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.pipeline import make_pipeline
+
+from sklearn_relish import LLMTextEncoder, cache_info
+from sklearn_relish._featurizer import LLMFeaturizer
+
+
+def states_of(backbone, texts, layer):
+    return LLMFeaturizer(backbone, layer=layer, cache=False).transform(texts, "single")
+
+
+def test_mean_and_last_pooling_are_what_they_say(tiny_llama):
+    texts = ["good movie", "the plot was great", ""]
+    states = states_of(tiny_llama, texts, -1)
+    both = LLMTextEncoder(tiny_llama, layer=-1, pooling="mean+last").fit_transform(texts)
+    width = states[0].shape[1]
+    assert both.shape == (3, 2 * width) and both.dtype == np.float32
+    for row, s in enumerate(states[:2]):
+        np.testing.assert_allclose(both[row, :width], s.float().mean(0).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(both[row, width:], s[-1].float().numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(both[2], 0)  # an empty text: zeros, not NaN
+
+
+def test_several_layers_are_concatenated_with_names(tiny_llama):
+    encoder = LLMTextEncoder(tiny_llama, layer=[0, 0.5, -1])
+    features = encoder.fit_transform(TEXTS)
+    names = encoder.get_feature_names_out()
+    assert encoder.layers_ == [0, 1, 2]
+    assert features.shape == (len(TEXTS), 3 * encoder.hidden_size_) == (len(TEXTS), len(names))
+    assert names[0] == "mean_layer0_0" and names[-1] == f"mean_layer2_{encoder.hidden_size_ - 1}"
+    middle = states_of(tiny_llama, TEXTS[:1], 1)[0].float().mean(0).numpy()
+    np.testing.assert_allclose(features[0, 32:64], middle, rtol=1e-6)
+
+
+def test_pipeline_with_ridge_shares_the_regressors_cache(tiny_llama):
+    small_regressor(tiny_llama, layer=0.5).fit(TEXTS, TARGETS)
+    ran = cache_info()["llm_texts"]
+    probe = make_pipeline(LLMTextEncoder(tiny_llama, layer=0.5), RidgeCV())
+    search = GridSearchCV(probe, {"ridgecv__fit_intercept": [True, False]}, cv=KFold(3))
+    search.fit(TEXTS, TARGETS)
+    assert cache_info()["llm_texts"] == ran  # every text came from the regressor's cache
+    assert search.predict(TEXTS[:3]).shape == (3,)
+
+
+def test_distinct_texts_run_once(tiny_llama):
+    LLMTextEncoder(tiny_llama).fit_transform(TEXTS[:4] * 5)
+    assert cache_info()["llm_texts"] == 4
+
+
+def test_pandas_output_keeps_the_index_and_names(tiny_llama):
+    frame = pd.DataFrame({"review": TEXTS}, index=range(100, 100 + len(TEXTS)))
+    encoder = LLMTextEncoder(tiny_llama, n_components=3).set_output(transform="pandas")
+    out = encoder.fit_transform(frame)
+    assert list(out.columns) == ["pc0", "pc1", "pc2"]
+    assert list(out.index) == list(frame.index)
+    assert list(encoder.feature_names_in_) == ["review"]
+    pd.testing.assert_frame_equal(encoder.transform(frame), out, atol=1e-5)
+
+
+def test_pca_needs_enough_texts(tiny_llama):
+    with pytest.raises(ValueError, match="n_components=8 needs at least"):
+        LLMTextEncoder(tiny_llama, n_components=8).fit(TEXTS[:5])
+
+
+def test_pickles_without_weights_and_transforms_the_same(tiny_llama):
+    encoder = LLMTextEncoder(tiny_llama, layer=[0.5, -1]).fit(TEXTS)
+    buffer = io.BytesIO()
+    joblib.dump(encoder, buffer)
+    assert buffer.getbuffer().nbytes < 20_000  # identity only: the backbone never travels
+    buffer.seek(0)
+    restored = joblib.load(buffer)
+    np.testing.assert_array_equal(restored.transform(TEXTS), encoder.transform(TEXTS))
+
+
+def test_pairs_and_their_prompt(tiny_llama):
+    pairs = list(zip(TEXTS, TEXTS[::-1], strict=True))
+    encoder = LLMTextEncoder(tiny_llama, prompt="{text_a} || {text_b}").fit(pairs)
+    joined = [f"{a} || {b}" for a, b in pairs]
+    np.testing.assert_allclose(encoder.transform(pairs),
+                               LLMTextEncoder(tiny_llama).fit_transform(joined), rtol=1e-6)
+    with pytest.raises(ValueError, match="fitted on text pairs"):
+        encoder.transform(TEXTS)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"layer": []}, "empty list"),
+    ({"layer": [0.5, 2.5]}, "neither a whole number"),
+    ({"pooling": "max"}, "pooling"),
+    ({"prompt": "{text_a}"}, "prompt"),
+])
+def test_bad_parameters_fail_before_loading(params, match):
+    with pytest.raises(ValueError, match=match):
+        LLMTextEncoder("no-such-backbone", **params).fit(TEXTS)
+
+
+def test_missing_text_names_the_row(tiny_llama):
+    with pytest.raises(ValueError, match=r"X\[2\] is missing"):
+        LLMTextEncoder(tiny_llama).fit(["a", "b", None])
+
+
+def test_clone_and_params(tiny_llama):
+    encoder = LLMTextEncoder(tiny_llama, layer=[1, -1], pooling="last").fit(TEXTS)
+    copy = clone(encoder)
+    assert copy.get_params() == encoder.get_params()
+    assert not hasattr(copy, "featurizers_")
