@@ -4,8 +4,11 @@ The backbone runs once per distinct text: every candidate and every fold reuses 
 token states, so the search costs about one featurization plus the small head's training.
 
     .venv/bin/python examples/grid_search_pipeline.py
+
+RELISH_EXAMPLE_N_TEXTS=150 runs it on fewer texts (the test suite does, to keep it working).
 """
 
+import os
 import time
 
 from sklearn.model_selection import GridSearchCV, KFold, train_test_split
@@ -17,7 +20,8 @@ from sklearn_relish.datasets import load_vader
 
 # Amazon review snippets (Hutto & Gilbert, ICWSM 2014): sentiment rated -4..+4 by humans.
 X, y = load_vader("amazon", return_X_y=True)
-X_train, X_test, y_train, y_test = train_test_split(X[:1200], y[:1200], test_size=0.25,
+n_texts = int(os.environ.get("RELISH_EXAMPLE_N_TEXTS", 1200))
+X_train, X_test, y_train, y_test = train_test_split(X[:n_texts], y[:n_texts], test_size=0.25,
                                                     random_state=0)
 
 

