@@ -12,10 +12,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE, resolve_device
-from ._inputs import check_prompt, check_target, target_scale
+from ._inputs import check_prompt
 from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin, check_layer
 from ._net import LOSSES, TokenStateDataset, build_net, sync_net_device, training_diagnostics
 from ._sklearn_compat import Interval, StrOptions
+from ._targets import check_sample_weight, check_target, target_scale
 
 
 class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
@@ -114,7 +115,7 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
         The trained head inside its skorch training loop (``net_.history`` has the epochs).
     featurizer_ : object
         The frozen backbone's featurizer; holds the backbone's identity, not its weights.
-    y_mean_, y_scale_ : float
+    y_mean_, y_scale_ : float, or ndarray of shape (n_targets,)
         Standardisation of the target used in training (``y_scale_`` is 0 for a
         constant target, which is then predicted exactly).
     input_kind_ : {"single", "pair"}
@@ -240,10 +241,11 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         tags.input_tags.string = True
+        tags.target_tags.multi_output = True
         return tags
 
     # -- fitting --------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any) -> RelishTextRegressor:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> RelishTextRegressor:
         """Featurize the texts with the frozen backbone and train the head.
 
         Parameters
@@ -251,8 +253,12 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
         X : list of str, list of (str, str), array-like or DataFrame of shape (n,) or (n, 2)
             Texts, or text pairs. Missing values and non-strings are rejected; empty
             strings are allowed.
-        y : array-like of shape (n,)
-            Finite numeric targets.
+        y : array-like of shape (n,) or (n, n_targets)
+            Finite numeric targets; several columns train one head output per target,
+            each standardised on its own.
+        sample_weight : array-like of shape (n,), default=None
+            Non-negative weight of each text in the loss (the early-stopping hold-out
+            keeps its texts' weights). None weighs all texts equally.
 
         Returns
         -------
@@ -262,6 +268,7 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
         check_layer(self.layer)
         texts, kind = self._check_texts(X, reset=True)
         target = check_target(y, len(texts))
+        weights = check_sample_weight(sample_weight, len(texts))
         if len(texts) < 2:
             raise ValueError(f"At least 2 texts are needed to fit; got {len(texts)}.")
         check_prompt(self.prompt, kind)
@@ -278,20 +285,22 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
         states = featurizer.transform(texts, kind)
 
         # Standardised targets keep one learning rate and one Huber delta sensible for
-        # any target scale; a constant target gets scale 1 and is learned as zero.
-        y_mean = float(target.mean())
-        spread = target_scale(target)
-        scaled = (target - y_mean) / (spread if spread > 0 else 1.0)
+        # any target scale; a constant target gets scale 1 and is learned as zero. Both
+        # are weighted, so a text of weight 0 has no influence at all.
+        y_mean = np.average(target, axis=0, weights=weights)
+        spread = target_scale(target, weights)
+        scaled = (target - y_mean) / np.where(spread > 0, spread, 1.0)
+        n_outputs = 1 if target.ndim == 1 else target.shape[1]
 
-        net = build_net(self, featurizer.hidden_size, len(texts), seed, device)
+        net = build_net(self, featurizer.hidden_size, len(texts), seed, device, n_outputs)
         cuda = [device.index or 0] if device.type == "cuda" else []
         # A private RNG stream: the user's global torch seed is neither used nor disturbed.
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
-            if spread > 0:
-                net.fit(TokenStateDataset(states, torch.as_tensor(scaled)), y=None)
+            if np.any(spread > 0):
+                net.fit(TokenStateDataset(states, scaled, weights), y=None)
             else:
-                net.initialize()  # a constant target is predicted exactly: nothing to learn
+                net.initialize()  # constant targets are predicted exactly: nothing to learn
         _check_trained_head(net, self.lr)
         diagnostics = training_diagnostics(net)
         _drop_training_state(net)
@@ -303,9 +312,10 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
             setattr(self, name, value)
         self.input_kind_ = kind
         self.n_train_tokens_ = int(sum(s.shape[0] for s in states))
-        self.y_mean_ = y_mean
-        # A constant target (scale 0) is predicted exactly rather than as the head's output.
-        self.y_scale_ = spread
+        # Floats for one target, arrays for several. A constant target (scale 0) is
+        # predicted exactly rather than as the head's output.
+        self.y_mean_ = float(y_mean) if target.ndim == 1 else y_mean
+        self.y_scale_ = float(spread) if target.ndim == 1 else spread
         return self
 
     # -- pickling -------------------------------------------------------------------------
@@ -338,16 +348,17 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
 
         Returns
         -------
-        y_pred : ndarray of shape (n,), float64
+        y_pred : ndarray of shape (n,) or (n, n_targets), float64
+            As ``y`` was in fit: 1-D for one target.
         """
         check_is_fitted(self, "net_")
         texts, kind = self._check_texts(X, reset=False)
         if not texts:
-            return np.zeros(0)
+            return np.zeros((0, *np.shape(self.y_mean_)))
         states = self._sync_inference_settings(self.featurizer_).transform(texts, kind)
         sync_net_device(self.net_, self.device)
         scaled = np.asarray(self.net_.predict(TokenStateDataset(states)), dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(scaled.reshape(-1)))
+        bad = np.flatnonzero(~np.isfinite(scaled).reshape(len(texts), -1).all(axis=1))
         if bad.size:
             # A NaN is never a prediction: it means inf/NaN token states or a broken head.
             raise ValueError(
@@ -355,7 +366,7 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
                 "the backbone's states for those texts overflow (try backbone_dtype='float32') "
                 "or the model file is damaged."
             )
-        return scaled.reshape(-1) * self.y_scale_ + self.y_mean_
+        return scaled * self.y_scale_ + self.y_mean_
 
 
 def _check_trained_head(net: Any, lr: float) -> None:

@@ -103,6 +103,9 @@ class RelishHead(nn.Module):
     input_norm : bool, default=False
         Apply a learned LayerNorm to the token states before the down-projection.
         Not in the paper; it tames the massive activations of intermediate layers.
+    n_outputs : int, default=1
+        Values predicted per row (one per target); the output is ``(B,)`` for one,
+        ``(B, n_outputs)`` for several.
 
     Examples
     --------
@@ -126,6 +129,7 @@ class RelishHead(nn.Module):
         dropout: float = 0.0,
         share_weights: bool = False,
         input_norm: bool = False,
+        n_outputs: int = 1,
     ) -> None:
         super().__init__()
         self.input_norm = nn.LayerNorm(input_dim) if input_norm else nn.Identity()
@@ -136,7 +140,7 @@ class RelishHead(nn.Module):
         blocks = [RefinementBlock(latent_dim, n_heads, ff_mult, dropout) for _ in range(n_distinct)]
         self.blocks = nn.ModuleList(blocks)
         self.n_iterations = n_iterations
-        self.output = nn.Linear(latent_dim, 1)
+        self.output = nn.Linear(latent_dim, n_outputs)
 
     def forward(
         self, token_states: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -153,7 +157,7 @@ class RelishHead(nn.Module):
 
         Returns
         -------
-        Tensor of shape (B,)
+        Tensor of shape (B,), or (B, n_outputs) when ``n_outputs > 1``
         """
         tokens = self.project(self.input_norm(token_states.to(self.project.weight.dtype)))
         if attention_mask is None:
@@ -164,4 +168,5 @@ class RelishHead(nn.Module):
         for step in range(self.n_iterations):
             block = self.blocks[step % len(self.blocks)]
             latents = block(latents, tokens, mask)
-        return self.output(latents.mean(dim=1)).squeeze(-1)
+        out = self.output(latents.mean(dim=1))
+        return out.squeeze(-1) if out.shape[-1] == 1 else out

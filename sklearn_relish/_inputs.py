@@ -1,4 +1,4 @@
-"""Validation of texts, text pairs, targets and prompt templates.
+"""Validation of texts, text pairs and prompt templates (targets: ``_targets.py``).
 
 Everything here runs before any model is loaded, so bad input fails in milliseconds with a
 message that names the offending row, never as a torch traceback from deep inside.
@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.utils import check_consistent_length, column_or_1d
 
 SINGLE, PAIR = "single", "pair"
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     if value is None:
         return True
     if isinstance(value, float | np.floating) and math.isnan(value):
@@ -26,7 +25,7 @@ def _is_missing(value: Any) -> bool:
 
 
 def _check_text(value: Any, where: str) -> str:
-    if _is_missing(value):
+    if is_missing(value):
         raise ValueError(
             f"{where} is missing ({value!r}). Drop or fill missing texts before fitting, "
             "e.g. X.fillna('')."
@@ -109,86 +108,6 @@ def check_texts(X: Any) -> tuple[list, str]:
     raise ValueError(
         f"X has {n_columns} columns; give one column of texts or two columns of text pairs."
     )
-
-
-def check_target(y: Any, n_samples: int) -> np.ndarray:
-    """Validate a regression target: 1-D, numeric, finite, one value per text."""
-    if y is None:
-        raise ValueError("y is required: RelishTextRegressor is a supervised regressor.")
-    values = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
-    if values.dtype.kind in "US" and not hasattr(y, "dtype"):
-        # A list mixing numbers and strings: numpy turned every entry into a string; keep
-        # the entries as they were so the error below names the row that really is one.
-        values = np.asarray(y, dtype=object)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = column_or_1d(values, warn=True)  # with scikit-learn's DataConversionWarning
-    if values.ndim != 1:
-        raise ValueError(
-            f"y must be 1-D (one target per text); got shape {values.shape}. "
-            "RelishTextRegressor predicts a single number per text."
-        )
-    if values.dtype.kind == "c":
-        non_real = np.flatnonzero(values.imag != 0)
-        row = int(non_real[0]) if non_real.size else 0
-        raise ValueError(
-            f"y must be real numbers; y[{row}] is complex ({values[row]}). Pass the real "
-            "part explicitly if that is what you mean, e.g. y.real."
-        )
-    if values.dtype.kind not in "biuf":
-        # Like scikit-learn, refuse strings (even "1.5": a column read as text is a bug
-        # upstream) and complex numbers (float() would silently drop the imaginary part).
-        floats = np.empty(values.shape[0], dtype=np.float64)
-        for i, value in enumerate(values):
-            if _is_missing(value):
-                floats[i] = np.nan  # reported as missing below, with its row
-                continue
-            if isinstance(value, str | bytes | complex | np.complexfloating):
-                raise ValueError(
-                    f"y must be real numbers; y[{i}] is a {type(value).__name__} "
-                    f"({value!r:.50}). Convert y first, e.g. y.astype(float)."
-                )
-            try:
-                floats[i] = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"y must be real numbers; y[{i}] is a {type(value).__name__} "
-                    f"({value!r:.50})."
-                ) from None
-        values = floats
-    values = values.astype(np.float64)
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        raise ValueError(
-            f"y contains {bad.size} missing, NaN or infinite value(s), first at y[{bad[0]}] "
-            f"({values[bad[0]]}). Drop those rows before fitting."
-        )
-    spread = target_scale(values) if values.size else 0.0
-    if not math.isfinite(spread):
-        raise ValueError(
-            f"y is too large to standardise in float64 (largest |y| is "
-            f"{np.abs(values).max():.3g}); rescale it, e.g. y / 1e100."
-        )
-    try:
-        check_consistent_length(values, np.empty(n_samples))
-    except ValueError:
-        raise ValueError(f"X has {n_samples} texts but y has {values.shape[0]} values.") from None
-    return values
-
-
-def target_scale(values: np.ndarray) -> float:
-    """Standard deviation of ``values`` that neither underflows nor overflows needlessly.
-
-    ``np.std`` squares the deviations, so targets around 1e-200 get a spread of exactly 0
-    and would be taken for a constant; dividing by the largest deviation first keeps the
-    squares near 1. Returns 0.0 only when all values are equal, inf when the deviations
-    themselves overflow float64.
-    """
-    with np.errstate(over="ignore", invalid="ignore"):
-        deviations = values - values.mean()
-        largest = float(np.max(np.abs(deviations)))
-        if largest == 0.0 or not math.isfinite(largest):
-            return largest
-        return largest * float(np.std(deviations / largest))
 
 
 _FIELDS = {SINGLE: {"text"}, PAIR: {"text_a", "text_b"}}

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from skorch import NeuralNetRegressor
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from ._head import RelishHead
@@ -20,34 +21,41 @@ LOSSES = {"huber": torch.nn.HuberLoss, "mse": torch.nn.MSELoss}
 
 
 class TokenStateDataset(Dataset):
-    """Per-text token states ``(n_tokens_i, d)`` with their (standardised) targets."""
+    """Per-text token states ``(n_tokens_i, d)`` with their (standardised) targets and weights.
 
-    def __init__(self, states: list[torch.Tensor], y: torch.Tensor | None = None) -> None:
+    Each item is ``(states, (target, weight))``: the weight travels with its text through
+    skorch's validation split, so the early-stopping loss is weighted too.
+    """
+
+    def __init__(self, states: list[torch.Tensor], y: Any = None, weights: Any = None) -> None:
         self.states = states
-        self.y = torch.zeros(len(states)) if y is None else torch.as_tensor(y, dtype=torch.float32)
+        n = len(states)
+        self.y = torch.zeros(n) if y is None else torch.as_tensor(y, dtype=torch.float32)
+        self.weights = (torch.ones(n) if weights is None
+                        else torch.as_tensor(weights, dtype=torch.float32))
 
     def __len__(self) -> int:
         return len(self.states)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.states[index], self.y[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        return self.states[index], (self.y[index], self.weights[index])
 
 
-def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict, torch.Tensor]:
+def pad_collate(batch: list) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
     """Pad a batch to its longest text; the mask is True on real tokens.
 
     At least one position is kept so that a batch of empty texts still has a shape the
     head accepts (fully masked rows give the head's "no evidence" prediction).
     """
-    states, targets = zip(*batch, strict=True)
-    longest = max(1, max(s.shape[0] for s in states))
-    dim = states[0].shape[1]
-    padded = torch.zeros(len(states), longest, dim, dtype=states[0].dtype)
-    mask = torch.zeros(len(states), longest, dtype=torch.bool)
-    for row, s in enumerate(states):
-        padded[row, : s.shape[0]] = s
-        mask[row, : s.shape[0]] = True
-    return {"token_states": padded, "attention_mask": mask}, torch.stack(targets)
+    states, labels = zip(*batch, strict=True)
+    targets, weights = zip(*labels, strict=True)
+    lengths = torch.tensor([s.shape[0] for s in states])
+    padded = pad_sequence(list(states), batch_first=True)
+    if padded.shape[1] == 0:
+        padded = padded.new_zeros(len(states), 1, padded.shape[2])
+    mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+    return ({"token_states": padded, "attention_mask": mask},
+            (torch.stack(targets), torch.stack(weights)))
 
 
 class _EarlyStop(KeyboardInterrupt):
@@ -80,9 +88,9 @@ class _Interrupted(Exception):
 
 
 class RelishNet(NeuralNetRegressor):
-    """``NeuralNetRegressor`` over :class:`TokenStateDataset`; 1-D targets, 1-D outputs.
+    """``NeuralNetRegressor`` over :class:`TokenStateDataset`, with per-text weights.
 
-    The head returns one value per row, so the loss compares ``(B,)`` with ``(B,)``; no
+    The head returns ``(B,)`` or ``(B, k)``; the loss reshapes both sides alike, so no
     2-D float32 target is asked of the user.
     """
 
@@ -104,10 +112,20 @@ class RelishNet(NeuralNetRegressor):
             raise carried.interrupt from None
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
-        return super().get_loss(y_pred.reshape(-1), y_true.reshape(-1), X=X, training=training)
+        # The criterion is built with reduction="none": average over targets, then weight
+        # each text (weights have mean 1 over the training set, so unweighted fits get
+        # the plain mean).
+        from skorch.utils import to_tensor
+
+        targets, weights = to_tensor(y_true, device=self.device)
+        rows = targets.shape[0]
+        per_text = self.criterion_(y_pred.reshape(rows, -1), targets.reshape(rows, -1))
+        per_text = per_text.mean(dim=1)
+        return (per_text * weights).sum() / weights.sum()
 
 
-def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device) -> RelishNet:
+def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
+              n_outputs: int = 1) -> RelishNet:
     """The skorch training loop for a head configured by an estimator's parameters.
 
     ``params`` is the estimator (anything with its head and training attributes): the
@@ -140,7 +158,9 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device) ->
         module__dropout=params.dropout,
         module__share_weights=params.share_weights,
         module__input_norm=params.input_norm,
+        module__n_outputs=n_outputs,
         criterion=LOSSES[params.loss],
+        criterion__reduction="none",
         **loss_kwargs,
         optimizer=torch.optim.AdamW,
         optimizer__weight_decay=params.weight_decay,

@@ -102,7 +102,7 @@ def test_predict_pairs_on_a_single_text_model(fitted):
 
 # -- y ----------------------------------------------------------------------------------------
 def test_x_and_y_of_different_lengths(tiny_llama):
-    fit_fails(tiny_llama, ValueError, rf"{N} texts but y has {N - 1} values", TEXTS, TARGETS[:-1])
+    fit_fails(tiny_llama, ValueError, rf"{N} texts but y has {N - 1} rows", TEXTS, TARGETS[:-1])
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, None], ids=["nan", "inf", "-inf", "None"])
@@ -121,9 +121,9 @@ def test_non_numeric_y_names_the_row(tiny_llama, y, row):
     fit_fails(tiny_llama, ValueError, rf"y must be real numbers; y\[{row}\]", TEXTS, y)
 
 
-def test_two_column_y_is_rejected(tiny_llama):
-    y = np.column_stack([TARGETS, TARGETS])
-    fit_fails(tiny_llama, ValueError, r"y must be 1-D.*\(16, 2\)", TEXTS, y)
+def test_three_dimensional_y_is_rejected(tiny_llama):
+    y = np.asarray(TARGETS).reshape(-1, 1, 1)
+    fit_fails(tiny_llama, ValueError, r"y must be 1-D .* or 2-D .*\(16, 1, 1\)", TEXTS, y)
 
 
 def test_overflowing_y_is_rejected(tiny_llama):

@@ -1,0 +1,144 @@
+"""Validation and standardisation of regression targets and sample weights.
+
+Runs before any model is loaded: a bad target fails in milliseconds with a message that
+names the offending entry, never as a torch traceback from deep inside.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.utils import check_consistent_length, column_or_1d
+
+from ._inputs import is_missing
+
+
+def _where(index: tuple[int, ...]) -> str:
+    return "y[" + ", ".join(str(i) for i in index) + "]"
+
+
+def _as_floats(values: np.ndarray) -> np.ndarray:
+    """Entries that are not numbers already: converted one by one, each refusal named."""
+    floats = np.empty(values.shape, dtype=np.float64)
+    for index, value in np.ndenumerate(values):
+        if is_missing(value):
+            floats[index] = np.nan  # reported as missing by the caller, with its place
+            continue
+        # Like scikit-learn, refuse strings (even "1.5": a column read as text is a bug
+        # upstream) and complex numbers (float() would silently drop the imaginary part).
+        if isinstance(value, str | bytes | complex | np.complexfloating):
+            raise ValueError(
+                f"y must be real numbers; {_where(index)} is a {type(value).__name__} "
+                f"({value!r:.50}). Convert y first, e.g. y.astype(float)."
+            )
+        try:
+            floats[index] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"y must be real numbers; {_where(index)} is a {type(value).__name__} "
+                f"({value!r:.50})."
+            ) from None
+    return floats
+
+
+def check_target(y: Any, n_samples: int) -> np.ndarray:
+    """Validate a regression target: numeric, finite, one row per text.
+
+    Returns shape ``(n,)`` for one target, ``(n, k)`` for ``k >= 2`` targets; a column
+    vector ``(n, 1)`` is ravelled with scikit-learn's DataConversionWarning.
+    """
+    if y is None:
+        raise ValueError("y is required: RelishTextRegressor is a supervised regressor.")
+    values = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+    if values.dtype.kind in "US" and not hasattr(y, "dtype"):
+        # A list mixing numbers and strings: numpy turned every entry into a string; keep
+        # the entries as they were so the error below names the entry that really is one.
+        values = np.asarray(y, dtype=object)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = column_or_1d(values, warn=True)  # with scikit-learn's DataConversionWarning
+    if values.ndim not in (1, 2) or (values.ndim == 2 and values.shape[1] == 0):
+        raise ValueError(
+            f"y must be 1-D (one target per text) or 2-D (one column per target); got "
+            f"shape {values.shape}."
+        )
+    if values.dtype.kind == "c":
+        non_real = np.argwhere(values.imag != 0)
+        index = tuple(int(i) for i in non_real[0]) if non_real.size else (0,) * values.ndim
+        raise ValueError(
+            f"y must be real numbers; {_where(index)} is complex ({values[index]}). Pass "
+            "the real part explicitly if that is what you mean, e.g. y.real."
+        )
+    if values.dtype.kind not in "biuf":
+        values = _as_floats(values)
+    values = values.astype(np.float64)
+    bad = np.argwhere(~np.isfinite(values))
+    if bad.size:
+        first = tuple(int(i) for i in bad[0])
+        raise ValueError(
+            f"y contains {len(bad)} missing, NaN or infinite value(s), first at "
+            f"{_where(first)} ({values[first]}). Drop those rows before fitting."
+        )
+    scale = target_scale(values) if values.size else np.zeros(1)
+    if not np.all(np.isfinite(scale)):
+        raise ValueError(
+            f"y is too large to standardise in float64 (largest |y| is "
+            f"{np.abs(values).max():.3g}); rescale it, e.g. y / 1e100."
+        )
+    try:
+        check_consistent_length(values, np.empty(n_samples))
+    except ValueError:
+        raise ValueError(f"X has {n_samples} texts but y has {values.shape[0]} rows.") from None
+    return values
+
+
+def target_scale(values: np.ndarray, weights: np.ndarray | None = None) -> float | np.ndarray:
+    """(Weighted) standard deviation, per column for 2-D ``values``, that does not underflow.
+
+    ``np.std`` squares the deviations, so targets around 1e-200 get a spread of exactly 0
+    and would be taken for a constant; dividing by the largest deviation first keeps the
+    squares near 1. 0.0 only where all (positively weighted) values are equal; inf where
+    the deviations themselves overflow float64.
+    """
+    if values.ndim == 2:
+        return np.array([target_scale(column, weights) for column in values.T])
+    with np.errstate(over="ignore", invalid="ignore"):
+        deviations = values - np.average(values, weights=weights)
+        largest = float(np.max(np.abs(deviations)))
+        if largest == 0.0 or not math.isfinite(largest):
+            return largest
+        return largest * math.sqrt(np.average((deviations / largest) ** 2, weights=weights))
+
+
+def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
+    """Validate per-text weights: 1-D, finite, non-negative, not all zero, one per text.
+
+    Returns the weights divided by their mean, so that the loss keeps its scale (and the
+    default learning rate its meaning) whatever the units of the weights.
+    """
+    if sample_weight is None:
+        return np.ones(n_samples)
+    weights = np.asarray(
+        sample_weight.to_numpy() if hasattr(sample_weight, "to_numpy") else sample_weight
+    )
+    if weights.ndim == 0:
+        weights = np.full(n_samples, weights)
+    if weights.ndim != 1 or weights.dtype.kind not in "biuf":
+        raise ValueError(
+            f"sample_weight must be a 1-D array of numbers; got shape {weights.shape} of "
+            f"dtype {weights.dtype}."
+        )
+    if weights.shape[0] != n_samples:
+        raise ValueError(f"X has {n_samples} texts but sample_weight has {weights.shape[0]}.")
+    weights = weights.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if bad.size:
+        raise ValueError(
+            f"sample_weight must be finite and non-negative; sample_weight[{bad[0]}] is "
+            f"{weights[bad[0]]}."
+        )
+    total = weights.sum()
+    if not total > 0:
+        raise ValueError("sample_weight sums to 0: at least one text needs a positive weight.")
+    return weights / weights.mean()

@@ -1,0 +1,142 @@
+"""Several targets at once, and per-text sample weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TARGETS, TEXTS, small_regressor
+from sklearn.model_selection import GridSearchCV, KFold
+
+from sklearn_relish import _net
+from sklearn_relish._targets import check_sample_weight, check_target
+
+Y = np.asarray(TARGETS)
+TWO = np.column_stack([Y, -100 * Y + 7])  # a second target on another scale
+
+
+# -- several targets -----------------------------------------------------------------------
+def test_two_targets_give_two_columns_each_on_its_scale(tiny_llama):
+    model = small_regressor(tiny_llama, max_epochs=30, latent_dim=32, n_heads=4)
+    pred = model.fit(TEXTS, TWO).predict(TEXTS)
+    assert pred.shape == (len(TEXTS), 2) and pred.dtype == np.float64
+    assert model.y_mean_.shape == model.y_scale_.shape == (2,)
+    np.testing.assert_allclose(model.y_scale_, TWO.std(axis=0), rtol=1e-9)
+    for column in range(2):
+        assert np.corrcoef(pred[:, column], TWO[:, column])[0, 1] > 0.6
+    assert model.predict([]).shape == (0, 2)
+
+
+def test_one_target_stays_one_dimensional(tiny_llama):
+    model = small_regressor(tiny_llama).fit(TEXTS, Y)
+    assert model.predict(TEXTS[:3]).shape == (3,)
+    assert isinstance(model.y_mean_, float)
+
+
+def test_a_constant_column_is_predicted_exactly(tiny_llama):
+    y = np.column_stack([Y, np.full(len(Y), 4.25)])
+    pred = small_regressor(tiny_llama).fit(TEXTS, y).predict(["anything", ""])
+    np.testing.assert_array_equal(pred[:, 1], [4.25, 4.25])
+
+
+def test_bad_entry_in_a_two_column_target_is_named():
+    y = TWO.astype(object)
+    y[5, 1] = "n/a"
+    with pytest.raises(ValueError, match=r"y\[5, 1\] is a str"):
+        check_target(y, len(TEXTS))
+    y = TWO.copy()
+    y[3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"first at y\[3, 0\]"):
+        check_target(y, len(TEXTS))
+
+
+def test_grid_search_scores_several_targets(tiny_llama):
+    search = GridSearchCV(small_regressor(tiny_llama), {"n_iterations": [1, 2]}, cv=KFold(2))
+    search.fit(TEXTS, TWO)
+    assert search.predict(TEXTS[:2]).shape == (2, 2)
+
+
+# -- sample weights ------------------------------------------------------------------------
+def test_zero_weight_texts_do_not_count(tiny_llama):
+    # Texts of weight 0 have no influence at all (standardisation included): changing
+    # their targets changes no prediction, while the same change at weight 1 does.
+    weights = np.r_[np.ones(10), np.zeros(6)]
+    changed = Y.copy()
+    changed[10:] *= -5
+    a = small_regressor(tiny_llama).fit(TEXTS, Y, sample_weight=weights)
+    b = small_regressor(tiny_llama).fit(TEXTS, changed, sample_weight=weights)
+    np.testing.assert_allclose(a.predict(TEXTS), b.predict(TEXTS), rtol=1e-6, atol=1e-6)
+    c = small_regressor(tiny_llama).fit(TEXTS, changed)
+    assert not np.allclose(a.predict(TEXTS), c.predict(TEXTS), atol=1e-3)
+    assert a.y_mean_ == pytest.approx(Y[:10].mean())
+
+
+def test_weights_scale_the_loss_per_text(tiny_llama, monkeypatch):
+    seen = []
+    original = _net.RelishNet.get_loss
+
+    def spy(self, y_pred, y_true, X=None, training=False):
+        seen.append(y_true[1].detach().clone())
+        return original(self, y_pred, y_true, X=X, training=training)
+
+    monkeypatch.setattr(_net.RelishNet, "get_loss", spy)
+    weights = np.arange(1, len(TEXTS) + 1, dtype=float)
+    small_regressor(tiny_llama, max_epochs=1, batch_size=len(TEXTS)).fit(
+        TEXTS, Y, sample_weight=weights)
+    np.testing.assert_allclose(np.sort(seen[0].numpy()), np.sort(weights / weights.mean()),
+                               rtol=1e-6)
+
+
+def test_integer_weights_equal_repeated_texts(tiny_llama):
+    # Weight 2 on every text is the same as weight 1: only relative weights matter.
+    params = dict(max_epochs=3)
+    plain = small_regressor(tiny_llama, **params).fit(TEXTS, Y)
+    doubled = small_regressor(tiny_llama, **params).fit(TEXTS, Y, sample_weight=2 * np.ones(16))
+    np.testing.assert_allclose(plain.predict(TEXTS), doubled.predict(TEXTS), rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping_hold_out_keeps_its_weights(tiny_llama, monkeypatch):
+    seen = []
+    original = _net.RelishNet.get_loss
+
+    def spy(self, y_pred, y_true, X=None, training=False):
+        if not training:
+            seen.append(y_true[1].detach().clone())
+        return original(self, y_pred, y_true, X=X, training=training)
+
+    monkeypatch.setattr(_net.RelishNet, "get_loss", spy)
+    texts, y = TEXTS * 2, np.r_[Y, Y]
+    weights = np.arange(1, 33, dtype=float)
+    small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.25, max_epochs=1,
+                    batch_size=64).fit(texts, y, sample_weight=weights)
+    held_out = seen[0].numpy()
+    assert len(held_out) == 8 and len(set(held_out.round(5))) == 8  # distinct: not all ones
+    normalised = weights / weights.mean()
+    assert all(np.min(np.abs(normalised - w)) < 1e-5 for w in held_out)
+
+
+@pytest.mark.parametrize("weights, match", [
+    (np.ones(15), "16 texts but sample_weight has 15"),
+    (np.r_[np.ones(15), -1.0], r"sample_weight\[15\] is -1.0"),
+    (np.r_[np.ones(15), np.nan], "finite and non-negative"),
+    (np.zeros(16), "sums to 0"),
+    (np.ones((16, 2)), "1-D array of numbers"),
+    (np.array(["1"] * 16), "1-D array of numbers"),
+])
+def test_bad_weights_are_refused(weights, match):
+    with pytest.raises(ValueError, match=match):
+        check_sample_weight(weights, 16)
+
+
+def test_weights_are_normalised_to_mean_one():
+    np.testing.assert_allclose(check_sample_weight([2.0, 6.0], 2), [0.5, 1.5])
+    np.testing.assert_array_equal(check_sample_weight(None, 3), [1.0, 1.0, 1.0])
+
+
+def test_weights_of_the_user_are_not_changed_and_series_work(tiny_llama):
+    import pandas as pd
+
+    weights = pd.Series(np.linspace(1, 2, 16), index=range(100, 116))
+    before = weights.copy()
+    model = small_regressor(tiny_llama, max_epochs=1).fit(TEXTS, Y, sample_weight=weights)
+    pd.testing.assert_series_equal(weights, before)
+    assert model.predict(TEXTS[:2]).shape == (2,)
