@@ -17,6 +17,8 @@ EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.py"))
 EXPECTED = {
     "grid_search_pipeline.py": ["held-out R^2", "LLM ran on"],
     "llm_features.py": ["RidgeCV: held-out R^2", "LLM runs for the probe: 0", "pc0"],
+    "weights_and_targets.py": ["corpus-balanced: tweets Pearson", "predictions of shape (",
+                               ", 2): human rating Pearson"],
 }
 
 
