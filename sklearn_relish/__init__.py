@@ -6,6 +6,7 @@ a backbone is read from disk on the first ``fit`` or ``predict`` and then shared
 
 from ._backbones import DEFAULT_BACKBONE, clear_backbones
 from ._cache import cache_info, clear_cache, set_cache_max_bytes
+from ._distributed import featurize_to_store
 from ._encoder import LLMTextEncoder
 from ._estimator import RelishTextRegressor
 from ._featurizer import BackboneMismatchError
@@ -23,6 +24,7 @@ __all__ = [
     "cache_info",
     "clear_backbones",
     "clear_cache",
+    "featurize_to_store",
     "load_model",
     "save_model",
     "set_cache_max_bytes",

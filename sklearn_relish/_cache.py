@@ -4,20 +4,18 @@ Entries are keyed by everything that determines a text's states: the backbone's
 fingerprint, the layer, ``max_length``, the compute dtype and the final prompted string.
 They are stored unpadded in half precision, so memory is about
 (tokens) x (hidden size) x 2 bytes. The in-memory part is bounded in bytes and evicts
-the least recently used entries; an optional folder shares states between processes
-(``GridSearchCV(n_jobs=...)`` workers) and sessions.
+the least recently used entries; an optional folder (``_store.TokenStateStore``) shares
+states between processes (``GridSearchCV(n_jobs=...)`` workers, cluster workers) and
+sessions.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from numbers import Integral
-from pathlib import Path
 
 import torch
 
@@ -89,42 +87,6 @@ class TokenStateCache:
         with self._lock:
             self._entries.clear()
             self.nbytes = self.hits = self.misses = 0
-
-
-class DiskCache:
-    """Token states as one small file per text under ``folder``; safe across processes.
-
-    Files are written to a temporary name and renamed into place, so a reader sees either
-    nothing or a whole file. An unreadable file counts as a miss and is recomputed.
-    """
-
-    def __init__(self, folder: str | os.PathLike) -> None:
-        self.folder = Path(folder).expanduser()
-
-    def _path(self, key: str) -> Path:
-        return self.folder / key[:2] / f"{key}.pt"
-
-    def get(self, key: str) -> CachedStates | None:
-        path = self._path(key)
-        if not path.exists():
-            return None
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            return CachedStates(payload["states"], bool(payload["truncated"]))
-        except Exception:  # a damaged file is only a lost cache entry
-            return None
-
-    def put(self, key: str, entry: CachedStates) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save({"states": entry.states, "truncated": entry.truncated}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 _MEMORY_CACHE = TokenStateCache()

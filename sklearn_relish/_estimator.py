@@ -95,7 +95,9 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
     cache : bool, default=True
         Keep token states in the process-wide in-memory cache.
     cache_dir : str or None, default=None
-        Folder that also keeps token states on disk, shared between processes.
+        Folder that also keeps token states on disk (one SQLite file), shared between
+        processes and cluster workers; :func:`featurize_to_store` fills it ahead. A folder
+        that cannot be used gives one warning and is then skipped.
     device : str, default="auto"
         ``"auto"`` uses CUDA where present, else the CPU; or any torch device string.
     backbone_dtype : {"auto", "float32", "bfloat16", "float16"}, default="auto"

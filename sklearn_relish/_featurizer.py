@@ -14,9 +14,10 @@ from typing import Any
 import torch
 
 from ._backbones import LoadedBackbone, load_backbone, resolve_device, resolve_dtype
-from ._cache import CachedStates, DiskCache, cache_key, count_forward, memory_cache
+from ._cache import CachedStates, cache_key, count_forward, memory_cache
 from ._early_exit import hidden_states_at
 from ._inputs import format_texts
+from ._store import StoreUnavailable, TokenStateStore, warn_once
 
 # transformers' log level is process-wide: one lock for everyone who lowers it for a moment.
 _LOG_LEVEL_LOCK = threading.Lock()
@@ -124,7 +125,26 @@ class LLMFeaturizer:
 
     # -- featurization --------------------------------------------------------------------
     def transform(self, texts: list, kind: str) -> list[torch.Tensor]:
-        """Token states ``(n_tokens_i, d)`` in float16 for each text, in input order."""
+        """Token states ``(n_tokens_i, d)`` in float16 for each text, in input order.
+
+        Every returned tensor is the caller's own copy: the cache's tensors never leave it,
+        so editing an output in place cannot change what a later call returns.
+        """
+        keys, found, _ = self._resolve(texts, kind)
+        n_truncated = sum(found[key].truncated for key in keys)
+        if n_truncated:
+            warnings.warn(
+                f"{n_truncated} of {len(keys)} texts are longer than max_length="
+                f"{self._effective_max_length()} tokens and were truncated; raise max_length "
+                "to keep them whole.",
+                UserWarning,
+                stacklevel=3,
+            )
+        # A copy costs about 1% of featurizing the text (benchmarks/RESULTS.md, "## Scale");
+        # torch has no read-only tensors to share instead.
+        return [found[key].states.clone() for key in keys]
+
+    def _keys(self, texts: list, kind: str) -> tuple[list[str], list[str], int, int]:
         loaded = self.loaded
         separator = f" {loaded.tokenizer.sep_token} " if loaded.tokenizer.sep_token else "\n"
         prompted = format_texts(texts, kind, self.prompt, separator)
@@ -132,18 +152,22 @@ class LLMFeaturizer:
         max_length = self._effective_max_length()
         keys = [cache_key(loaded.fingerprint, layer, max_length, str(loaded.dtype), text)
                 for text in prompted]
+        return keys, prompted, layer, max_length
 
+    def _resolve(self, texts: list, kind: str) -> tuple[list[str], dict[str, CachedStates], int]:
+        """Keys, their states (memory, then store, then the LLM) and how many the LLM ran."""
+        keys, prompted, layer, max_length = self._keys(texts, kind)
         found: dict[str, CachedStates] = {}
         memory = memory_cache() if self.cache else None
-        disk = DiskCache(self.cache_dir) if self.cache and self.cache_dir else None
-        for key in dict.fromkeys(keys):  # distinct keys, first-seen order
-            entry = memory.get(key) if memory is not None else None
-            if entry is None and disk is not None:
-                entry = disk.get(key)
-                if entry is not None and memory is not None:
-                    memory.put(key, entry)
-            if entry is not None:
-                found[key] = entry
+        store = TokenStateStore(self.cache_dir) if self.cache and self.cache_dir else None
+        distinct = list(dict.fromkeys(keys))  # first-seen order
+        if memory is not None:
+            for key in distinct:
+                entry = memory.get(key)
+                if entry is not None:
+                    found[key] = entry
+        if store is not None:
+            store = self._sync_store(store, memory, distinct, found)
 
         todo = {key: text for key, text in zip(keys, prompted, strict=True) if key not in found}
         if todo:
@@ -152,18 +176,47 @@ class LLMFeaturizer:
                 found[key] = entry
                 if memory is not None:
                     memory.put(key, entry)
-                if disk is not None:
-                    disk.put(key, entry)
+            if store is not None:
+                try:
+                    store.put_many(zip(todo, computed, strict=True))
+                except StoreUnavailable as error:
+                    warn_once(store, error)
+        return keys, found, len(todo)
 
-        n_truncated = sum(found[key].truncated for key in keys)
-        if n_truncated:
-            warnings.warn(
-                f"{n_truncated} of {len(keys)} texts are longer than max_length={max_length} "
-                "tokens and were truncated; raise max_length to keep them whole.",
-                UserWarning,
-                stacklevel=3,
-            )
-        return [found[key].states for key in keys]
+    @staticmethod
+    def _sync_store(store: TokenStateStore, memory, distinct: list[str],
+                    found: dict[str, CachedStates]) -> TokenStateStore | None:
+        """Read what memory lacks from the store and write to it what memory alone holds.
+
+        A store that cannot be used (not a folder, not writable, damaged, disk full) is
+        skipped with one warning: the cache is an optimisation, never a reason to fail.
+        """
+        try:
+            unwritten = store.missing([key for key in distinct if key in found])
+            for key, entry in store.get_many([k for k in distinct if k not in found]).items():
+                found[key] = entry
+                if memory is not None:
+                    memory.put(key, entry)
+            store.put_many((key, found[key]) for key in unwritten)
+        except StoreUnavailable as error:
+            warn_once(store, error)
+            return None
+        return store
+
+    def fill_store(self, texts: list, kind: str) -> int:
+        """Featurize into ``cache_dir`` the texts it lacks; returns how many the LLM ran on.
+
+        Keeps nothing in memory and returns no states, so a cluster worker's memory stays
+        flat; a store that cannot be written raises :class:`StoreUnavailable`.
+        """
+        keys, prompted, layer, max_length = self._keys(texts, kind)
+        store = TokenStateStore(self.cache_dir)
+        todo = dict(zip(keys, prompted, strict=True))
+        todo = {key: todo[key] for key in store.missing(list(todo))}
+        if todo:
+            computed = self._forward(list(todo.values()), layer, max_length)
+            store.put_many(zip(todo, computed, strict=True))
+        return len(todo)
 
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[bool]]:
         from transformers.utils import logging as hf_logging

@@ -10,7 +10,7 @@ from conftest import TARGETS, TEXTS, build_tiny_llama, small_regressor
 from sklearn.model_selection import GridSearchCV, KFold
 
 from sklearn_relish import cache_info, clear_cache, set_cache_max_bytes
-from sklearn_relish._cache import CachedStates, DiskCache, TokenStateCache
+from sklearn_relish._cache import CachedStates, TokenStateCache
 from sklearn_relish._featurizer import LLMFeaturizer
 
 
@@ -53,7 +53,7 @@ def test_duplicates_are_featurized_once(tiny_llama):
     texts = ["good", "bad", "good", "good", "bad", "fine"]
     states = LLMFeaturizer(tiny_llama).transform(texts, "single")
     assert cache_info()["llm_texts"] == 3
-    assert states[0] is states[2]
+    assert torch.equal(states[0], states[2]) and states[0] is not states[2]
 
 
 def test_second_call_hits_the_cache(tiny_llama):
@@ -114,23 +114,6 @@ def test_disk_cache_serves_a_new_process_worth_of_memory(tiny_llama, tmp_path):
     states = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS, "single")
     assert cache_info()["llm_texts"] == 0
     assert len(states) == len(TEXTS)
-
-
-def test_damaged_disk_entry_is_recomputed(tiny_llama, tmp_path):
-    LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(["good"], "single")
-    (path,) = tmp_path.rglob("*.pt")
-    path.write_bytes(b"not a torch file")
-    clear_cache()
-    LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(["good"], "single")
-    assert cache_info()["llm_texts"] == 1
-
-
-def test_disk_cache_round_trip(tmp_path):
-    disk = DiskCache(tmp_path)
-    disk.put("ab" * 32, CachedStates(torch.ones(3, 2, dtype=torch.float16), True))
-    got = disk.get("ab" * 32)
-    assert got.truncated and torch.equal(got.states, torch.ones(3, 2, dtype=torch.float16))
-    assert disk.get("cd" * 32) is None
 
 
 def test_cache_is_not_pickled_with_the_estimator(tiny_llama, tmp_path):

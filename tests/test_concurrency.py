@@ -19,6 +19,8 @@ from conftest import TARGETS, TEXTS, WORDS, small_regressor
 from sklearn.model_selection import GridSearchCV, cross_validate
 
 from sklearn_relish import RelishTextRegressor, _backbones, clear_backbones, clear_cache
+from sklearn_relish._store import FILENAME as STORE_FILENAME
+from sklearn_relish._store import TokenStateStore
 
 SMALL = dict(latent_dim=16, n_heads=2, n_iterations=2, max_epochs=3, early_stopping=False,
              batch_size=8, random_state=0)
@@ -80,8 +82,9 @@ def test_grid_search_in_worker_processes(tiny_llama, tmp_path):
     # scores equal the serial ones.
     np.testing.assert_allclose(search.cv_results_["mean_test_score"],
                                serial.cv_results_["mean_test_score"], rtol=1e-6)
-    # The workers wrote their token states to the shared folder: one file per text.
-    assert len(list(shared.rglob("*.pt"))) == len(set(TEXTS))
+    # The workers wrote every text's token states to the shared store, in one file.
+    assert len(TokenStateStore(shared)) == len(set(TEXTS))
+    assert [path.name for path in shared.iterdir()] == [STORE_FILENAME]
 
 
 class ThreadRecordingRegressor(RelishTextRegressor):

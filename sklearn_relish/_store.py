@@ -1,0 +1,188 @@
+"""A token-state store on disk that many processes share: one SQLite file of checksummed rows.
+
+Why SQLite rows rather than per-text files or hand-made shards (measured in
+``benchmarks/scale.py``, see ``benchmarks/RESULTS.md``, "## Scale"):
+
+- **Files at rest**: ``states.sqlite`` only (its ``-wal``/``-shm`` companions exist while a
+  process has it open), whatever the number of texts; per-text files made one file per text.
+- **Many writers, many readers, processes included**: SQLite's own file locks serialize
+  writers (each ``put_many`` is one ``BEGIN IMMEDIATE`` transaction, waited for up to
+  ``BUSY_TIMEOUT_S``) and write-ahead logging lets readers go on while one writes. A
+  transaction is atomic: a writer killed midway leaves no row, never half a row.
+- **Bounded memory when read**: a lookup reads the rows asked for through the primary-key
+  index, nothing else; there is no shard to load whole.
+- **Damage detected**: every row carries a CRC-32 of its shape, flag and payload; a row whose
+  checksum or length does not match, or a file SQLite cannot read, is a miss, never served.
+- Standard library only: nothing to install, nothing compiled.
+
+Limit: SQLite needs working POSIX file locks, so a store shared by several machines must sit
+on a file system that has them (a local disk per machine, or a cluster file system such as
+Lustre or GPFS; not every NFS mount qualifies).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+import threading
+import warnings
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._cache import CachedStates
+
+FILENAME = "states.sqlite"
+BUSY_TIMEOUT_S = 300.0  # a writer waits this long for another's transaction before failing
+_CHUNK = 500  # keys per IN (...) query: under SQLite's smallest variable limit (999)
+_SCHEMA = """CREATE TABLE IF NOT EXISTS states (
+    key TEXT PRIMARY KEY, n_tokens INTEGER NOT NULL, dim INTEGER NOT NULL,
+    truncated INTEGER NOT NULL, checksum INTEGER NOT NULL, payload BLOB NOT NULL)"""
+
+_WARNED: set[str] = set()  # one warning per store folder and process
+_WARNED_LOCK = threading.Lock()
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be used (not a folder, not writable, damaged, disk full)."""
+
+
+def _checksum(n_tokens: int, dim: int, truncated: bool, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(struct.pack("<qq?", n_tokens, dim, truncated)))
+
+
+class TokenStateStore:
+    """Token states of many texts in one SQLite file under ``folder``, keyed by ``cache_key``.
+
+    Every method opens its own short-lived connection, so a store object is cheap, pickles
+    as a path, and is safe across threads, forked processes and cluster workers.
+    Methods raise :class:`StoreUnavailable` on any fault; :func:`open_store` and the
+    featurizer turn that into one warning and carry on without the store.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder).expanduser()
+        self.path = self.folder / FILENAME
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S,
+                                         isolation_level=None)  # we open transactions ourselves
+        except (OSError, sqlite3.Error) as error:
+            raise StoreUnavailable(f"cannot open {self.path}: {error}") from error
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+            connection.execute("PRAGMA synchronous=NORMAL")  # atomic; last commits may be lost
+            connection.execute(_SCHEMA)
+        except sqlite3.Error as error:
+            connection.close()
+            raise StoreUnavailable(f"cannot use {self.path}: {error}") from error
+        return connection
+
+    def __len__(self) -> int:
+        connection = self._connect()
+        try:
+            return connection.execute("SELECT COUNT(*) FROM states").fetchone()[0]
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"cannot read {self.path}: {error}") from error
+        finally:
+            connection.close()
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedStates]:
+        """The intact entries among ``keys``; missing or damaged ones are left out."""
+        keys = list(keys)
+        found: dict[str, CachedStates] = {}
+        if not keys:
+            return found
+        connection = self._connect()
+        try:
+            for start in range(0, len(keys), _CHUNK):
+                chunk = keys[start:start + _CHUNK]
+                rows = connection.execute(
+                    "SELECT key, n_tokens, dim, truncated, checksum, payload FROM states "
+                    f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                for key, n_tokens, dim, truncated, checksum, payload in rows:
+                    entry = _decode(n_tokens, dim, bool(truncated), checksum, payload)
+                    if entry is not None:
+                        found[key] = entry
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"cannot read {self.path}: {error}") from error
+        finally:
+            connection.close()
+        return found
+
+    def missing(self, keys: Iterable[str]) -> list[str]:
+        """Those of ``keys`` that have no row (an index-only query: no payload is read)."""
+        keys = list(keys)
+        present: set[str] = set()
+        if not keys:
+            return []
+        connection = self._connect()
+        try:
+            for start in range(0, len(keys), _CHUNK):
+                chunk = keys[start:start + _CHUNK]
+                present.update(row[0] for row in connection.execute(
+                    f"SELECT key FROM states WHERE key IN ({','.join('?' * len(chunk))})",
+                    chunk))
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"cannot read {self.path}: {error}") from error
+        finally:
+            connection.close()
+        return [key for key in keys if key not in present]
+
+    def put_many(self, entries: Iterable[tuple[str, CachedStates]]) -> int:
+        """Write entries in one transaction (replacing damaged rows); returns how many."""
+        rows = [_encode(key, entry) for key, entry in entries]
+        if not rows:
+            return 0
+        connection = self._connect()
+        try:
+            connection.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlock
+            connection.executemany(
+                "INSERT OR REPLACE INTO states VALUES (?, ?, ?, ?, ?, ?)", rows)
+            connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise StoreUnavailable(f"cannot write {self.path}: {error}") from error
+        finally:
+            connection.close()
+        return len(rows)
+
+
+def _encode(key: str, entry: CachedStates) -> tuple:
+    states = entry.states.detach().to("cpu", torch.float16).contiguous()
+    n_tokens, dim = states.shape
+    payload = states.numpy().tobytes()
+    truncated = bool(entry.truncated)
+    return key, n_tokens, dim, int(truncated), _checksum(n_tokens, dim, truncated, payload), payload
+
+
+def _decode(n_tokens: int, dim: int, truncated: bool, checksum: int,
+            payload: bytes) -> CachedStates | None:
+    if not isinstance(payload, bytes) or len(payload) != 2 * n_tokens * dim:
+        return None
+    if _checksum(n_tokens, dim, truncated, payload) != checksum:
+        return None
+    # One copy into memory the tensor owns (frombuffer on bytes would be read-only).
+    array = np.frombuffer(payload, dtype=np.float16).reshape(n_tokens, dim).copy()
+    return CachedStates(torch.from_numpy(array), truncated)
+
+
+def warn_once(store: TokenStateStore, error: Exception) -> None:
+    """Say once per folder and process that the store is skipped, and why."""
+    with _WARNED_LOCK:
+        if str(store.folder) in _WARNED:
+            return
+        _WARNED.add(str(store.folder))
+    warnings.warn(
+        f"cache_dir={str(store.folder)!r} cannot be used ({error}); featurizing without it. "
+        "Token states are still cached in memory.",
+        UserWarning,
+        stacklevel=4,
+    )

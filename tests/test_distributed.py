@@ -1,0 +1,94 @@
+"""Featurization and grid search on a local Dask cluster (2 worker processes, 1 thread each)."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pytest
+from conftest import TARGETS, TEXTS, small_regressor
+from sklearn.model_selection import GridSearchCV, KFold
+
+from sklearn_relish import _backbones, cache_info, featurize_to_store
+from sklearn_relish._store import TokenStateStore
+
+distributed = pytest.importorskip("distributed")
+
+
+def _n_loads() -> int:
+    return _backbones.N_LOADS
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            yield client
+
+
+def worker_llm_texts(client) -> int:
+    return sum(info["llm_texts"] for info in client.run(cache_info).values())
+
+
+def test_cluster_featurizes_each_distinct_text_once_into_the_store(client, tiny_llama, tmp_path):
+    texts = TEXTS + TEXTS[:5]  # duplicates run once
+    before = worker_llm_texts(client)
+    counts = featurize_to_store(texts, tmp_path, client=client, chunk_size=3,
+                                max_in_flight=2, backbone=tiny_llama)
+    assert counts == {"texts": len(texts), "distinct": len(set(TEXTS)),
+                      "computed": len(set(TEXTS))}
+    assert worker_llm_texts(client) - before == len(set(TEXTS))
+    assert len(TokenStateStore(tmp_path)) == len(set(TEXTS))
+    # Each worker read the backbone from disk at most once, for all its chunks.
+    loads = client.run(_n_loads).values()
+    assert all(n <= 1 for n in loads) and sum(loads) >= 1
+    assert cache_info()["llm_texts"] == 0  # the client ran no LLM and holds no states
+    assert cache_info()["entries"] == 0
+
+    again = featurize_to_store(texts, tmp_path, client=client, backbone=tiny_llama)
+    assert again["computed"] == 0
+
+    # A fit here with the same featurization parameters reads everything from the store.
+    small_regressor(tiny_llama, cache_dir=str(tmp_path)).fit(TEXTS, TARGETS)
+    assert cache_info()["llm_texts"] == 0
+
+
+def test_grid_search_on_the_cluster_reads_the_store(client, tiny_llama, tmp_path):
+    texts, targets = TEXTS + TEXTS[:4], TARGETS + TARGETS[:4]
+    counts = featurize_to_store(texts, tmp_path, client=client, backbone=tiny_llama)
+    before = worker_llm_texts(client)
+    search = GridSearchCV(small_regressor(tiny_llama, cache_dir=str(tmp_path)),
+                          {"lr": [1e-3, 1e-2], "loss": ["huber", "mse"]},
+                          cv=KFold(2, shuffle=True, random_state=0), n_jobs=-1)
+    with joblib.parallel_backend("dask"):
+        search.fit(texts, targets)
+    # Across all workers and the client's refit, the LLM ran on the distinct texts only,
+    # all of them inside featurize_to_store.
+    assert counts["computed"] <= len(set(texts))
+    assert worker_llm_texts(client) - before == 0
+    assert cache_info()["llm_texts"] == 0
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+def test_same_results_in_process_and_on_the_cluster(client, tiny_llama, tmp_path):
+    local = featurize_to_store(TEXTS, tmp_path / "local", backbone=tiny_llama, layer=1)
+    remote = featurize_to_store(TEXTS, tmp_path / "remote", client=client,
+                                backbone=tiny_llama, layer=1)
+    assert local == remote
+    a = small_regressor(tiny_llama, layer=1, cache_dir=str(tmp_path / "local")).fit(TEXTS, TARGETS)
+    b = small_regressor(tiny_llama, layer=1, cache_dir=str(tmp_path / "remote")).fit(TEXTS,
+                                                                                     TARGETS)
+    np.testing.assert_allclose(a.predict(TEXTS), b.predict(TEXTS), atol=1e-6)
+    assert cache_info()["llm_texts"] == len(set(TEXTS))  # the local fill only
+
+
+def test_bad_arguments_fail_before_any_work(tiny_llama, tmp_path):
+    with pytest.raises(TypeError, match="do not affect featurization"):
+        featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama, lr=0.1)
+    with pytest.raises(ValueError, match="chunk_size"):
+        featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama, chunk_size=0)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="cannot be used"):
+        featurize_to_store(TEXTS, blocker, backbone=tiny_llama)
+    assert cache_info()["llm_texts"] == 0

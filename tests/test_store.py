@@ -1,0 +1,162 @@
+"""The on-disk token-state store: shared by processes, damage detected, faults only warn."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from conftest import TARGETS, TEXTS, small_regressor
+
+from sklearn_relish import cache_info, clear_cache
+from sklearn_relish._cache import CachedStates
+from sklearn_relish._featurizer import LLMFeaturizer
+from sklearn_relish._store import FILENAME, StoreUnavailable, TokenStateStore
+
+
+def entry_for(i: int, n_tokens: int = 3, dim: int = 8) -> CachedStates:
+    values = torch.arange(n_tokens * dim, dtype=torch.float32).reshape(n_tokens, dim) + i
+    return CachedStates(values.to(torch.float16), truncated=bool(i % 2))
+
+
+def test_round_trip_and_misses(tmp_path):
+    store = TokenStateStore(tmp_path)
+    store.put_many([("a", entry_for(1)), ("b", entry_for(2, n_tokens=0))])
+    got = store.get_many(["a", "b", "c"])
+    assert set(got) == {"a", "b"}
+    assert torch.equal(got["a"].states, entry_for(1).states) and got["a"].truncated
+    assert got["b"].states.shape == (0, 8)
+    assert store.missing(["a", "c", "b"]) == ["c"]
+    assert len(store) == 2
+
+
+def _write_range(folder: str, start: int, stop: int) -> int:
+    store = TokenStateStore(folder)
+    for i in range(start, stop, 5):  # several small transactions, interleaving with others
+        store.put_many((f"key{j}", entry_for(j)) for j in range(i, min(i + 5, stop)))
+    return stop - start
+
+
+def test_many_processes_write_at_once(tmp_path):
+    # Four processes write overlapping ranges at the same time; every row arrives intact.
+    ranges = [(0, 60), (30, 90), (60, 120), (0, 120)]
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:
+        written = list(pool.map(_write_range, [str(tmp_path)] * 4, *zip(*ranges, strict=True)))
+    assert sum(written) == 300
+    store = TokenStateStore(tmp_path)
+    got = store.get_many(f"key{j}" for j in range(120))
+    assert len(got) == len(store) == 120
+    assert all(torch.equal(got[f"key{j}"].states, entry_for(j).states) for j in range(120))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILENAME]  # one file at rest
+
+
+def test_damaged_row_is_a_miss_and_is_rewritten(tiny_llama, tmp_path):
+    LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(["good"], "single")
+    with sqlite3.connect(tmp_path / FILENAME) as connection:  # flip bytes, keep the length
+        (payload,) = connection.execute("SELECT payload FROM states").fetchone()
+        damaged = bytes(b ^ 0xFF for b in payload[:4]) + payload[4:]
+        connection.execute("UPDATE states SET payload = ?", (damaged,))
+    clear_cache()
+    states = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(["good"], "single")
+    assert cache_info()["llm_texts"] == 1  # not served: recomputed
+    clear_cache()
+    again = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(["good"], "single")
+    assert cache_info()["llm_texts"] == 0  # the recomputed row replaced the damaged one
+    assert torch.equal(states[0], again[0])
+
+
+def test_a_cut_store_file_warns_once_and_featurizes_without_it(tiny_llama, tmp_path):
+    expected = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS, "single")
+    path = tmp_path / FILENAME
+    path.write_bytes(path.read_bytes()[:3000])  # as if a copy stopped halfway
+    clear_cache()
+    featurizer = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path))
+    with pytest.warns(UserWarning, match="cannot be used") as record:
+        got = featurizer.transform(TEXTS, "single")
+        featurizer.transform(TEXTS[:3], "single")
+    assert len([w for w in record if "cannot be used" in str(w.message)]) == 1
+    assert cache_info()["llm_texts"] == len(set(TEXTS))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_cache_dir_that_is_a_file_warns_and_predicts(tiny_llama, tmp_path):
+    model = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+    expected = model.predict(TEXTS)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    model.set_params(cache_dir=str(blocker))
+    model.featurizer_.cache_dir = str(blocker)
+    clear_cache()
+    with pytest.warns(UserWarning, match="cannot be used"):
+        got = model.predict(TEXTS)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert blocker.read_text() == "not a folder"  # nothing of the user's overwritten
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_read_only_cache_dir_warns_and_carries_on(tiny_llama, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.warns(UserWarning, match="cannot be used"):
+            states = LLMFeaturizer(tiny_llama, cache_dir=str(folder)).transform(TEXTS, "single")
+        assert len(states) == len(TEXTS)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_full_disk_on_write_warns_and_carries_on(tiny_llama, tmp_path, monkeypatch):
+    # A real full disk: cap the database at its current size so the next insert fails
+    # inside SQLite with SQLITE_FULL, as ENOSPC would.
+    TokenStateStore(tmp_path).put_many([("seed", entry_for(0))])
+    original = TokenStateStore._connect
+
+    def capped(self):
+        connection = original(self)
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+        connection.execute(f"PRAGMA max_page_count = {pages}")
+        return connection
+
+    monkeypatch.setattr(TokenStateStore, "_connect", capped)
+    with pytest.raises(StoreUnavailable, match="full"):
+        TokenStateStore(tmp_path).put_many([("big", entry_for(1, n_tokens=4000))])
+    with pytest.warns(UserWarning, match="cannot be used"):
+        states = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(
+            [t * 3 for t in TEXTS], "single")
+    assert len(states) == len(TEXTS)
+
+
+def test_states_already_in_memory_are_written_to_cache_dir(tiny_llama, tmp_path):
+    # Issue 14 item 6: a folder given after the texts were cached in memory still gets them.
+    LLMFeaturizer(tiny_llama).transform(TEXTS, "single")
+    folder = tmp_path / "later"
+    LLMFeaturizer(tiny_llama, cache_dir=str(folder)).transform(TEXTS, "single")
+    assert cache_info()["llm_texts"] == len(set(TEXTS))  # served from memory, not rerun
+    assert len(TokenStateStore(folder)) == len(set(TEXTS))
+    clear_cache()  # a new process reads them all from the folder
+    LLMFeaturizer(tiny_llama, cache_dir=str(folder)).transform(TEXTS, "single")
+    assert cache_info()["llm_texts"] == 0
+
+
+def test_editing_transform_output_does_not_change_predictions(tiny_llama):
+    # Issue 14 item 7: the cache hands out copies, never its own tensors.
+    model = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+    expected = model.predict(TEXTS[:3])
+    for states in model.featurizer_.transform(TEXTS[:3], "single"):
+        states.mul_(100).add_(7)
+    np.testing.assert_array_equal(model.predict(TEXTS[:3]), expected)
+
+
+def test_no_warning_when_the_store_works(tiny_llama, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS, "single")
+        clear_cache()
+        LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS, "single")
+    assert cache_info()["llm_texts"] == 0
