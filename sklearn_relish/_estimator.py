@@ -49,8 +49,10 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
         Longest input in tokens. Longer texts are truncated with a warning that counts them.
     prompt : str or None, default=None
         Template wrapping each input: ``"...{text}..."`` for texts,
-        ``"...{text_a}...{text_b}..."`` for pairs. None feeds texts as they are and joins
-        pairs with the tokenizer's separator token (a newline if it has none).
+        ``"...{text_a}...{text_b}..."`` for pairs. None feeds texts as they are and
+        pairs through the tokenizer's own pair encoding (``[CLS] a [SEP] b [SEP]`` with
+        segment ids for BERT-like models), or joined by a newline for tokenizers without
+        a separator token (decoder LLMs have no pair template).
     n_latents : int, default=1
         Learned latent vectors (mean-pooled before the output layer).
     latent_dim : int, default=256

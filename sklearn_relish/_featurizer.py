@@ -16,7 +16,7 @@ import torch
 from ._backbones import LoadedBackbone, load_backbone, resolve_device, resolve_dtype
 from ._cache import CachedStates, cache_key, count_forward, memory_cache
 from ._early_exit import hidden_states_at
-from ._inputs import format_texts
+from ._inputs import PAIR_MARK, format_texts
 from ._store import StoreUnavailable, TokenStateStore, warn_once
 
 # transformers' log level is process-wide: one lock for everyone who lowers it for a moment.
@@ -146,7 +146,9 @@ class LLMFeaturizer:
 
     def _keys(self, texts: list, kind: str) -> tuple[list[str], list[str], int, int]:
         loaded = self.loaded
-        separator = f" {loaded.tokenizer.sep_token} " if loaded.tokenizer.sep_token else "\n"
+        # Tokenizers with a separator token have a pair template (BERT-like: segment ids
+        # too): pairs go through it. Decoder tokenizers have none: a newline joins them.
+        separator = None if loaded.tokenizer.sep_token else "\n"
         prompted = format_texts(texts, kind, self.prompt, separator)
         layer = self.layer_index(loaded)
         max_length = self._effective_max_length()
@@ -232,21 +234,24 @@ class LLMFeaturizer:
 
     @staticmethod
     def _tokenize_quietly(tokenizer, texts: list[str], max_length: int):
-        ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-        truncated = [len(row) > max_length for row in ids]
+        encoded = _encode(tokenizer, texts)
+        truncated = [len(row) > max_length for row in encoded["input_ids"]]
         long_rows = [i for i, cut in enumerate(truncated) if cut]
         if long_rows:
-            # Re-tokenize with the tokenizer's own truncation so special tokens survive.
-            cut = tokenizer([texts[i] for i in long_rows], truncation=True,
-                            max_length=max_length, add_special_tokens=True)["input_ids"]
-            for i, row in zip(long_rows, cut, strict=True):
-                ids[i] = row
-        return ids, truncated
+            # Re-tokenize with the tokenizer's own truncation so special tokens survive
+            # (a pair loses tokens from its longer text first).
+            cut = _encode(tokenizer, [texts[i] for i in long_rows], truncation=True,
+                          max_length=max_length)
+            for name, rows in cut.items():
+                for i, row in zip(long_rows, rows, strict=True):
+                    encoded[name][i] = row
+        return encoded, truncated
 
     def _forward(self, texts: list[str], layer: int, max_length: int) -> list[CachedStates]:
         loaded = self.loaded
         with loaded.lock:
-            ids, truncated = self._tokenize(texts, max_length)
+            encoded, truncated = self._tokenize(texts, max_length)
+            ids = encoded["input_ids"]
             states: list[torch.Tensor | None] = [None] * len(texts)
             empty = torch.zeros(0, loaded.hidden_size, dtype=torch.float16)
             # Longest first: the slowest batch shows up early in the progress bar, and
@@ -257,16 +262,17 @@ class LLMFeaturizer:
                     states[i] = empty
             batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
             for batch in self._progress(batches, len(order)):
-                hidden = self._run_batch([ids[i] for i in batch], layer)
+                hidden = self._run_batch(
+                    {name: [rows[i] for i in batch] for name, rows in encoded.items()}, layer)
                 for row, i in enumerate(batch):
                     states[i] = hidden[row, : len(ids[i])].to("cpu", torch.float16, copy=True)
             count_forward(len(order))
         return [CachedStates(s, cut) for s, cut in zip(states, truncated, strict=True)]
 
     @torch.inference_mode()
-    def _run_batch(self, batch_ids: list[list[int]], layer: int) -> torch.Tensor:
+    def _run_batch(self, batch: dict[str, list[list[int]]], layer: int) -> torch.Tensor:
         loaded = self.loaded
-        padded = loaded.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
+        padded = loaded.tokenizer.pad(batch, padding=True, return_tensors="pt")
         padded = {name: tensor.to(loaded.device) for name, tensor in padded.items()}
         return hidden_states_at(loaded, padded, layer)
 
@@ -276,3 +282,33 @@ class LLMFeaturizer:
         from tqdm.auto import tqdm
 
         return tqdm(batches, desc=f"Featurizing {n_texts} texts", unit="batch")
+
+
+def _encode(tokenizer, texts: list[str], **kwargs) -> dict[str, list[list[int]]]:
+    """Token ids (and segment ids, where the tokenizer makes them) of texts and marked pairs.
+
+    Pairs joined by ``PAIR_MARK`` go through the tokenizer's pair encoding; the result
+    keeps the input order.
+    """
+    pairs = [i for i, text in enumerate(texts) if PAIR_MARK in text]
+    if not pairs:
+        return _ids_only(tokenizer(texts, add_special_tokens=True, **kwargs))
+    singles = [i for i, text in enumerate(texts) if PAIR_MARK not in text]
+    firsts, seconds = zip(*(texts[i].split(PAIR_MARK, 1) for i in pairs), strict=True)
+    parts = [(pairs, _ids_only(tokenizer(list(firsts), list(seconds), add_special_tokens=True,
+                                         **kwargs)))]
+    if singles:
+        parts.append((singles, _ids_only(tokenizer([texts[i] for i in singles],
+                                                   add_special_tokens=True, **kwargs))))
+    merged: dict[str, list] = {name: [None] * len(texts) for name in parts[0][1]}
+    for rows, encoded in parts:
+        for name in merged:
+            for i, row in zip(rows, encoded[name], strict=True):
+                merged[name][i] = row
+    return merged
+
+
+def _ids_only(encoding) -> dict[str, list[list[int]]]:
+    # The attention mask is rebuilt by padding; segment ids matter to BERT-like models.
+    return {name: list(encoding[name]) for name in ("input_ids", "token_type_ids")
+            if name in encoding}

@@ -139,9 +139,22 @@ def check_prompt(prompt: str | None, kind: str) -> None:
         ) from None
 
 
-def format_texts(texts: list, kind: str, prompt: str | None, separator: str) -> list[str]:
-    """The final strings the backbone reads: the prompt applied, pairs joined."""
+# Joins a pair that the tokenizer itself will encode as a pair. A lone surrogate never
+# occurs in a validated text (check_texts refuses them), so the join is unambiguous, and
+# it keeps pairs apart from any single text in the cache's keys.
+PAIR_MARK = "\udc00"
+
+
+def format_texts(texts: list, kind: str, prompt: str | None, separator: str | None) -> list[str]:
+    """The final strings the backbone reads: the prompt applied, pairs joined.
+
+    With no prompt, pairs are joined by ``separator``; a ``separator`` of None marks them
+    for the tokenizer's own pair encoding (``[CLS] a [SEP] b [SEP]`` with segment ids
+    for BERT-like models), split again at tokenization.
+    """
     if kind == SINGLE:
         return list(texts) if prompt is None else [prompt.format(text=t) for t in texts]
-    template = prompt if prompt is not None else "{text_a}" + separator + "{text_b}"
-    return [template.format(text_a=a, text_b=b) for a, b in texts]
+    if prompt is None:
+        join = PAIR_MARK if separator is None else separator
+        return [a + join + b for a, b in texts]
+    return [prompt.format(text_a=a, text_b=b) for a, b in texts]

@@ -158,3 +158,39 @@ def test_fingerprint_names_the_weights(tmp_path):
 def test_auto_dtype_is_float32_on_cpu():
     assert _backbones.resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert _backbones.resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+@pytest.mark.slow
+def test_pairs_use_the_tokenizers_pair_encoding(minilm):
+    # BERT-like encoders read a pair as [CLS] a [SEP] b [SEP] with segment ids 0 then 1;
+    # joining the texts into one string would lose the segment ids.
+    from transformers import AutoModel, AutoTokenizer
+
+    from sklearn_relish._backbones import resolve_backbone
+
+    folder = resolve_backbone(minilm)
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder)
+    pairs = [("a great movie", "I loved it"), ("awful", "the plot was a mess and so long")]
+    got = LLMFeaturizer(minilm, layer=-1, cache=False).transform(pairs, "pair")
+    for (a, b), states in zip(pairs, got, strict=True):
+        encoded = tokenizer(a, b, return_tensors="pt")
+        assert encoded["token_type_ids"].max() == 1
+        with torch.no_grad():
+            expected = model(**encoded).last_hidden_state[0]
+        torch.testing.assert_close(states.float(), expected, atol=2e-2, rtol=1e-2)
+
+
+@pytest.mark.slow
+def test_native_pairs_are_cached_apart_from_joined_texts(minilm):
+    featurizer = LLMFeaturizer(minilm, layer=-1)
+    pair = featurizer.transform([("good", "bad")], "pair")[0]
+    joined = featurizer.transform(["good [SEP] bad"], "single")[0]
+    assert pair.shape != joined.shape or not torch.equal(pair, joined)
+
+
+@pytest.mark.slow
+def test_long_pairs_are_truncated_to_max_length(minilm):
+    featurizer = LLMFeaturizer(minilm, layer=-1, max_length=16, cache=False)
+    with pytest.warns(UserWarning, match="1 of 1 texts are longer than max_length=16"):
+        states = featurizer.transform([("word " * 40, "short")], "pair")
+    assert states[0].shape[0] == 16
