@@ -11,8 +11,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE
-from ._inputs import check_prompt
-from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin, check_layer
+from ._inputs import check_layer, check_prompt
+from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin
 from ._sklearn_compat import Interval, StrOptions
 
 _POOLINGS = {"mean": ("mean",), "last": ("last",), "mean+last": ("mean", "last")}

@@ -12,8 +12,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE, resolve_device
-from ._inputs import check_prompt
-from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin, check_layer
+from ._inputs import check_layer, check_prompt
+from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin
 from ._net import LOSSES, TokenStateDataset, build_net, sync_net_device, training_diagnostics
 from ._sklearn_compat import Interval, StrOptions
 from ._targets import check_sample_weight, check_target, target_scale

@@ -16,7 +16,7 @@ import torch
 from ._backbones import LoadedBackbone, load_backbone, resolve_device, resolve_dtype
 from ._cache import CachedStates, cache_key, count_forward, memory_cache
 from ._early_exit import hidden_states_at
-from ._inputs import PAIR_MARK, format_texts
+from ._inputs import PAIR_MARK, check_layer, format_texts
 from ._store import StoreUnavailable, TokenStateStore, warn_once
 
 # transformers' log level is process-wide: one lock for everyone who lowers it for a moment.
@@ -96,23 +96,22 @@ class LLMFeaturizer:
         return self._loaded
 
     def layer_index(self, loaded: LoadedBackbone) -> int:
-        """The hidden-state index ``layer`` names: an int as is, a float as a share of depth.
+        """The hidden-state index ``layer`` names: a whole number as is, a fraction as a share.
 
         A float lets one default mean "the middle" for any backbone: 0.5 is layer 15 of
         SmolLM2's 30 and layer 3 of MiniLM's 6. Negative ints count from the last layer.
         """
         n = loaded.n_hidden_states
-        if isinstance(self.layer, float):
-            if not 0.0 <= self.layer <= 1.0:
-                raise ValueError(f"A float layer is a share of depth in [0, 1]; got {self.layer}.")
-            return int(round(self.layer * (n - 1)))
-        if not -n <= self.layer < n:
+        layer = check_layer(self.layer)
+        if isinstance(layer, float):
+            return int(round(layer * (n - 1)))
+        if not -n <= layer < n:
             raise ValueError(
                 f"layer={self.layer} is out of range for {self.backbone!r}, which has {n} "
-                f"hidden states (valid: {-n}..{n - 1}; -1 is the last layer, or a float in "
-                "[0, 1] for a share of the depth)."
+                f"hidden states (valid: {-n}..{n - 1}; -1 is the last layer, or a fraction "
+                "strictly between 0 and 1 for a share of the depth)."
             )
-        return self.layer % n  # -1 and n-1 name the same states and share cache entries
+        return layer % n  # -1 and n-1 name the same states and share cache entries
 
     @property
     def hidden_size(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import string
 from collections.abc import Sequence
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -107,6 +108,30 @@ def check_texts(X: Any) -> tuple[list, str]:
         return pairs, PAIR
     raise ValueError(
         f"X has {n_columns} columns; give one column of texts or two columns of text pairs."
+    )
+
+
+def check_layer(layer: Any) -> int | float:
+    """One meaning per value: a whole number is an index, a fraction is a share of depth.
+
+    ``1``, ``1.0`` and ``np.int64(1)`` all name hidden state 1 (the first block's
+    output; 0 is the embeddings, -1 the last layer). A non-integral number strictly
+    between 0 and 1 (``0.5``, ``np.float32(0.25)``) is a share of the backbone's depth,
+    so one default means "the middle" for any backbone. Returns a plain ``int`` or
+    ``float`` (numpy scalars would otherwise slip through ``isinstance(x, float)``).
+    """
+    if isinstance(layer, bool) or not isinstance(layer, Real):
+        raise ValueError(f"layer must be an int or a float; got {layer!r}.")
+    value = float(layer)
+    if not math.isfinite(value):
+        raise ValueError(f"layer must be finite; got {layer!r}.")
+    if value.is_integer():
+        return int(value)
+    if 0.0 < value < 1.0:
+        return value
+    raise ValueError(
+        f"layer={layer!r} is neither a whole number (a hidden-state index, -1 for the last "
+        "layer) nor a share of depth strictly between 0 and 1 (0.5 for the middle)."
     )
 
 

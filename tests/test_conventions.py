@@ -9,7 +9,7 @@ import pytest
 from conftest import TARGETS, TEXTS, small_regressor
 
 from sklearn_relish import _net, cache_info
-from sklearn_relish._llm_params import check_layer
+from sklearn_relish._inputs import check_layer
 
 PAIRS = pd.DataFrame({"premise": TEXTS, "hypothesis": TEXTS[::-1]})
 

@@ -43,7 +43,7 @@ def test_layer_selects_that_hidden_state(tiny_llama, layer):
                                atol=2e-3, rtol=2e-3)
 
 
-@pytest.mark.parametrize("share, index", [(0.0, 0), (0.5, 1), (1.0, 2)])
+@pytest.mark.parametrize("share, index", [(0.0, 0), (0.5, 1), (0.75, 2), (1.0, 1)])
 def test_float_layer_is_a_share_of_depth(tiny_llama, share, index):
     got = LLMFeaturizer(tiny_llama, layer=share, cache=False).transform(["good movie"], "single")
     torch.testing.assert_close(got[0].float(), reference_states(tiny_llama, "good movie", index),
@@ -59,7 +59,7 @@ def test_float_layer_and_its_index_share_cache_entries(tiny_llama):
 
 
 def test_float_layer_outside_unit_interval_is_rejected(tiny_llama):
-    with pytest.raises(ValueError, match="share of depth"):
+    with pytest.raises(ValueError, match="neither a whole number"):
         LLMFeaturizer(tiny_llama, layer=1.5).transform(["x"], "single")
 
 
