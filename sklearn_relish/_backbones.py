@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import tempfile
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._fingerprint import checkpoint_fingerprint, tensor_fingerprint
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -111,26 +112,33 @@ def resolve_backbone(name: str) -> str:
     return str(folder)
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of a model's config and weights.
+def _checkpoint_folder(name: str, source: str, kwargs: dict) -> Path | None:
+    """The local folder the weights were read from: ``source`` itself, or the hub's cache."""
+    if Path(source).expanduser().is_dir():
+        return Path(source).expanduser()
+    try:
+        from huggingface_hub import snapshot_download
 
-    Hashing every weight of a large model would take seconds, so each tensor contributes its
-    name, shape and a strided sample of its values: any retraining or a different checkpoint
-    changes it, while the same weights loaded from another path (GGUF or safetensors) agree.
-    """
-    digest = hashlib.sha256()
-    config = model.config.to_dict()
-    for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype",
-                     "quantization_config", "architectures", "_commit_hash"):
-        config.pop(volatile, None)
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
-        step = max(1, flat.numel() // 256)
-        sample = flat[::step][:256].to("cpu", torch.float32).numpy()
-        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(sample.round(4).tobytes())
-    return digest.hexdigest()[:16]
+        return Path(snapshot_download(source, revision=kwargs.get("revision"),
+                                      local_files_only=True))
+    except Exception:  # not from a hub cache: the caller falls back to hashing tensors
+        return None
+
+
+def _check_source(name: str, source: str) -> None:
+    """A path that does not exist is a clear error, not transformers' repo-id message."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"backbone={name!r} is a file; give the folder that holds it.")
+        return
+    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or (
+        os.sep != "/" and os.sep in source)
+    if looks_like_path:
+        raise ValueError(
+            f"backbone={name!r}: no such folder ({path.resolve()}). Give an existing "
+            f"folder, a Hugging Face id, or an embedded backbone ({', '.join(EMBEDDED)})."
+        )
 
 
 @dataclass
@@ -214,6 +222,7 @@ def load_backbone(
         from transformers.utils import logging as hf_logging
 
         source = resolve_backbone(name)
+        _check_source(name, source)
         kwargs = {"trust_remote_code": trust_remote_code}
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a weight-loading bar per fit is noise
@@ -224,8 +233,11 @@ def load_backbone(
             if bars:
                 hf_logging.enable_progress_bar()
         N_LOADS += 1
-        # Fingerprint before any cast so it names the weights, not how they are run.
-        fingerprint = weights_fingerprint(model)
+        folder = _checkpoint_folder(name, source, kwargs)
+        # Hashing the files names the weights and the tokenizer, not how they are run;
+        # a model without files (none known) gets its full tensors hashed instead.
+        fingerprint = (checkpoint_fingerprint(folder, model.config) if folder is not None
+                       else tensor_fingerprint(model))
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         if tokenizer.pad_token is None:
             # Decoder tokenizers often have none; padded positions are masked anyway.

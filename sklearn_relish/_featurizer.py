@@ -16,6 +16,7 @@ import torch
 from ._backbones import LoadedBackbone, load_backbone, resolve_device, resolve_dtype
 from ._cache import CachedStates, cache_key, count_forward, memory_cache
 from ._early_exit import hidden_states_at
+from ._fingerprint import PREFIX, legacy_fingerprint
 from ._inputs import PAIR_MARK, check_layer, format_texts
 from ._store import StoreUnavailable, TokenStateStore, warn_once
 
@@ -83,7 +84,7 @@ class LLMFeaturizer:
                 dtype=resolve_dtype(self.dtype, device),
                 trust_remote_code=self.trust_remote_code,
             )
-            if self.fingerprint is not None and loaded.fingerprint != self.fingerprint:
+            if self.fingerprint is not None and not self._same_backbone(loaded):
                 raise BackboneMismatchError(
                     f"The backbone {self.backbone!r} found here (fingerprint "
                     f"{loaded.fingerprint}) is not the one this model was trained on "
@@ -94,6 +95,12 @@ class LLMFeaturizer:
             self.layer_index(loaded)  # an out-of-range layer fails here, before any forward
             self._loaded = loaded
         return self._loaded
+
+    def _same_backbone(self, loaded: LoadedBackbone) -> bool:
+        if self.fingerprint.startswith(PREFIX):
+            return loaded.fingerprint == self.fingerprint
+        # A model pickled by sklearn_relish 0.1.0 holds the older, sampled fingerprint.
+        return legacy_fingerprint(loaded.model) == self.fingerprint
 
     def layer_index(self, loaded: LoadedBackbone) -> int:
         """The hidden-state index ``layer`` names: a whole number as is, a fraction as a share.

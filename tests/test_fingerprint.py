@@ -1,0 +1,167 @@
+"""The backbone's fingerprint covers every weight and the tokenizer, whatever the load dtype,
+and a changed backbone is refused instead of serving wrong predictions (issue 14, item 1)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from conftest import TARGETS, TEXTS, build_tiny_llama, small_regressor
+from safetensors.torch import load_file, save_file
+
+from sklearn_relish import BackboneMismatchError, _backbones, _fingerprint, clear_backbones
+
+
+@pytest.fixture(autouse=True)
+def private_memo(tmp_path, monkeypatch):
+    """Each test gets its own digest memo, so no test reads another's."""
+    monkeypatch.setenv("SKLEARN_RELISH_HOME", str(tmp_path / "home"))
+    clear_backbones()
+    yield
+    clear_backbones()
+
+
+def fingerprint(folder, dtype=torch.float32) -> str:
+    cpu = torch.device("cpu")
+    return _backbones.load_backbone(str(folder), device=cpu, dtype=dtype).fingerprint
+
+
+def edit_weight(folder, name_part: str, row: int) -> None:
+    """Change one row of one tensor in place, as a careless fine-tune or a bad copy would."""
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    name = next(n for n in tensors if name_part in n)
+    tensors[name][row] += 0.5
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def pickled(model):
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    return buffer.getvalue()
+
+
+def test_a_copy_elsewhere_has_the_same_fingerprint(tmp_path):
+    original = build_tiny_llama(tmp_path / "a")
+    copy = shutil.copytree(original, tmp_path / "copy")
+    assert fingerprint(original).startswith("sha256:")
+    assert fingerprint(original) == fingerprint(copy)
+
+
+def test_load_dtype_does_not_change_the_fingerprint(tmp_path):
+    folder = build_tiny_llama(tmp_path / "a")
+    assert fingerprint(folder, torch.float32) == fingerprint(folder, torch.bfloat16)
+
+
+def test_one_edited_weight_changes_the_fingerprint(tmp_path):
+    folder = tmp_path / "a"
+    build_tiny_llama(folder)
+    before = fingerprint(folder)
+    clear_backbones()
+    edit_weight(folder, "embed_tokens", row=5)
+    assert fingerprint(folder) != before
+
+
+def test_an_edited_tokenizer_changes_the_fingerprint(tmp_path):
+    folder = tmp_path / "a"
+    build_tiny_llama(folder)
+    before = fingerprint(folder)
+    clear_backbones()
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 17
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert fingerprint(folder) != before
+
+
+def test_digests_are_memoised_and_recomputed_when_a_file_changes(tmp_path, monkeypatch):
+    folder = tmp_path / "a"
+    build_tiny_llama(folder)
+    first = fingerprint(folder)
+    hashed = []
+    original = _fingerprint.hashlib.sha256
+    monkeypatch.setattr(_fingerprint.hashlib, "sha256",
+                        lambda *a: hashed.append(1) or original(*a))
+    clear_backbones()
+    assert fingerprint(folder) == first
+    assert len(hashed) == 1  # only the combining hash: every file digest came from the memo
+    edit_weight(folder, "embed_tokens", row=3)
+    clear_backbones()
+    hashed.clear()
+    assert fingerprint(folder) != first
+    assert len(hashed) == 2  # the edited weights file was hashed again, nothing else
+
+
+def test_a_damaged_memo_is_recomputed_not_trusted(tmp_path):
+    folder = tmp_path / "a"
+    build_tiny_llama(folder)
+    good = fingerprint(folder)
+    memo = _fingerprint._memo_path()
+    entries = json.loads(memo.read_text())
+    for entry in entries.values():
+        entry[2] = "0" * 64  # a lying memo whose size and mtime still match
+    memo.write_text("{not json")
+    clear_backbones()
+    assert fingerprint(folder) == good
+
+
+def test_model_refuses_a_backbone_edited_in_place(tmp_path):
+    folder = tmp_path / "a"
+    build_tiny_llama(folder)
+    model = small_regressor(str(folder)).fit(TEXTS, TARGETS)
+    saved = pickled(model)
+    edit_weight(folder, "embed_tokens", row=7)
+    clear_backbones()
+    restored = joblib.load(io.BytesIO(saved))
+    with pytest.raises(BackboneMismatchError, match="not the one this model was trained on"):
+        restored.predict(TEXTS[:2])
+
+
+def test_edited_copy_never_shares_cached_states_with_the_original(tmp_path):
+    original = tmp_path / "a"
+    build_tiny_llama(original)
+    edited = shutil.copytree(original, tmp_path / "edited")
+    edit_weight(edited, "embed_tokens", row=10)
+    model = small_regressor(str(original)).fit(TEXTS, TARGETS)
+    expected = model.predict(TEXTS)
+    small_regressor(str(edited)).fit(TEXTS, TARGETS).predict(TEXTS)  # fills the cache
+    np.testing.assert_array_equal(model.predict(TEXTS), expected)
+
+
+def test_models_saved_with_the_old_fingerprint_still_load(tmp_path):
+    folder = tmp_path / "a"
+    build_tiny_llama(folder)
+    model = small_regressor(str(folder)).fit(TEXTS, TARGETS)
+    expected = model.predict(TEXTS[:3])
+    old_style = _fingerprint.legacy_fingerprint(model.featurizer_.loaded.model)
+    model.featurizer_.fingerprint = old_style  # as pickled by sklearn_relish 0.1.0
+    restored = joblib.load(io.BytesIO(pickled(model)))
+    np.testing.assert_array_equal(restored.predict(TEXTS[:3]), expected)
+    model.featurizer_.fingerprint = "0123456789abcdef"  # an old one of another backbone
+    with pytest.raises(BackboneMismatchError):
+        joblib.load(io.BytesIO(pickled(model))).predict(TEXTS[:3])
+
+
+@pytest.mark.parametrize("path", ["./no/such/folder", "/no/such/backbone", "~/missing-model"])
+def test_a_missing_local_folder_is_named(path):
+    with pytest.raises(ValueError, match="no such folder"):
+        small_regressor(path).fit(TEXTS, TARGETS)
+
+
+@pytest.mark.slow
+def test_minilm_lowercasing_turned_off_changes_the_fingerprint(minilm, tmp_path):
+    folder = shutil.copytree(_backbones.resolve_backbone(minilm), tmp_path / "cased")
+    before = fingerprint(_backbones.resolve_backbone(minilm))
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        path = folder / name
+        settings = json.loads(path.read_text())
+        if name == "tokenizer_config.json":
+            settings["do_lower_case"] = False
+        else:
+            settings["normalizer"]["lowercase"] = False
+        path.write_text(json.dumps(settings))
+    assert fingerprint(folder) != before
