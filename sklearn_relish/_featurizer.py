@@ -17,7 +17,7 @@ from ._backbones import LoadedBackbone, load_backbone, resolve_device, resolve_d
 from ._cache import CachedStates, cache_key, count_forward, memory_cache
 from ._early_exit import hidden_states_at
 from ._fingerprint import PREFIX, legacy_fingerprint
-from ._inputs import PAIR_MARK, check_layer, format_texts
+from ._inputs import PAIR, PAIR_MARK, check_layer, format_texts
 from ._store import StoreUnavailable, TokenStateStore, warn_once
 
 # transformers' log level is process-wide: one lock for everyone who lowers it for a moment.
@@ -129,6 +129,22 @@ class LLMFeaturizer:
         positions = getattr(self.loaded.model.config, "max_position_embeddings", None)
         return min(self.max_length, positions) if positions else self.max_length
 
+    def _check_room_for_text(self, loaded: LoadedBackbone, max_length: int,
+                             native_pairs: bool) -> None:
+        """Refuse a ``max_length`` that the tokenizer's special tokens alone fill.
+
+        The tokenizer cannot truncate below them (it would keep the text whole), so such
+        a limit would silently not apply and a long text would overflow the model.
+        """
+        specials = loaded.tokenizer.num_special_tokens_to_add(pair=native_pairs)
+        needed = specials + (2 if native_pairs else 1)
+        if max_length < needed:
+            raise ValueError(
+                f"max_length={max_length} leaves no room for text: {self.backbone!r} adds "
+                f"{specials} special token(s) to each {'pair' if native_pairs else 'text'}; "
+                f"use max_length >= {needed}."
+            )
+
     # -- featurization --------------------------------------------------------------------
     def transform(self, texts: list, kind: str) -> list[torch.Tensor]:
         """Token states ``(n_tokens_i, d)`` in float16 for each text, in input order.
@@ -158,6 +174,8 @@ class LLMFeaturizer:
         prompted = format_texts(texts, kind, self.prompt, separator)
         layer = self.layer_index(loaded)
         max_length = self._effective_max_length()
+        self._check_room_for_text(loaded, max_length, native_pairs=separator is None
+                                  and kind == PAIR and self.prompt is None)
         keys = [cache_key(loaded.fingerprint, layer, max_length, str(loaded.dtype), text)
                 for text in prompted]
         return keys, prompted, layer, max_length

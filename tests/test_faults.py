@@ -138,3 +138,20 @@ def test_cache_bound_takes_numpy_ints_and_refuses_bools():
     for bad in (True, False, 1.5, -1, "1e9"):
         with pytest.raises(ValueError, match="max_bytes"):
             set_cache_max_bytes(bad)
+
+
+# -- max_length below the tokenizer's special tokens ---------------------------------------
+@pytest.mark.slow
+def test_max_length_without_room_for_text_is_refused_before_anything_runs(minilm):
+    from sklearn_relish import cache_info
+
+    with pytest.raises(ValueError, match=r"max_length=2 leaves no room.*adds 2 special.*>= 3"):
+        small_regressor(minilm, max_length=2).fit(TEXTS, TARGETS)
+    assert cache_info()["llm_texts"] == 0 and cache_info()["entries"] == 0  # nothing cached
+    pairs = list(zip(TEXTS, TEXTS[::-1], strict=True))
+    with pytest.raises(ValueError, match=r"max_length=4 .* 3 special token\(s\) to each pair"):
+        small_regressor(minilm, max_length=4).fit(pairs, TARGETS)
+    # The smallest that leaves room works, and truncates a long text to it.
+    model = small_regressor(minilm, max_length=3).fit(TEXTS, TARGETS)
+    with pytest.warns(UserWarning, match="truncated"):
+        assert np.isfinite(model.predict(["word " * 2000])).all()
