@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._backbones import DEFAULT_BACKBONE
 from ._inputs import check_layer, check_prompt
 from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin
+from ._persistence import PickleFormatMixin
 from ._sklearn_compat import Interval, StrOptions
 
 _POOLINGS = {"mean": ("mean",), "last": ("last",), "mean+last": ("mean", "last")}
@@ -30,7 +31,7 @@ def pool(states: list[torch.Tensor], how: str) -> np.ndarray:
     return rows
 
 
-class LLMTextEncoder(TransformerMixin, LLMParamsMixin, BaseEstimator):
+class LLMTextEncoder(TransformerMixin, LLMParamsMixin, PickleFormatMixin, BaseEstimator):
     """Encode texts (or pairs) as pooled hidden states of a frozen LLM.
 
     The features that RELISH's head reads, pooled so that any scikit-learn estimator can

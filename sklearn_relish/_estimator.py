@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -13,13 +12,24 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE, resolve_device
 from ._inputs import check_layer, check_prompt
+from ._intervals import METHODS, IntervalMixin, calibrate, split_outputs, unscale
 from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin
-from ._net import LOSSES, TokenStateDataset, build_net, sync_net_device, training_diagnostics
-from ._sklearn_compat import Interval, StrOptions
+from ._net import (
+    HEAD_CONSTRAINTS,
+    TokenStateDataset,
+    build_net,
+    check_trained_head,
+    drop_training_state,
+    sync_net_device,
+    training_diagnostics,
+)
+from ._persistence import PickleFormatMixin
+from ._sklearn_compat import StrOptions
 from ._targets import check_sample_weight, check_target, target_scale
 
 
-class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
+class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleFormatMixin,
+                          BaseEstimator):
     """Predict a number from text with a frozen LLM and a latent iterative state head.
 
     The backbone turns each text into token-level hidden states; a small head (about
@@ -92,6 +102,10 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
         Share of the training data held out for early stopping.
     patience : int, default=3
         Epochs without validation improvement before stopping.
+    intervals : {"split", "cqr"}, default="split"
+        Score that calibrates :meth:`predict_interval` on the early-stopping hold-out:
+        absolute errors, or conformalized quantile regression (two more head outputs per
+        target, trained with the pinball loss at 5% and 95%).
     featurize_batch_size : int, default=32
         Texts per forward pass of the backbone.
     cache : bool, default=True
@@ -130,6 +144,8 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
         1 when fitted on texts, 2 on text pairs.
     feature_names_in_ : ndarray of str
         Column names of a DataFrame ``X`` in fit (absent otherwise); checked at predict.
+    calibration_scores_ : ndarray of shape (n_calibration, n_targets) or None
+        Sorted conformity scores on the hold-out; None without early stopping.
     n_iter_ : int
         Epochs run (0 for a constant target, which needs no training).
     loss_curve_ : list of float
@@ -158,23 +174,8 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         **LLM_CONSTRAINTS,
-        "n_latents": [Interval(Integral, 1, None, closed="left")],
-        "latent_dim": [Interval(Integral, 1, None, closed="left")],
-        "n_heads": [Interval(Integral, 1, None, closed="left")],
-        "n_iterations": [Interval(Integral, 1, None, closed="left")],
-        "ff_mult": [Interval(Integral, 1, None, closed="left")],
-        "dropout": [Interval(Real, 0, 1, closed="left")],
-        "share_weights": ["boolean"],
-        "input_norm": ["boolean"],
-        "loss": [StrOptions(set(LOSSES))],
-        "huber_delta": [Interval(Real, 0, None, closed="neither")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "patience": [Interval(Integral, 1, None, closed="left")],
+        **HEAD_CONSTRAINTS,
+        "intervals": [StrOptions(set(METHODS))],
         "random_state": ["random_state"],
     }
 
@@ -202,6 +203,7 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
         early_stopping: bool = True,
         validation_fraction: float = 0.1,
         patience: int = 3,
+        intervals: str = "split",
         featurize_batch_size: int = 32,
         cache: bool = True,
         cache_dir: str | None = None,
@@ -232,6 +234,7 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.patience = patience
+        self.intervals = intervals
         self.featurize_batch_size = featurize_batch_size
         self.cache = cache
         self.cache_dir = cache_dir
@@ -305,15 +308,23 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
                 net.fit(TokenStateDataset(states, scaled, weights), y=None)
             else:
                 net.initialize()  # constant targets are predicted exactly: nothing to learn
-        _check_trained_head(net, self.lr)
+        check_trained_head(net, self.lr)
         diagnostics = training_diagnostics(net)
-        _drop_training_state(net)
+        drop_training_state(net)
+        # Errors on the early-stopping hold-out (never trained on) calibrate the intervals.
+        held_out = []
+        if net.train_split is not None and np.any(spread > 0):
+            _, valid = net.train_split(TokenStateDataset(states, scaled, weights))
+            held_out = [int(i) for i in valid.indices if weights[i] > 0]
+        scores = calibrate(self.intervals, lambda rows: net.predict(TokenStateDataset(
+            [states[i] for i in rows])), held_out, target, y_mean, spread)
 
         self._record_columns(X, kind)
         self.featurizer_ = featurizer
         self.net_ = net
         for name, value in diagnostics.items():
             setattr(self, name, value)
+        self.calibration_scores_ = scores
         self.input_kind_ = kind
         self.n_train_tokens_ = int(sum(s.shape[0] for s in states))
         # Floats for one target, arrays for several. A constant target (scale 0) is
@@ -321,25 +332,6 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
         self.y_mean_ = float(y_mean) if target.ndim == 1 else y_mean
         self.y_scale_ = float(spread) if target.ndim == 1 else spread
         return self
-
-    # -- pickling -------------------------------------------------------------------------
-    # The pickle holds the head, the target scaling and the backbone's identity; the
-    # backbone's weights never travel (the featurizer drops them) and are re-loaded lazily.
-    _PICKLE_FORMAT = 1
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_relish_pickle_format"] = self._PICKLE_FORMAT
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        found = state.pop("_relish_pickle_format", None)
-        if found is not None and found > self._PICKLE_FORMAT:
-            raise ValueError(
-                f"This model was saved by a newer sklearn_relish (pickle format {found}); "
-                "upgrade sklearn_relish to load it."
-            )
-        super().__setstate__(state)
 
     # -- prediction -----------------------------------------------------------------------
     def predict(self, X: Any) -> np.ndarray:
@@ -355,14 +347,21 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
         y_pred : ndarray of shape (n,) or (n, n_targets), float64
             As ``y`` was in fit: 1-D for one target.
         """
+        outputs = self._outputs(X)
+        if outputs is None:
+            return np.zeros((0, *np.shape(self.y_mean_)))
+        return outputs[0].reshape(-1) if np.ndim(self.y_mean_) == 0 else outputs[0]
+
+    def _outputs(self, X: Any) -> tuple[np.ndarray, ...] | None:
+        """(point,) or (point, low, high), each ``(n, k)`` on the scale of y; None if empty."""
         check_is_fitted(self, "net_")
         texts, kind = self._check_texts(X, reset=False)
         if not texts:
-            return np.zeros((0, *np.shape(self.y_mean_)))
+            return None
         states = self._sync_inference_settings(self.featurizer_).transform(texts, kind)
         sync_net_device(self.net_, self.device)
-        scaled = np.asarray(self.net_.predict(TokenStateDataset(states)), dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(scaled).reshape(len(texts), -1).all(axis=1))
+        raw = np.asarray(self.net_.predict(TokenStateDataset(states)), dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(raw).reshape(len(texts), -1).all(axis=1))
         if bad.size:
             # A NaN is never a prediction: it means inf/NaN token states or a broken head.
             raise ValueError(
@@ -370,24 +369,5 @@ class RelishTextRegressor(RegressorMixin, LLMParamsMixin, BaseEstimator):
                 "the backbone's states for those texts overflow (try backbone_dtype='float32') "
                 "or the model file is damaged."
             )
-        return scaled * self.y_scale_ + self.y_mean_
-
-
-def _check_trained_head(net: Any, lr: float) -> None:
-    """Refuse a head whose training diverged: its predictions would be NaN or garbage."""
-    params = net.module_.parameters()
-    if all(bool(torch.isfinite(p).all()) for p in params):
-        return
-    raise ValueError(
-        f"Training diverged: the head's weights became NaN or infinite (lr={lr:g}). Lower lr "
-        "(the default is 3e-4) or check the targets for extreme values."
-    )
-
-
-def _drop_training_state(net: Any) -> None:
-    # The head is final after fit: Adam's two moment buffers and early stopping's copy of
-    # the best weights would triple the pickle and serve no prediction.
-    net.optimizer_.state.clear()
-    for _, callback in net.callbacks_:
-        if hasattr(callback, "best_model_weights_"):
-            callback.best_model_weights_ = None
+        outputs = split_outputs(raw, np.size(self.y_mean_), self.intervals)
+        return unscale(outputs, self.y_mean_, self.y_scale_)

@@ -8,16 +8,41 @@ own longest text when the DataLoader collates it, with a mask marking the real t
 from __future__ import annotations
 
 import warnings
+from numbers import Integral, Real
 from typing import Any
 
 import torch
 from skorch import NeuralNetRegressor
+from skorch.callbacks import EarlyStopping
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from ._head import RelishHead
+from ._intervals import PointAndQuantileLoss, outputs_per_target
+from ._sklearn_compat import Interval, StrOptions
 
 LOSSES = {"huber": torch.nn.HuberLoss, "mse": torch.nn.MSELoss}
+
+# The head's and the training loop's parameters, as RelishTextRegressor declares them.
+HEAD_CONSTRAINTS: dict = {
+        "n_latents": [Interval(Integral, 1, None, closed="left")],
+        "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "n_heads": [Interval(Integral, 1, None, closed="left")],
+        "n_iterations": [Interval(Integral, 1, None, closed="left")],
+        "ff_mult": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "share_weights": ["boolean"],
+        "input_norm": ["boolean"],
+        "loss": [StrOptions(set(LOSSES))],
+        "huber_delta": [Interval(Real, 0, None, closed="neither")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "patience": [Interval(Integral, 1, None, closed="left")],
+}
 
 
 class TokenStateDataset(Dataset):
@@ -63,19 +88,20 @@ class _EarlyStop(KeyboardInterrupt):
     ``RelishNet.fit_loop`` tell that planned stop from the user's Ctrl-C."""
 
 
-def make_early_stopping(patience: int):
-    """skorch's EarlyStopping on the validation loss, restoring the best epoch's weights."""
-    from skorch.callbacks import EarlyStopping
+class RelishEarlyStopping(EarlyStopping):
+    """skorch's EarlyStopping, raising :class:`_EarlyStop` (not a bare KeyboardInterrupt)."""
 
-    class RelishEarlyStopping(EarlyStopping):
-        def on_epoch_end(self, net, **kwargs):
-            try:
-                super().on_epoch_end(net, **kwargs)
-            except KeyboardInterrupt:
-                if self.misses_ == self.patience:  # its own signal, not a Ctrl-C
-                    raise _EarlyStop from None
-                raise
+    def on_epoch_end(self, net, **kwargs):
+        try:
+            super().on_epoch_end(net, **kwargs)
+        except KeyboardInterrupt:
+            if self.misses_ == self.patience:  # its own signal, not a Ctrl-C
+                raise _EarlyStop from None
+            raise
 
+
+def make_early_stopping(patience: int) -> RelishEarlyStopping:
+    """Early stopping on the validation loss, restoring the best epoch's weights."""
     return RelishEarlyStopping(monitor="valid_loss", patience=patience, load_best=True)
 
 
@@ -146,7 +172,15 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
     callbacks = []
     if early_stopping:
         callbacks.append(("early_stopping", make_early_stopping(params.patience)))
-    loss_kwargs = {"criterion__delta": params.huber_delta} if params.loss == "huber" else {}
+    point_loss = LOSSES[params.loss](
+        reduction="none", **({"delta": params.huber_delta} if params.loss == "huber" else {}))
+    if params.intervals == "cqr":  # two more outputs per target: the 5% and 95% quantiles
+        criterion = {"criterion": PointAndQuantileLoss, "criterion__point_loss": point_loss}
+        n_outputs *= outputs_per_target("cqr")
+    else:
+        criterion = {"criterion": type(point_loss), "criterion__reduction": "none",
+                     **({"criterion__delta": params.huber_delta} if params.loss == "huber"
+                        else {})}
     return RelishNet(
         module=RelishHead,
         module__input_dim=input_dim,
@@ -159,9 +193,7 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
         module__share_weights=params.share_weights,
         module__input_norm=params.input_norm,
         module__n_outputs=n_outputs,
-        criterion=LOSSES[params.loss],
-        criterion__reduction="none",
-        **loss_kwargs,
+        **criterion,
         optimizer=torch.optim.AdamW,
         optimizer__weight_decay=params.weight_decay,
         lr=params.lr,
@@ -209,3 +241,23 @@ def sync_net_device(net: RelishNet, device: str) -> None:
     if str(net.device) != target:
         net.module_.to(target)
         net.device = target
+
+
+def check_trained_head(net: Any, lr: float) -> None:
+    """Refuse a head whose training diverged: its predictions would be NaN or garbage."""
+    params = net.module_.parameters()
+    if all(bool(torch.isfinite(p).all()) for p in params):
+        return
+    raise ValueError(
+        f"Training diverged: the head's weights became NaN or infinite (lr={lr:g}). Lower lr "
+        "(the default is 3e-4) or check the targets for extreme values."
+    )
+
+
+def drop_training_state(net: Any) -> None:
+    # The head is final after fit: Adam's two moment buffers and early stopping's copy of
+    # the best weights would triple the pickle and serve no prediction.
+    net.optimizer_.state.clear()
+    for _, callback in net.callbacks_:
+        if hasattr(callback, "best_model_weights_"):
+            callback.best_model_weights_ = None

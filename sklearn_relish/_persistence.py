@@ -20,6 +20,32 @@ from typing import IO, Any
 
 import joblib
 
+
+class PickleFormatMixin:
+    """Stamps pickles with a format number, so an older sklearn_relish refuses a newer model
+    with a clear message instead of an AttributeError from deep inside unpickling.
+
+    The pickle holds the head, the target scaling and the backbone's identity; the
+    backbone's weights never travel (the featurizer drops them) and are re-loaded lazily.
+    """
+
+    _PICKLE_FORMAT = 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_relish_pickle_format"] = self._PICKLE_FORMAT
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        found = state.pop("_relish_pickle_format", None)
+        if found is not None and found > self._PICKLE_FORMAT:
+            raise ValueError(
+                f"This model was saved by a newer sklearn_relish (pickle format {found}); "
+                "upgrade sklearn_relish to load it."
+            )
+        super().__setstate__(state)
+
+
 _MAGIC = b"sklearn_relish-model"
 _FORMAT = 1
 _CHUNK = 1 << 20

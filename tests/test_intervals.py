@@ -1,0 +1,152 @@
+"""Prediction intervals: the conformal maths on numbers, then the estimator's contract."""
+
+from __future__ import annotations
+
+import io
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from conftest import TARGETS, TEXTS, small_regressor
+
+from sklearn_relish import _intervals
+from sklearn_relish._intervals import (
+    PointAndQuantileLoss,
+    conformity_scores,
+    intervals,
+    score_quantile,
+)
+
+
+# -- the maths ------------------------------------------------------------------------------
+def test_score_quantile_is_the_finite_sample_rank():
+    scores = np.arange(1, 20, dtype=float).reshape(-1, 1)  # n = 19
+    # ceil((19 + 1) * 0.9) = 18th smallest
+    assert score_quantile(scores, 0.9)[0] == 18.0
+    assert score_quantile(scores, 0.5)[0] == 10.0
+    assert np.isinf(score_quantile(scores, 0.96)[0])  # needs rank 20 > n: not certifiable
+
+
+@pytest.mark.parametrize("method", ["split", "cqr"])
+def test_split_conformal_covers_at_the_nominal_rate(method):
+    # Exchangeable data, a deliberately poor model: coverage still holds on average,
+    # the finite-sample guarantee (>= c, and < c + 1/(n+1) for continuous scores).
+    rng = np.random.default_rng(0)
+    n_cal, n_test, rounds, coverage = 99, 200, 200, 0.8
+    covered = []
+    for _ in range(rounds):
+        x = rng.normal(size=n_cal + n_test)
+        y = 2 * x + rng.standard_t(3, size=x.size) * (1 + np.abs(x))
+        point = (1.5 * x).reshape(-1, 1)
+        outputs = (point,) if method == "split" else (point, point - 1, point + 1)
+        cal = tuple(o[:n_cal] for o in outputs)
+        test = tuple(o[n_cal:] for o in outputs)
+        scores = conformity_scores(method, cal, y[:n_cal])
+        bounds = intervals(method, test, scores, coverage)[:, 0, :]
+        covered.append(np.mean((bounds[:, 0] <= y[n_cal:]) & (y[n_cal:] <= bounds[:, 1])))
+    assert coverage - 0.01 <= np.mean(covered) <= coverage + 1 / (n_cal + 1) + 0.01
+
+
+def test_cqr_intervals_adapt_and_stay_ordered():
+    point = np.zeros((4, 1))
+    low, high = point - np.array([[1], [3], [0.1], [2]]), point + np.array([[1], [3], [0.1], [-5]])
+    scores = np.sort(np.array([[0.5], [-0.2], [0.1]]), axis=0)
+    bounds = intervals("cqr", (point, low, high), scores, 0.5)[:, 0, :]
+    widths = bounds[:, 1] - bounds[:, 0]
+    assert widths[1] > widths[0] > widths[2]  # wider where the quantiles are wider
+    assert np.all(bounds[:, 0] <= bounds[:, 1])  # crossed quantiles are reordered
+
+
+def test_pinball_loss_is_minimised_at_the_quantile():
+    y = torch.linspace(-3, 3, 1001).reshape(-1, 1)
+    loss = PointAndQuantileLoss(torch.nn.MSELoss(reduction="none"))
+
+    def total(low: float) -> float:
+        guess = torch.tensor([[0.0, low, 10.0]]).expand(len(y), 3)
+        return float(loss(guess, y).sum())
+
+    candidates = np.linspace(-3, 3, 121)
+    best = candidates[np.argmin([total(c) for c in candidates])]
+    assert best == pytest.approx(np.quantile(y.numpy(), 0.05), abs=0.06)
+
+
+@pytest.mark.parametrize("coverage", [0, 1, 1.5, -0.1, float("nan")])
+def test_coverage_outside_zero_one_is_refused(coverage):
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        _intervals.check_coverage(coverage)
+    with pytest.raises(TypeError):
+        _intervals.check_coverage("0.9")
+
+
+# -- the estimator ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def calibrated(tiny_llama):
+    params = dict(early_stopping=True, validation_fraction=0.25, max_epochs=4)
+    return small_regressor(tiny_llama, **params).fit(TEXTS * 4, TARGETS * 4)
+
+
+def test_default_model_has_intervals_around_its_predictions(calibrated):
+    bounds = calibrated.predict_interval(TEXTS[:5], coverage=0.9)
+    pred = calibrated.predict(TEXTS[:5])
+    assert bounds.shape == (5, 2)
+    assert np.all(bounds[:, 0] <= pred) and np.all(pred <= bounds[:, 1])
+    assert calibrated.calibration_scores_.shape == (16, 1)  # 25% of 64 texts held out
+    narrow = calibrated.predict_interval(TEXTS[:5], coverage=0.5)
+    assert np.all(narrow[:, 1] - narrow[:, 0] <= bounds[:, 1] - bounds[:, 0])
+
+
+def test_calibration_uses_the_hold_out_errors(calibrated):
+    # The margin is exactly the rank-ceil((n+1)c) absolute error on the hold-out.
+    bounds = calibrated.predict_interval(TEXTS[:3], coverage=0.8)
+    pred = calibrated.predict(TEXTS[:3])
+    expected = score_quantile(calibrated.calibration_scores_, 0.8)[0]
+    np.testing.assert_allclose(bounds[:, 1] - pred, expected)
+    np.testing.assert_allclose(pred - bounds[:, 0], expected)
+
+
+def test_too_high_a_coverage_for_the_hold_out_is_infinite(calibrated):
+    bounds = calibrated.predict_interval(TEXTS[:2], coverage=0.99)  # 16 texts: at most 16/17
+    assert np.all(np.isinf(bounds))
+
+
+def test_intervals_survive_pickling(calibrated):
+    buffer = io.BytesIO()
+    joblib.dump(calibrated, buffer)
+    buffer.seek(0)
+    restored = joblib.load(buffer)
+    np.testing.assert_array_equal(restored.predict_interval(TEXTS[:3]),
+                                  calibrated.predict_interval(TEXTS[:3]))
+
+
+def test_without_a_hold_out_the_error_says_how_to_get_one(tiny_llama):
+    model = small_regressor(tiny_llama, early_stopping=False).fit(TEXTS, TARGETS)
+    assert model.calibration_scores_ is None
+    with pytest.raises(ValueError, match="early_stopping=True"):
+        model.predict_interval(TEXTS[:2])
+
+
+def test_cqr_head_has_three_outputs_and_the_same_point_contract(tiny_llama):
+    model = small_regressor(tiny_llama, intervals="cqr", early_stopping=True,
+                            validation_fraction=0.25, max_epochs=4)
+    model.fit(TEXTS * 4, TARGETS * 4)
+    assert model.net_.module_.output.out_features == 3
+    assert model.predict(TEXTS[:4]).shape == (4,)
+    bounds = model.predict_interval(TEXTS[:4], coverage=0.8)
+    assert bounds.shape == (4, 2) and np.all(bounds[:, 0] <= bounds[:, 1])
+
+
+def test_several_targets_get_bounds_per_target(tiny_llama):
+    y = np.column_stack([TARGETS * 4, np.asarray(TARGETS * 4) * 10])
+    model = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.25,
+                            max_epochs=3).fit(TEXTS * 4, y)
+    bounds = model.predict_interval(TEXTS[:3])
+    assert bounds.shape == (3, 2, 2)
+    widths = bounds[..., 1] - bounds[..., 0]
+    assert np.all(widths[:, 1] > widths[:, 0])  # the second target is on a 10x scale
+
+
+def test_interval_input_is_validated_like_predict(calibrated):
+    with pytest.raises(TypeError, match="single string"):
+        calibrated.predict_interval("one text")
+    assert calibrated.predict_interval([]).shape == (0, 2)
