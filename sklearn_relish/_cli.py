@@ -1,14 +1,18 @@
-"""The ``relish`` command; ``relish demo`` is the main job: RELISH vs TF-IDF + Ridge."""
+"""The ``relish`` command: ``demo`` (RELISH vs TF-IDF + Ridge on VADER), and ``fit``,
+``predict`` and ``evaluate`` on CSV, TSV, Parquet or JSON Lines files."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from ._backbones import DEFAULT_BACKBONE
+from ._cli_commands import add_commands
+from ._cli_tables import CommandError
 
 
 def _split(n: int, n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,8 +94,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_parser.add_argument("--seed", type=int, default=0)
     demo_parser.add_argument("--verbose", type=int, default=1)
     demo_parser.set_defaults(run=demo)
+    add_commands(commands)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("relish: interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, ValueError, TypeError, OSError) as error:
+        # One line that names the problem; the model, file or column is in the message.
+        print(f"relish: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

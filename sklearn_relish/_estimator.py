@@ -25,7 +25,7 @@ from ._net import (
 )
 from ._persistence import PickleFormatMixin
 from ._sklearn_compat import StrOptions
-from ._targets import check_sample_weight, check_target, target_scale
+from ._targets import check_sample_weight, check_target, target_names, target_scale
 
 
 class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleFormatMixin,
@@ -144,6 +144,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         1 when fitted on texts, 2 on text pairs.
     feature_names_in_ : ndarray of str
         Column names of a DataFrame ``X`` in fit (absent otherwise); checked at predict.
+    target_names_ : ndarray of str
+        Name(s) of the target(s) when ``y`` was a Series or DataFrame (absent otherwise).
     calibration_scores_ : ndarray of shape (n_calibration, n_targets) or None
         Sorted conformity scores on the hold-out; None without early stopping.
     n_iter_ : int
@@ -320,6 +322,11 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
             [states[i] for i in rows])), held_out, target, y_mean, spread)
 
         self._record_columns(X, kind)
+        names = target_names(y)
+        if names is not None:
+            self.target_names_ = names
+        elif hasattr(self, "target_names_"):
+            del self.target_names_
         self.featurizer_ = featurizer
         self.net_ = net
         for name, value in diagnostics.items():

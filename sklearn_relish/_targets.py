@@ -93,6 +93,14 @@ def check_target(y: Any, n_samples: int) -> np.ndarray:
     return values
 
 
+def target_names(y: Any) -> np.ndarray | None:
+    """Column name(s) of a pandas target, so outputs can be labelled; None without names."""
+    names = list(y.columns) if hasattr(y, "columns") else [getattr(y, "name", None)]
+    if all(isinstance(name, str) for name in names):
+        return np.asarray(names, dtype=object)
+    return None
+
+
 def target_scale(values: np.ndarray, weights: np.ndarray | None = None) -> float | np.ndarray:
     """(Weighted) standard deviation, per column for 2-D ``values``, that does not underflow.
 

@@ -1,0 +1,220 @@
+"""``relish fit``, ``relish predict`` and ``relish evaluate``: RELISH for people who live in
+CSV files. Each reads a table, validates the columns it needs before any model loads, and
+writes its output atomically, never over an existing file without ``--force``."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._cli_tables import (
+    READERS,
+    CommandError,
+    columns,
+    read_table,
+    refuse_to_overwrite,
+    row_error,
+    write_table,
+)
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``["lr=1e-3", "backbone=org/model"]`` -> ``{"lr": 0.001, "backbone": "org/model"}``."""
+    from . import RelishTextRegressor
+
+    valid = RelishTextRegressor().get_params()
+    params = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise CommandError(f"--param {pair!r}: write it as name=value")
+        if name not in valid:
+            raise CommandError(f"--param {name!r}: not a parameter of RelishTextRegressor; "
+                               f"valid: {', '.join(sorted(valid))}")
+        try:
+            params[name] = ast.literal_eval(raw)  # numbers, True/False/None, lists
+        except (ValueError, SyntaxError):
+            params[name] = raw  # plain words: a backbone id, "cqr", "cpu"
+    return params
+
+
+def _numeric(targets: Any, path: str) -> Any:
+    """Target columns as numbers; a cell that is not one is named by its row and column.
+
+    A CSV column with one word in it is read as text throughout, so the check is done
+    here, per cell, rather than left to the estimator (which would see only strings).
+    """
+    import pandas
+
+    numbers = targets.apply(pandas.to_numeric, errors="coerce")
+    bad = numbers.isna() & targets.notna()
+    if bad.to_numpy().any():
+        row, col = np.argwhere(bad.to_numpy())[0]
+        line = f" (line {row + 2})" if _kind(path) in ("csv", "tsv") else ""
+        raise CommandError(
+            f"{path}: data row {row + 1}{line}: target {targets.columns[col]!r} is "
+            f"{targets.iat[row, col]!r}, not a number")
+    return numbers
+
+
+def _kind(path: str) -> str:
+    return READERS.get(Path(path).suffix.lower(), "")
+
+
+def fit(args: argparse.Namespace) -> int:
+    from . import RelishTextRegressor, save_model
+
+    params = parse_params(args.param)
+    table = read_table(args.data)
+    texts = columns(table, [args.text] + ([args.text_pair] if args.text_pair else []),
+                    args.data, "text")
+    targets = _numeric(columns(table, args.target, args.data, "target"), args.data)
+    y = targets.iloc[:, 0] if len(args.target) == 1 else targets
+    weights = (columns(table, [args.sample_weight], args.data, "sample-weight").iloc[:, 0]
+               if args.sample_weight else None)
+    output = refuse_to_overwrite(args.output, args.force)  # before hours of fitting
+    params.setdefault("verbose", 0 if args.quiet else 1)
+    try:
+        model = RelishTextRegressor(**params).fit(texts, y, sample_weight=weights)
+    except (ValueError, TypeError) as error:
+        raise row_error(error, args.data, _kind(args.data)) from None
+    save_model(model, output, overwrite=args.force)
+    held_out = 0 if model.calibration_scores_ is None else len(model.calibration_scores_)
+    print(f"fitted on {len(table)} rows of {args.data} ({model.n_iter_} epochs, best "
+          f"{model.best_iteration_}; {held_out} held out for intervals); saved to {output}")
+    return 0
+
+
+def _model_and_texts(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    from . import load_model
+
+    model = load_model(args.model)
+    table = read_table(args.data)
+    names = list(getattr(model, "feature_names_in_", []))
+    if args.text:
+        names = [args.text] + ([args.text_pair] if args.text_pair else [])
+    if not names:
+        raise CommandError(f"{args.model} does not record its text columns; pass --text")
+    return model, table, columns(table, names, args.data, "text")
+
+
+def _predict(model: Any, texts: Any, path: str, coverage: float | None = None):
+    try:
+        if coverage is None:
+            return model.predict(texts)
+        return model.predict_interval(texts, coverage=coverage)
+    except (ValueError, TypeError) as error:
+        raise row_error(error, path, _kind(path)) from None
+
+
+def _target_names(model: Any) -> list[str]:
+    names = getattr(model, "target_names_", None)
+    if names is not None:
+        return list(names)
+    return ["target"] if np.ndim(model.y_mean_) == 0 else [
+        f"target_{i}" for i in range(len(model.y_mean_))]
+
+
+def predict(args: argparse.Namespace) -> int:
+    model, table, texts = _model_and_texts(args)
+    output = refuse_to_overwrite(args.output, args.force)
+    predictions = _predict(model, texts, args.data).reshape(len(table), -1)
+    result = table.copy()
+    names = _target_names(model)
+    single = len(names) == 1
+    for j, name in enumerate(names):
+        result["prediction" if single else f"prediction_{name}"] = predictions[:, j]
+    if args.coverage is not None:
+        bounds = _predict(model, texts, args.data, args.coverage).reshape(len(table), -1, 2)
+        for j, name in enumerate(names):
+            suffix = "" if single else f"_{name}"
+            result[f"lower{suffix}"], result[f"upper{suffix}"] = bounds[:, j, 0], bounds[:, j, 1]
+    write_table(result, output, args.force)
+    print(f"{len(result)} predictions written to {output}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from .metrics import regression_report
+
+    model, table, texts = _model_and_texts(args)
+    targets = args.target or list(getattr(model, "target_names_", []))
+    if not targets:
+        raise CommandError(f"{args.model} does not record its target column; pass --target")
+    truth = columns(table, targets, args.data, "target").to_numpy(dtype=float)
+    plot = refuse_to_overwrite(args.plot or f"{Path(args.data).stem}_predicted_vs_true.png",
+                               args.force)
+    predictions = _predict(model, texts, args.data).reshape(len(table), -1)
+    print(f"{'target':<16} {'Pearson':>8} {'Spearman':>9} {'NRMSE':>7} {'R2':>7}   (x100 but R2)")
+    for j, name in enumerate(targets):
+        report = regression_report(truth[:, j], predictions[:, j])
+        print(f"{name:<16} {100 * report['pearson']:8.1f} {100 * report['spearman']:9.1f} "
+              f"{100 * report['nrmse']:7.1f} {report['r2']:7.3f}")
+    _scatter(truth, predictions, targets, plot)
+    print(f"predicted against true values: {plot}")
+    return 0 if np.all(np.isfinite(predictions)) else 1
+
+
+def _scatter(truth, predictions, names: list[str], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no screen needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CommandError("the plot needs matplotlib: pip install 'sklearn-relish[cli]'") from None
+    figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4.2), squeeze=False)
+    for j, (axis, name) in enumerate(zip(axes[0], names, strict=True)):
+        axis.scatter(truth[:, j], predictions[:, j], s=6, alpha=0.5)
+        low, high = min(truth[:, j].min(), predictions[:, j].min()), max(
+            truth[:, j].max(), predictions[:, j].max())
+        axis.plot([low, high], [low, high], color="grey", linewidth=1)
+        axis.set(xlabel=f"true {name}", ylabel=f"predicted {name}")
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+    tmp.replace(path)
+
+
+def add_commands(commands: Any) -> None:
+    """The fit, predict and evaluate subcommands, on ``argparse`` subparsers."""
+    fit_parser = commands.add_parser("fit", help="fit RELISH on a table of texts and targets")
+    fit_parser.add_argument("data", help="CSV, TSV, Parquet or JSON Lines file")
+    fit_parser.add_argument("--text", required=True, help="column of texts")
+    fit_parser.add_argument("--text-pair", help="column of second texts, for pairs")
+    fit_parser.add_argument("--target", required=True, action="append",
+                            help="column of targets (repeat for several)")
+    fit_parser.add_argument("--sample-weight", help="column of per-row weights")
+    fit_parser.add_argument("-o", "--output", required=True, help="model file to write")
+    fit_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                            help="any RelishTextRegressor parameter, e.g. --param lr=1e-3")
+    fit_parser.set_defaults(run=fit)
+
+    predict_parser = commands.add_parser("predict", help="predict with a fitted model")
+    predict_parser.add_argument("model")
+    predict_parser.add_argument("data")
+    predict_parser.add_argument("-o", "--output", required=True,
+                                help="the input table with prediction columns added")
+    predict_parser.add_argument("--coverage", type=float,
+                                help="add lower and upper bounds of this coverage, e.g. 0.9")
+    predict_parser.set_defaults(run=predict)
+
+    evaluate_parser = commands.add_parser("evaluate", help="the paper's metrics on a table")
+    evaluate_parser.add_argument("model")
+    evaluate_parser.add_argument("data")
+    evaluate_parser.add_argument("--target", action="append",
+                                 help="target column(s) (default: the ones fitted on)")
+    evaluate_parser.add_argument("--plot", help="PNG of predicted against true values")
+    evaluate_parser.set_defaults(run=evaluate)
+
+    for sub in (fit_parser, predict_parser, evaluate_parser):
+        sub.add_argument("--force", action="store_true", help="replace existing outputs")
+        if sub is not fit_parser:
+            sub.add_argument("--text", help="text column, if the model does not record it")
+            sub.add_argument("--text-pair", help="second text column, for pairs")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,0 +1,121 @@
+"""Tables in and out for the ``relish`` command: CSV, TSV, Parquet and JSON Lines.
+
+Every problem a user can cause (a missing file or column, an empty file, an output that
+exists) is a :class:`CommandError` with one line that names it; outputs are written to a
+temporary file and renamed into place, so an existing file is never half-overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
+           ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+class CommandError(Exception):
+    """A problem with the command's input or output, shown as one line (exit status 2)."""
+
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError:
+        raise CommandError(
+            "the relish command needs pandas: pip install 'sklearn-relish[cli]'"
+        ) from None
+    return pandas
+
+
+def _format(path: Path) -> str:
+    try:
+        return READERS[path.suffix.lower()]
+    except KeyError:
+        raise CommandError(
+            f"{path}: unknown file type {path.suffix!r}; use one of "
+            f"{', '.join(sorted(READERS))}"
+        ) from None
+
+
+def read_table(path: str | os.PathLike) -> Any:
+    """A non-empty DataFrame read from ``path``; text columns stay text (no NA guessing)."""
+    pandas = _pandas()
+    path = Path(path)
+    kind = _format(path)
+    if not path.is_file():
+        raise CommandError(f"{path}: no such file")
+    try:
+        if kind in ("csv", "tsv"):
+            # keep_default_na=False: a text "NA" or "null" is text, an empty cell is "".
+            table = pandas.read_csv(path, sep="\t" if kind == "tsv" else ",",
+                                    keep_default_na=False, na_values=[""])
+        elif kind == "parquet":
+            table = pandas.read_parquet(path)
+        else:
+            table = pandas.read_json(path, lines=True, dtype=False)
+    except pandas.errors.EmptyDataError:
+        raise CommandError(f"{path}: the file is empty") from None
+    except ImportError as error:  # parquet without pyarrow
+        raise CommandError(f"{path}: {error}") from None
+    except (ValueError, OSError, pandas.errors.ParserError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CommandError(f"{path}: cannot be read as {kind}: {reason}") from None
+    if table.empty:
+        raise CommandError(f"{path}: the file has no rows")
+    return table
+
+
+def columns(table: Any, names: list[str], path: str | os.PathLike, role: str) -> Any:
+    missing = [name for name in names if name not in table.columns]
+    if missing:
+        raise CommandError(
+            f"{path}: no {role} column {missing[0]!r}; its columns are "
+            f"{', '.join(map(repr, table.columns))}"
+        )
+    return table[names]
+
+
+def refuse_to_overwrite(path: str | os.PathLike, force: bool) -> Path:
+    path = Path(path)
+    if path.exists() and not force:
+        raise CommandError(f"{path} exists; pass --force to replace it")
+    if not path.parent.exists():
+        raise CommandError(f"{path}: the folder {path.parent} does not exist")
+    return path
+
+
+def write_table(table: Any, path: str | os.PathLike, force: bool) -> Path:
+    """Write ``table`` in the format its suffix names, atomically."""
+    path = refuse_to_overwrite(path, force)
+    kind = _format(path)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        if kind in ("csv", "tsv"):
+            table.to_csv(tmp, sep="\t" if kind == "tsv" else ",", index=False)
+        elif kind == "parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def row_error(error: Exception, path: str | os.PathLike, kind: str) -> CommandError:
+    """Our row-naming errors (``X[5]``, ``y[5]``) in terms of the file: data row 6."""
+    import re
+
+    message = str(error)
+    found = re.search(r"\b[Xy]\[(\d+)\]", message)
+    if found and kind in ("csv", "tsv"):
+        row = int(found.group(1))
+        message = f"data row {row + 1} (line {row + 2}): {message}"
+    elif found:
+        message = f"data row {int(found.group(1)) + 1}: {message}"
+    return CommandError(f"{path}: {message}")

@@ -1,0 +1,127 @@
+"""``relish fit / predict / evaluate`` end to end in a subprocess, and their one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TARGETS, TEXTS
+
+SMALL = ["--param", "latent_dim=16", "--param", "n_heads=2", "--param", "n_iterations=1",
+         "--param", "max_epochs=3", "--param", "random_state=0", "--param",
+         "validation_fraction=0.25", "--quiet"]
+
+
+def relish(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "sklearn_relish._cli", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    table = pd.DataFrame({"review": TEXTS * 4, "score": TARGETS * 4,
+                          "id": range(len(TEXTS) * 4)})
+    table.to_csv(folder / "train.csv", index=False)
+    table.head(10).to_parquet(folder / "new.parquet", index=False)
+    table.head(10).to_json(folder / "new.jsonl", orient="records", lines=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fitted(data, tiny_llama):
+    done = relish("fit", data / "train.csv", "--text", "review", "--target", "score",
+                  "-o", data / "model.joblib", "--param", f"backbone={tiny_llama}", *SMALL)
+    assert done.returncode == 0, done.stderr
+    assert "saved to" in done.stdout and "16 held out for intervals" in done.stdout
+    return data / "model.joblib"
+
+
+@pytest.mark.parametrize("new", ["new.parquet", "new.jsonl"])
+def test_predict_with_intervals_in_every_format(data, fitted, new, tmp_path):
+    out = tmp_path / "predictions.csv"
+    done = relish("predict", fitted, data / new, "-o", out, "--coverage", "0.8")
+    assert done.returncode == 0, done.stderr
+    result = pd.read_csv(out)
+    assert list(result.columns) == ["review", "score", "id", "prediction", "lower", "upper"]
+    assert np.all(result["lower"] <= result["prediction"])
+    assert np.all(result["prediction"] <= result["upper"])
+
+    from sklearn_relish import load_model
+
+    expected = load_model(fitted).predict(result[["review"]])
+    np.testing.assert_allclose(result["prediction"], expected, rtol=1e-6)
+
+
+def test_evaluate_prints_the_papers_metrics_and_draws_the_plot(data, fitted, tmp_path):
+    done = relish("evaluate", fitted, data / "train.csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Pearson" in done.stdout and "score" in done.stdout
+    plot = tmp_path / "train_predicted_vs_true.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = relish("evaluate", fitted, data / "train.csv", cwd=tmp_path)
+    assert again.returncode == 2 and "exists; pass --force" in again.stderr
+
+
+def test_outputs_are_never_overwritten_without_force(data, fitted, tmp_path):
+    out = tmp_path / "kept.csv"
+    out.write_text("precious")
+    done = relish("predict", fitted, data / "new.jsonl", "-o", out)
+    assert done.returncode == 2 and "kept.csv exists; pass --force" in done.stderr
+    assert out.read_text() == "precious"
+    assert relish("predict", fitted, data / "new.jsonl", "-o", out, "--force").returncode == 0
+    assert out.read_text() != "precious"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--text", "body", "--target", "score"], "no text column 'body'; its columns are"),
+    (["--text", "review", "--target", "stars"], "no target column 'stars'"),
+    (["--text", "review", "--target", "score", "--param", "speed=3"], "not a parameter"),
+    (["--text", "review", "--target", "score", "--param", "lr"], "write it as name=value"),
+])
+def test_fit_errors_are_one_line(data, tmp_path, args, message):
+    done = relish("fit", data / "train.csv", *args, "-o", tmp_path / "m.joblib")
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m.joblib").exists()
+
+
+def test_empty_file_and_bad_row_are_named(tmp_path, tiny_llama):
+    (tmp_path / "empty.csv").write_text("")
+    done = relish("fit", tmp_path / "empty.csv", "--text", "t", "--target", "y", "-o",
+                  tmp_path / "m.joblib")
+    assert done.returncode == 2 and "empty.csv: the file is empty" in done.stderr
+    pd.DataFrame({"t": ["good", "bad", "ok"], "y": [1, "high", 0]}).to_csv(
+        tmp_path / "bad.csv", index=False)
+    done = relish("fit", tmp_path / "bad.csv", "--text", "t", "--target", "y", "-o",
+                  tmp_path / "m.joblib", "--param", f"backbone={tiny_llama}", "--quiet")
+    assert done.returncode == 2, done.stderr
+    assert "data row 2 (line 3): target 'y' is 'high', not a number" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_and_unknown_files(tmp_path, fitted):
+    done = relish("predict", fitted, tmp_path / "nope.csv", "-o", tmp_path / "p.csv")
+    assert done.returncode == 2 and "nope.csv: no such file" in done.stderr
+    (tmp_path / "data.xlsx").write_text("x")
+    done = relish("predict", fitted, tmp_path / "data.xlsx", "-o", tmp_path / "p.csv")
+    assert done.returncode == 2 and "unknown file type '.xlsx'" in done.stderr
+    (tmp_path / "model.joblib").write_bytes(b"not a model")
+    done = relish("predict", tmp_path / "model.joblib", tmp_path / "data.xlsx", "-o",
+                  tmp_path / "p.csv")
+    assert done.returncode == 2 and "damaged or truncated" in done.stderr
+
+
+def test_missing_text_is_named_by_its_row(tmp_path, tiny_llama):
+    pd.DataFrame({"t": ["good", "", "ok"], "y": [1, 2, 0]}).to_csv(tmp_path / "gap.csv",
+                                                                   index=False)
+    done = relish("fit", tmp_path / "gap.csv", "--text", "t", "--target", "y", "-o",
+                  tmp_path / "m.joblib", "--param", f"backbone={tiny_llama}", "--quiet")
+    assert done.returncode == 2 and "data row 2 (line 3)" in done.stderr, done.stderr
+    assert "missing" in done.stderr
