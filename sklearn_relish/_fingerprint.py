@@ -92,13 +92,17 @@ def file_digest(path: Path, memo: dict[str, Any]) -> str:
     return memo[key][2]
 
 
-def checkpoint_fingerprint(folder: str | os.PathLike, config: Any) -> str:
-    """Fingerprint of the checkpoint in ``folder``: its files' digests and its config."""
-    digest = hashlib.sha256()
+def _config_digest(config: Any) -> Any:
+    """A SHA-256 started with the config, less what names how the weights were stored."""
     settings = config.to_dict()
     for volatile in _VOLATILE_CONFIG:
         settings.pop(volatile, None)
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+
+
+def checkpoint_fingerprint(folder: str | os.PathLike, config: Any) -> str:
+    """Fingerprint of the checkpoint in ``folder``: its files' digests and its config."""
+    digest = _config_digest(config)
     with _MEMO_LOCK:
         memo = _read_memo()
         before = dict(memo)
@@ -115,11 +119,7 @@ def legacy_fingerprint(model: Any) -> str:
     Kept only so that models saved by 0.1.0 still load: it samples 256 values per tensor
     and ignores the tokenizer, which is why new models use :func:`checkpoint_fingerprint`.
     """
-    digest = hashlib.sha256()
-    config = model.config.to_dict()
-    for volatile in _VOLATILE_CONFIG:
-        config.pop(volatile, None)
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    digest = _config_digest(model.config)
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         step = max(1, flat.numel() // 256)
@@ -135,11 +135,7 @@ def tensor_fingerprint(model: Any) -> str:
     Slower than memoised file digests and dependent on the load dtype, but still covers
     every weight. (The tokenizer is not covered here: it has no files either.)
     """
-    digest = hashlib.sha256()
-    settings = model.config.to_dict()
-    for volatile in _VOLATILE_CONFIG:
-        settings.pop(volatile, None)
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest = _config_digest(model.config)
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().contiguous().view(-1).view(dtype=torch.uint8).cpu().numpy())
