@@ -213,7 +213,7 @@ def part_featurize(args) -> list[str]:
 
             torch.set_num_threads(1)
             cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1,
-                                               processes=True, dashboard_address=None)
+                                               processes=True, dashboard_address=":0")
             client = distributed.Client(cluster)
             # Load the backbone on both workers first, as one-process mode does below.
             featurize_to_store(corpus(64)[::-1], folder / "warm", client=client,
