@@ -162,7 +162,7 @@ class LLMFeaturizer:
                 UserWarning,
                 stacklevel=3,
             )
-        # A copy costs about 1% of featurizing the text (benchmarks/RESULTS.md, "## Scale");
+        # A copy costs 0.02% of featurizing the text (benchmarks/RESULTS.md, "## Scale");
         # torch has no read-only tensors to share instead.
         return [found[key].states.clone() for key in keys]
 
