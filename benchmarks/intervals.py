@@ -143,6 +143,8 @@ def main(argv=None) -> int:
                                                              else argv)
     if args.summarise:
         rows = [json.loads(line) for line in args.runs.read_text().splitlines() if line]
+        # Two processes may finish the same (method, corpus, seed): keep one row for each.
+        rows = list({(r["method"], r["corpus"], r["seed"]): r for r in rows}.values())
         section = summarise(rows, command)
         print(section)
         if not args.no_write:
