@@ -19,6 +19,12 @@ def reference_states(folder, text, layer=-1):
         return model(**ids, output_hidden_states=True).hidden_states[layer][0]
 
 
+def pinned_like_reference(backbone, **params):
+    # reference_states runs on the CPU in float32; "auto" would pick bf16 on a CUDA machine,
+    # and bf16 GPU states do not match float32 CPU ones within these tolerances.
+    return LLMFeaturizer(backbone, device="cpu", dtype="float32", **params)
+
+
 def test_decoder_without_pad_token_gets_one(tiny_llama):
     assert AutoTokenizer.from_pretrained(tiny_llama).pad_token is None
     featurizer = LLMFeaturizer(tiny_llama)
@@ -28,7 +34,7 @@ def test_decoder_without_pad_token_gets_one(tiny_llama):
 
 def test_states_equal_an_unpadded_forward_whatever_the_batch(tiny_llama):
     texts = ["good", "the acting was really great and fun", "bad movie"]
-    states = LLMFeaturizer(tiny_llama, cache=False).transform(texts, "single")
+    states = pinned_like_reference(tiny_llama, cache=False).transform(texts, "single")
     for text, got in zip(texts, states, strict=True):
         expected = reference_states(tiny_llama, text)
         assert got.shape == expected.shape  # one row per real token: no padding kept
@@ -38,14 +44,16 @@ def test_states_equal_an_unpadded_forward_whatever_the_batch(tiny_llama):
 
 @pytest.mark.parametrize("layer", [0, 1, -2])
 def test_layer_selects_that_hidden_state(tiny_llama, layer):
-    got = LLMFeaturizer(tiny_llama, layer=layer, cache=False).transform(["good movie"], "single")
+    featurizer = pinned_like_reference(tiny_llama, layer=layer, cache=False)
+    got = featurizer.transform(["good movie"], "single")
     torch.testing.assert_close(got[0].float(), reference_states(tiny_llama, "good movie", layer),
                                atol=2e-3, rtol=2e-3)
 
 
 @pytest.mark.parametrize("share, index", [(0.0, 0), (0.5, 1), (0.75, 2), (1.0, 1)])
 def test_float_layer_is_a_share_of_depth(tiny_llama, share, index):
-    got = LLMFeaturizer(tiny_llama, layer=share, cache=False).transform(["good movie"], "single")
+    featurizer = pinned_like_reference(tiny_llama, layer=share, cache=False)
+    got = featurizer.transform(["good movie"], "single")
     torch.testing.assert_close(got[0].float(), reference_states(tiny_llama, "good movie", index),
                                atol=2e-3, rtol=2e-3)
 
