@@ -169,7 +169,7 @@ def test_pairs_use_the_tokenizers_pair_encoding(minilm):
     folder = resolve_backbone(minilm)
     tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder)
     pairs = [("a great movie", "I loved it"), ("awful", "the plot was a mess and so long")]
-    got = LLMFeaturizer(minilm, layer=-1, cache=False).transform(pairs, "pair")
+    got = pinned_like_reference(minilm, layer=-1, cache=False).transform(pairs, "pair")
     for (a, b), states in zip(pairs, got, strict=True):
         encoded = tokenizer(a, b, return_tensors="pt")
         assert encoded["token_type_ids"].max() == 1
