@@ -101,7 +101,7 @@ def run(method: str, corpus, seed: int) -> dict:
             "width": float(np.mean(bounds[:, 1] - bounds[:, 0])), "seconds": seconds}
 
 
-def summarise(rows: list[dict], command: str) -> str:
+def summarise(rows: list[dict], command: str, produced_by: str) -> str:
     corpora = [c for c in ("tweets", "nyt", "movies", "amazon") if any(r["corpus"] == c
                                                                        for r in rows)]
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
@@ -110,7 +110,7 @@ def summarise(rows: list[dict], command: str) -> str:
         f"90% prediction intervals on the test splits (80/20, seeds as in Quality); "
         f"coverage and mean width (rating scale -4..+4), mean ± std over seeds, with the "
         f"range of coverage over seeds. Machine: {cpu_model()}; other processes shared it.",
-        f"Command: `{command}`", "",
+        f"Rows from: `{produced_by}`. Summary: `{command}`.", "",
         "| corpus | method | seeds | coverage % (min-max) | mean width | fit+predict s |",
         "|---|---|---:|---|---:|---:|",
     ]
@@ -138,6 +138,8 @@ def main(argv=None) -> int:
     parser.add_argument("--summarise", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--produced-by", default="OMP_NUM_THREADS=1 python benchmarks/intervals.py",
+                        help="with --summarise: the command(s) that wrote the rows")
     args = parser.parse_args(argv)
     command = "python benchmarks/intervals.py " + shlex.join(sys.argv[1:] if argv is None
                                                              else argv)
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
         rows = [json.loads(line) for line in args.runs.read_text().splitlines() if line]
         # Two processes may finish the same (method, corpus, seed): keep one row for each.
         rows = list({(r["method"], r["corpus"], r["seed"]): r for r in rows}.values())
-        section = summarise(rows, command)
+        section = summarise(rows, command, args.produced_by)
         print(section)
         if not args.no_write:
             replace_section(HERE / "RESULTS.md", section, heading="## Intervals")
