@@ -313,9 +313,10 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         check_trained_head(net, self.lr)
         diagnostics = training_diagnostics(net)
         drop_training_state(net)
-        # Errors on the early-stopping hold-out (never trained on) calibrate the intervals.
+        # Errors on the early-stopping hold-out (never trained on) calibrate the intervals;
+        # a constant target is predicted exactly, so its scores are zeros.
         held_out = []
-        if net.train_split is not None and np.any(spread > 0):
+        if net.train_split is not None:
             _, valid = net.train_split(TokenStateDataset(states, scaled, weights))
             held_out = [int(i) for i in valid.indices if weights[i] > 0]
         scores = calibrate(self.intervals, lambda rows: net.predict(TokenStateDataset(

@@ -110,7 +110,8 @@ def intervals(method: str, outputs: tuple[np.ndarray, ...], scores: np.ndarray,
     lower, upper = low - margin, high + margin
     # A negative CQR margin can narrow an interval past its middle: it shrinks to a point.
     crossed = lower > upper
-    middle = np.where(crossed, (lower + upper) / 2, 0.0)
+    with np.errstate(invalid="ignore"):  # inf - inf where the bounds are infinite
+        middle = np.where(crossed, (lower + upper) / 2, 0.0)
     return np.stack([np.where(crossed, middle, lower), np.where(crossed, middle, upper)],
                     axis=-1)
 

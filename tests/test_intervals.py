@@ -150,3 +150,11 @@ def test_interval_input_is_validated_like_predict(calibrated):
     with pytest.raises(TypeError, match="single string"):
         calibrated.predict_interval("one text")
     assert calibrated.predict_interval([]).shape == (0, 2)
+
+
+def test_constant_target_has_zero_width_intervals(tiny_llama):
+    model = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.25)
+    model.fit(TEXTS * 2, [1.5] * 32)
+    # 8 hold-out texts certify at most 8/9 coverage
+    np.testing.assert_array_equal(model.predict_interval(["anything"], coverage=0.8),
+                                  [[1.5, 1.5]])
