@@ -31,7 +31,7 @@ def strip(texts):
 
 pipeline = make_pipeline(
     FunctionTransformer(strip),  # any text preprocessing fits here
-    RelishTextRegressor("sentence-transformers/all-MiniLM-L6-v2", max_epochs=10,
+    RelishTextRegressor("embedded:all-MiniLM-L6-v2", max_epochs=10,
                         random_state=0),
 )
 grid = {

