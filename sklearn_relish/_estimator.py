@@ -111,7 +111,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         target, trained with the pinball loss at 5% and 95%).
     featurize_batch_size : int or "auto", default="auto"
         Texts per forward pass of the backbone. ``"auto"`` fills each pass up to a budget
-        of padded tokens (4,096 on the CPU, 16,384 on CUDA), so short texts go in large
+        of padded tokens (1,024 on the CPU, 16,384 on CUDA), so short texts go in large
         batches and long ones in small batches.
     cache : bool, default=True
         Keep token states in the process-wide in-memory cache.

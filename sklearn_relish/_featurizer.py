@@ -29,8 +29,10 @@ from ._store import StoreUnavailable, TokenStateStore, warn_once
 
 # transformers' log level is process-wide: one lock for everyone who lowers it for a moment.
 _LOG_LEVEL_LOCK = threading.Lock()
-# Padded tokens per forward pass with batch_size="auto" (benchmarks/RESULTS.md, "## Speed").
-TOKEN_BUDGET = {"cpu": 4096, "cuda": 16384}
+# Padded tokens per forward pass with batch_size="auto". CPU: measured, larger batches are
+# slower there (benchmarks/RESULTS.md, "Featurization batches on the CPU"); CUDA: wants
+# large batches to fill the card, to be confirmed by benchmarks/gpu_scale.py.
+TOKEN_BUDGET = {"cpu": 1024, "cuda": 16384}
 
 
 def plan_batches(lengths: list[int], batch_size: int | str, device_type: str) -> list[list[int]]:
