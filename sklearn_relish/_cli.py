@@ -34,11 +34,13 @@ def _tfidf_ridge():
 
 
 def _format_table(rows: list[tuple[str, dict[str, float], float]]) -> str:
-    header = f"{'method':<32} {'Pearson':>8} {'Spearman':>9} {'NRMSE':>7} {'R2':>7} {'time (s)':>9}"
+    width = max([32, *(len(name) + 1 for name, _, _ in rows)])  # backbone names run long
+    header = (f"{'method':<{width}} {'Pearson':>8} {'Spearman':>9} {'NRMSE':>7} {'R2':>7} "
+              f"{'time (s)':>9}")
     lines = [header, "-" * len(header)]
     for name, scores, seconds in rows:
         lines.append(
-            f"{name:<32} {100 * scores['pearson']:8.1f} {100 * scores['spearman']:9.1f} "
+            f"{name:<{width}} {100 * scores['pearson']:8.1f} {100 * scores['spearman']:9.1f} "
             f"{100 * scores['nrmse']:7.1f} {scores['r2']:7.3f} {seconds:9.1f}"
         )
     return "\n".join(lines)
