@@ -13,8 +13,9 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export SCIKIT_LEARN_DATA=$PWD/.device/scikit_learn_data
 python -m pip install -q --no-deps --no-index .device/wheels/*.whl
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-# The embedded backbones do not travel (over 64 MiB): their tests skip; the rest must pass.
-timeout 240 python -m pytest -q -x -p no:cacheprovider tests 2>&1 | tail -25 > "$OUT/pytest.log"
+# The embedded backbones do not travel (over 64 MiB): their tests skip. Tests of optional
+# extras the machine lacks (pyarrow, matplotlib for the CLI) may fail there: read the log.
+timeout 300 python -m pytest -q -p no:cacheprovider tests 2>&1 | tail -40 > "$OUT/pytest.log"
 tail -3 "$OUT/pytest.log"
-timeout 300 python benchmarks/gpu_scale.py --tokenizer .device/tokenizer --no-write \
+timeout 250 python benchmarks/gpu_scale.py --tokenizer .device/tokenizer --no-write \
     | tee "$OUT/gpu_scale.md"
