@@ -129,7 +129,10 @@ class LoadedBackbone:
     @property
     def input_device(self) -> torch.device:
         """Where input ids go: the embeddings' device (the first shard under device_map)."""
-        return self.model.get_input_embeddings().weight.device
+        try:
+            return self.model.get_input_embeddings().weight.device
+        except (AttributeError, NotImplementedError):  # remote code without the accessor
+            return next(self.model.parameters()).device
 
     @property
     def hidden_size(self) -> int:
