@@ -51,9 +51,11 @@ EMBEDDED = {
 LEGACY_NAMES = {entry.hub_id: name for name, entry in EMBEDDED.items()}
 
 
-def embedded_alternative(hub_id: str) -> str | None:
-    """The embedded backbone made from ``hub_id``, if there is one."""
-    return LEGACY_NAMES.get(hub_id)
+def rename_legacy_backbone(state: dict) -> None:
+    """In the pickled state of a 0.1.x object (which had no ``backbone_kwargs``), name the
+    embedded copy it was fitted on instead of the hub id that 0.1.x resolved to it."""
+    if "backbone" in state and "backbone_kwargs" not in state:
+        state["backbone"] = LEGACY_NAMES.get(state["backbone"], state["backbone"])
 
 
 def relish_home() -> Path:

@@ -22,16 +22,17 @@ from ._backbones import LoadedBackbone, load_backbone, resolve_device, resolve_d
 from ._batching import fill_batches, longest_first
 from ._cache import CachedStates, cache_key, count_forward, memory_cache
 from ._early_exit import hidden_states_at
-from ._embedded import LEGACY_NAMES
+from ._embedded import rename_legacy_backbone
 from ._fingerprint import PREFIX, legacy_fingerprint
 from ._inputs import PAIR, PAIR_MARK, check_layer, format_texts
 from ._store import StoreUnavailable, TokenStateStore, warn_once
 
 # transformers' log level is process-wide: one lock for everyone who lowers it for a moment.
 _LOG_LEVEL_LOCK = threading.Lock()
-# Padded tokens per forward pass with batch_size="auto". CPU: measured, larger batches are
-# slower there (benchmarks/RESULTS.md, "Featurization batches on the CPU"); CUDA: wants
-# large batches to fill the card, to be confirmed by benchmarks/gpu_scale.py.
+# Padded tokens per forward pass with batch_size="auto". CPU: as fast as any budget measured
+# up to 4,096 (16,384 is slower) and keeps the forward pass's working memory small
+# (benchmarks/RESULTS.md, "Featurization batches on the CPU"); CUDA: large batches fill the
+# card, a guess to be confirmed by benchmarks/gpu_scale.py.
 TOKEN_BUDGET = {"cpu": 1024, "cuda": 16384}
 
 
@@ -96,10 +97,8 @@ class LLMFeaturizer:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        if "backbone_kwargs" not in state:  # pickled by 0.1.x
-            state["backbone_kwargs"] = None
-            # which resolved these hub ids to the embedded copies it fitted on
-            state["backbone"] = LEGACY_NAMES.get(state["backbone"], state["backbone"])
+        rename_legacy_backbone(state)
+        state.setdefault("backbone_kwargs", None)  # added after 0.1.x
         self.__dict__.update(state)
 
     # -- the backbone ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import joblib
 
-from ._embedded import LEGACY_NAMES
+from ._embedded import rename_legacy_backbone
 
 
 class PickleFormatMixin:
@@ -46,9 +46,7 @@ class PickleFormatMixin:
                 f"This model was saved by a newer sklearn_relish (pickle format {found}); "
                 "upgrade sklearn_relish to load it."
             )
-        if "backbone" in state and "backbone_kwargs" not in state:  # pickled by 0.1.x
-            # which resolved these hub ids to the embedded copies the model was fitted on
-            state["backbone"] = LEGACY_NAMES.get(state["backbone"], state["backbone"])
+        rename_legacy_backbone(state)
         # Parameters added since the pickle was written take their defaults, so that
         # get_params, clone and predict work on an older model.
         for name, parameter in inspect.signature(type(self).__init__).parameters.items():
