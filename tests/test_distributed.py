@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from collections import deque
+
 import joblib
 import numpy as np
 import pytest
@@ -51,6 +54,35 @@ def test_cluster_featurizes_each_distinct_text_once_into_the_store(client, tiny_
     # A fit here with the same featurization parameters reads everything from the store.
     small_regressor(tiny_llama, cache_dir=str(tmp_path)).fit(TEXTS, TARGETS)
     assert cache_info()["llm_texts"] == 0
+
+
+def _objects_holding(marker: str) -> int:
+    """Tracked containers in this process holding a string or bytes that contain marker."""
+    data = marker.encode()
+    count = 0
+    for obj in gc.get_objects():
+        if type(obj) not in (dict, list, tuple, set, deque):  # plain containers only
+            continue
+        values = obj.values() if type(obj) is dict else obj
+        if any(
+                (isinstance(v, str) and marker in v)
+                or (isinstance(v, bytes | bytearray | memoryview) and data in bytes(v))
+                for v in values):
+            count += 1
+    return count
+
+
+def test_client_keeps_no_texts_once_their_chunk_is_done(client, tiny_llama, tmp_path):
+    # distributed logs the last 1,000 messages of every stream (client to scheduler,
+    # scheduler to worker; the LocalCluster's scheduler lives in this process), so texts
+    # sent as task arguments stayed alive here: memory grew with the corpus.
+    marker = "ZQXJ-chunk-text"
+    texts = [f"{marker} number {i}" for i in range(40)]
+    featurize_to_store(texts, tmp_path, client=client, chunk_size=10, backbone=tiny_llama)
+    assert len(TokenStateStore(tmp_path)) == len(texts)
+    del texts
+    gc.collect()
+    assert _objects_holding(marker) == 0
 
 
 def test_grid_search_on_the_cluster_reads_the_store(client, tiny_llama, tmp_path):
