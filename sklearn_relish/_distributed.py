@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ._allocator import large_tensors_on_the_heap
 from ._inputs import check_prompt, check_texts
 from ._store import StoreUnavailable, TokenStateStore
 
@@ -18,7 +19,8 @@ from ._store import StoreUnavailable, TokenStateStore
 def _fill(featurizer, texts: list, kind: str) -> dict[str, int]:
     # Runs on a worker: the featurizer arrives without weights and loads the backbone from
     # the process-wide registry, so each worker process reads it from disk once.
-    return {"texts": len(texts), "computed": featurizer.fill_store(texts, kind)}
+    with large_tensors_on_the_heap():
+        return {"texts": len(texts), "computed": featurizer.fill_store(texts, kind)}
 
 
 def featurize_to_store(

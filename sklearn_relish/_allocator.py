@@ -1,0 +1,66 @@
+"""Keep large tensors on the heap while a Dask worker runs the LLM.
+
+Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (so that workers hand
+memory back to the OS). Setting any such variable turns off glibc's dynamic mmap
+threshold: every allocation above 128 KiB is then a fresh ``mmap`` that the kernel must
+zero, page by page, and ``munmap`` on free. A forward pass allocates hundreds of such
+activations, and MiniLM featurized about 25% slower in a worker than in a plain process
+(8.7 s against 11-12 s for 1,000 texts on one thread; ``benchmarks/RESULTS.md``, Scale).
+
+While the LLM runs, the threshold is raised to glibc's ceiling so those tensors are reused
+from the heap; when the last featurization in the process ends, the threshold goes back
+to glibc's default and ``malloc_trim`` returns the freed memory, as Dask intends. Nothing
+changes where glibc's dynamic threshold is still on, where the user set
+``MALLOC_MMAP_THRESHOLD_`` themselves, or off glibc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import platform
+import threading
+from collections.abc import Iterator
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+HEAP_CEILING = 32 * 1024 * 1024  # glibc's largest mmap threshold on 64-bit systems
+GLIBC_DEFAULT = 128 * 1024
+
+_lock = threading.Lock()
+_users = 0
+
+
+def _tunable_glibc():
+    """glibc's handle, if the dynamic mmap threshold was switched off by the environment."""
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return None
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def large_tensors_on_the_heap() -> Iterator[None]:
+    """Raise glibc's mmap threshold for the duration (counted across threads)."""
+    global _users
+    libc = _tunable_glibc()
+    if libc is None:
+        yield
+        return
+    with _lock:
+        if _users == 0:
+            libc.mallopt(M_MMAP_THRESHOLD, HEAP_CEILING)
+        _users += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT)
+                libc.malloc_trim(0)
