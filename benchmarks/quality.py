@@ -14,7 +14,10 @@ Methods (the "main" part):
   mean-pooled states + an MLP with about as many parameters as the RELISH head, and the
   last token's state + Ridge;
 - TF-IDF (word 1-2 grams) + Ridge;
-- the VADER rule-based analyzer (no training; see ``run_vader`` for its NRMSE).
+- the VADER rule-based analyzer (no training; see ``run_vader`` for its NRMSE);
+- what a practitioner would do instead of a frozen backbone (``quality_finetune.py``): full
+  fine-tuning of MiniLM with a regression head, and LoRA + MLP head on SmolLM2; each
+  chooses its learning rate and epoch on a 10% hold-out of the training split.
 
 The methods and their labels are in ``quality_methods.py``.
 
@@ -53,7 +56,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from quality_methods import (  # benchmarks/ is on sys.path when run as a script
+from quality_finetune import BACKBONES as FINETUNE_BACKBONES  # benchmarks/ is on sys.path
+from quality_methods import (
     ABLATION_ITERATIONS,
     ABLATION_LOSSES,
     METHODS,
@@ -61,6 +65,7 @@ from quality_methods import (  # benchmarks/ is on sys.path when run as a script
     Settings,
     ablation_layers,
     baseline_configs,
+    finetune_config,
     label,
     relish_config,
     short,
@@ -129,6 +134,9 @@ def main_jobs(corpora, seeds, backbones, methods, settings) -> list[Job]:
                              for m in ("meanpool_ridge", "lasttoken_ridge", "meanpool_mlp")]
             for backbone in backbones:
                 jobs.append(Job("relish", corpus, seed, backbone, relish_config(settings)))
+            # What a practitioner would do instead: train the backbone itself (slowest).
+            jobs += [Job(m, corpus, seed, FINETUNE_BACKBONES[m], finetune_config(m, settings))
+                     for m in ("finetune", "lora")]
     return [job for job in jobs if job.method in methods]
 
 
@@ -273,6 +281,7 @@ def save_predictions(path: Path, pred_id: str, y_true: np.ndarray, test: np.ndar
     arrays[f"test_index_{pred_id}"] = test
     arrays[f"pred_{pred_id}"] = pred
     tmp = path.with_suffix(".tmp.npz")
+    path.parent.mkdir(parents=True, exist_ok=True)  # a first --quick run has no folder yet
     with open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
     os.replace(tmp, path)
@@ -416,11 +425,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "benchmarks/quality.py",
                           *(sys.argv[1:] if argv is None else argv)])
-    settings = Settings(args.n_texts, args.max_epochs, args.cache_dir, args.lr)
+    settings = Settings(args.n_texts, args.max_epochs, args.cache_dir, args.lr, args.quick)
     if not args.summarise:
         backbones = [b for b in (args.backbone, args.secondary) if b]
         ablation_settings = Settings(args.ablation_n_texts, args.max_epochs, args.cache_dir,
-                                     args.lr)
+                                     args.lr, args.quick)
         batches = []  # (jobs, their settings): main and ablation corpus sizes may differ
         if args.part in ("main", "all"):
             batches.append((main_jobs(args.corpora, args.seeds, backbones, args.methods,

@@ -51,6 +51,7 @@ class Settings:
     max_epochs: int  # RELISH's max_epochs (package default unless --quick / --max-epochs)
     cache_dir: str
     lr: float  # RELISH's learning rate (package default unless --lr)
+    quick: bool = False  # --quick: the fine-tuning baselines search a one-point grid
 
 
 def short(backbone: str | None) -> str:
@@ -267,6 +268,23 @@ def run_relish(job, corpus, train, test, store, settings) -> Outcome:
     })
 
 
+def finetune_config(method: str, settings: Settings) -> dict[str, Any]:
+    from quality_finetune import QUICK_RECIPES, RECIPES
+
+    return dict((QUICK_RECIPES if settings.quick else RECIPES)[method])
+
+
+def run_finetuned(job, corpus, train, test, store, settings) -> Outcome:
+    """Full fine-tuning or LoRA: the whole model runs in the fit (no cached states)."""
+    from quality_finetune import fit_predict
+
+    texts = corpus.texts
+    pred, fit_s, pred_s, params = fit_predict(
+        job.method, job.backbone, job.config, [texts[i] for i in train], corpus.y[train],
+        [texts[i] for i in test], job.seed, log=lambda line: print(line, flush=True))
+    return Outcome(pred, fit_s, pred_s, params)
+
+
 @dataclass(frozen=True)
 class Method:
     label: str  # table label; "{b}" is replaced by the backbone's short name
@@ -281,4 +299,6 @@ METHODS = {
     "lasttoken_ridge": Method("Last-token + Ridge ({b})", run_lasttoken_ridge, True),
     "tfidf_ridge": Method("TF-IDF + Ridge", run_tfidf_ridge, True),
     "vader": Method("VADER (rule-based)", run_vader, True),
+    "finetune": Method("Fine-tuned {b} (all weights)", run_finetuned, True),
+    "lora": Method("LoRA + MLP ({b})", run_finetuned, True),
 }

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
+from quality_finetune import BACKBONES as FINETUNE_BACKBONES
 from quality_methods import (
     ABLATION_ITERATIONS,
     ABLATION_LOSSES,
@@ -29,6 +30,7 @@ from quality_methods import (
     Settings,
     ablation_layers,
     baseline_configs,
+    finetune_config,
     label,
     method_label,
     package_default,
@@ -154,7 +156,9 @@ class Summary:
         for b in backbones:
             methods += [(m, b, config or None) for config in baseline_configs()
                         for m in ("meanpool_ridge", "meanpool_mlp", "lasttoken_ridge")]
-        return methods + [("tfidf_ridge", None, None), ("vader", None, None)]
+        finetuned = [(m, FINETUNE_BACKBONES[m], finetune_config(m, self.settings))
+                     for m in ("finetune", "lora")]
+        return methods + finetuned + [("tfidf_ridge", None, None), ("vader", None, None)]
 
     def corpus_table(self, corpus: str) -> list[str]:
         lines = ["| Method | Pearson ↑ | Spearman ↑ | NRMSE ↓ | Fit (s) |",
