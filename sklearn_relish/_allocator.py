@@ -7,9 +7,11 @@ zero, page by page, and ``munmap`` on free. A forward pass allocates hundreds of
 activations, and MiniLM featurized about 25% slower in a worker than in a plain process
 (8.7 s against 11-12 s for 1,000 texts on one thread; ``benchmarks/RESULTS.md``, Scale).
 
-While the LLM runs, the threshold is raised to glibc's ceiling so those tensors are reused
-from the heap; when the last featurization in the process ends, the threshold goes back
-to glibc's default and ``malloc_trim`` returns the freed memory, as Dask intends. Nothing
+While the LLM runs, the threshold is raised to glibc's ceiling so those tensors come from
+the heap, and the trim threshold is raised too: otherwise a freed activation at the top of
+the heap is handed back at once and the next one faults its pages in again. When the last
+featurization in the process ends, both go back (glibc's default mmap threshold, the
+environment's trim threshold) and ``malloc_trim`` returns the freed memory, as Dask intends. Nothing
 changes where glibc's dynamic threshold is still on, where the user set
 ``MALLOC_MMAP_THRESHOLD_`` themselves, or off glibc.
 """
@@ -24,9 +26,11 @@ import platform
 import threading
 from collections.abc import Iterator
 
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (malloc.h)
+M_MMAP_THRESHOLD = -3
 HEAP_CEILING = 32 * 1024 * 1024  # glibc's largest mmap threshold on 64-bit systems
 GLIBC_DEFAULT = 128 * 1024
+KEEP_WHILE_RUNNING = 1 << 30  # trim threshold during the work: freed activations stay
 
 _lock = threading.Lock()
 _users = 0
@@ -44,6 +48,12 @@ def _tunable_glibc():
         return None
 
 
+def _trim_threshold() -> int:
+    try:
+        return int(os.environ["MALLOC_TRIM_THRESHOLD_"])
+    except (KeyError, ValueError):
+        return 128 * 1024  # glibc's default
+
 @contextlib.contextmanager
 def large_tensors_on_the_heap() -> Iterator[None]:
     """Raise glibc's mmap threshold for the duration (counted across threads)."""
@@ -55,6 +65,7 @@ def large_tensors_on_the_heap() -> Iterator[None]:
     with _lock:
         if _users == 0:
             libc.mallopt(M_MMAP_THRESHOLD, HEAP_CEILING)
+            libc.mallopt(M_TRIM_THRESHOLD, KEEP_WHILE_RUNNING)
         _users += 1
     try:
         yield
@@ -63,4 +74,5 @@ def large_tensors_on_the_heap() -> Iterator[None]:
             _users -= 1
             if _users == 0:
                 libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT)
+                libc.mallopt(M_TRIM_THRESHOLD, _trim_threshold())
                 libc.malloc_trim(0)

@@ -69,8 +69,10 @@ def test_threads_share_the_setting_and_the_last_one_out_restores_it(monkeypatch)
     with _allocator.large_tensors_on_the_heap():
         with _allocator.large_tensors_on_the_heap():  # a second task in another thread
             pass
-        assert calls == [("mallopt", _allocator.M_MMAP_THRESHOLD, _allocator.HEAP_CEILING)]
-    assert calls[1:] == [("mallopt", _allocator.M_MMAP_THRESHOLD, _allocator.GLIBC_DEFAULT),
+        assert calls == [("mallopt", _allocator.M_MMAP_THRESHOLD, _allocator.HEAP_CEILING),
+                         ("mallopt", _allocator.M_TRIM_THRESHOLD, _allocator.KEEP_WHILE_RUNNING)]
+    assert calls[2:] == [("mallopt", _allocator.M_MMAP_THRESHOLD, _allocator.GLIBC_DEFAULT),
+                         ("mallopt", _allocator.M_TRIM_THRESHOLD, 65536),  # Dask's, restored
                          ("trim", 0)]
     assert _allocator._users == 0
 
