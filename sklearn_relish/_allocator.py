@@ -5,14 +5,14 @@ memory back to the OS). Setting any such variable turns off glibc's dynamic mmap
 threshold: every allocation above 128 KiB is then a fresh ``mmap`` that the kernel must
 zero, page by page, and ``munmap`` on free. A forward pass allocates hundreds of such
 activations, and MiniLM featurized about 25% slower in a worker than in a plain process
-(8.7 s against 11-12 s for 1,000 texts on one thread; ``benchmarks/RESULTS.md``, Scale).
+(``benchmarks/worker_malloc.py``; ``benchmarks/RESULTS.md``, Scale).
 
-While the LLM runs, the threshold is raised to glibc's ceiling so those tensors come from
-the heap, and the trim threshold is raised too: otherwise a freed activation at the top of
-the heap is handed back at once and the next one faults its pages in again. When the last
-featurization in the process ends, both go back (glibc's default mmap threshold, the
-environment's trim threshold) and ``malloc_trim`` returns the freed memory, as Dask intends. Nothing
-changes where glibc's dynamic threshold is still on, where the user set
+While the LLM runs, the mmap threshold is raised to glibc's ceiling so those tensors come
+from the heap, and the trim threshold is raised too: otherwise a freed activation at the
+top of the heap is handed back at once and the next one faults its pages in again. When
+the last featurization in the process ends, both go back (glibc's default mmap threshold,
+the environment's trim threshold) and ``malloc_trim`` returns the freed memory, as Dask
+intends. Nothing changes where glibc's dynamic threshold is still on, where the user set
 ``MALLOC_MMAP_THRESHOLD_`` themselves, or off glibc.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 import threading
@@ -29,17 +30,16 @@ from collections.abc import Iterator
 M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
 HEAP_CEILING = 32 * 1024 * 1024  # glibc's largest mmap threshold on 64-bit systems
-GLIBC_DEFAULT = 128 * 1024
+GLIBC_DEFAULT = 128 * 1024  # glibc's default mmap threshold, and trim threshold
 KEEP_WHILE_RUNNING = 1 << 30  # trim threshold during the work: freed activations stay
 
 _lock = threading.Lock()
 _users = 0
 
 
-def _tunable_glibc():
-    """glibc's handle, if the dynamic mmap threshold was switched off by the environment."""
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return None
+@functools.cache
+def _glibc():
+    # find_library runs ldconfig: once per process, not once per chunk of texts.
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
@@ -48,15 +48,23 @@ def _tunable_glibc():
         return None
 
 
+def _tunable_glibc():
+    """glibc's handle, if the dynamic mmap threshold was switched off by the environment."""
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return None
+    return _glibc()
+
+
 def _trim_threshold() -> int:
     try:
         return int(os.environ["MALLOC_TRIM_THRESHOLD_"])
     except (KeyError, ValueError):
-        return 128 * 1024  # glibc's default
+        return GLIBC_DEFAULT
+
 
 @contextlib.contextmanager
 def large_tensors_on_the_heap() -> Iterator[None]:
-    """Raise glibc's mmap threshold for the duration (counted across threads)."""
+    """Raise glibc's mmap and trim thresholds for the duration (counted across threads)."""
     global _users
     libc = _tunable_glibc()
     if libc is None:

@@ -115,11 +115,12 @@ def _run_on_cluster(client, featurizer, chunks: list[list], kind: str,
     # the client and scheduler, about 0.3 MB per 1,000 texts. Scattered data goes by RPC
     # and is freed with its future.
     [shared_featurizer] = client.scatter([featurizer], broadcast=True, hash=False)
+    scattered = {}  # task key -> its chunk's future, released when the task is done
 
     def submit(chunk: list):
         [texts] = client.scatter([chunk], hash=False)
         task = client.submit(_fill, shared_featurizer, texts, kind, pure=False)
-        task.texts = texts  # released together when the task is done
+        scattered[task.key] = texts
         return task
 
     remaining = iter(chunks)
@@ -131,7 +132,7 @@ def _run_on_cluster(client, featurizer, chunks: list[list], kind: str,
             break
     for future in pending:
         computed += future.result()["computed"]
-        future.texts.release()
+        scattered.pop(future.key).release()
         future.release()
         chunk = next(remaining, None)
         if chunk is not None:
