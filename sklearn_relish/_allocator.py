@@ -4,7 +4,7 @@ Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (so that worke
 memory back to the OS). Setting any such variable turns off glibc's dynamic mmap
 threshold: every allocation above 128 KiB is then a fresh ``mmap`` that the kernel must
 zero, page by page, and ``munmap`` on free. A forward pass allocates hundreds of such
-activations, and MiniLM featurized about 25% slower in a worker than in a plain process
+activations, and MiniLM featurized 25-50% slower in a worker than in a plain process
 (``benchmarks/worker_malloc.py``; ``benchmarks/RESULTS.md``, Scale).
 
 While the LLM runs, the mmap threshold is raised to glibc's ceiling so those tensors come
