@@ -26,9 +26,9 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from sklearn_relish import RelishTextRegressor
 from sklearn_relish._backbones import MINILM, SMOLLM2, resolve_backbone
 
-HOLD_OUT = 0.1
 BATCH_SIZE = 16
 MAX_LENGTH = 128
 WARMUP = 0.1
@@ -172,7 +172,8 @@ def fit_predict(method: str, backbone: str, recipe: dict[str, Any], texts: list[
     source = resolve_backbone(backbone)
     tokenizer = _tokenizer(source)
     start = time.perf_counter()
-    fit_rows, val_rows = train_test_split(np.arange(len(texts)), test_size=HOLD_OUT,
+    hold_out = RelishTextRegressor().validation_fraction  # the share RELISH holds out
+    fit_rows, val_rows = train_test_split(np.arange(len(texts)), test_size=hold_out,
                                           random_state=seed)
     mean, scale = float(y[fit_rows].mean()), float(y[fit_rows].std()) or 1.0
     z = (y - mean) / scale
