@@ -68,6 +68,7 @@ from quality_methods import (
     finetune_config,
     label,
     relish_config,
+    relish_top_config,
     short,
 )
 from quality_report import (
@@ -134,6 +135,8 @@ def main_jobs(corpora, seeds, backbones, methods, settings) -> list[Job]:
                              for m in ("meanpool_ridge", "lasttoken_ridge", "meanpool_mlp")]
             for backbone in backbones:
                 jobs.append(Job("relish", corpus, seed, backbone, relish_config(settings)))
+            # The package's fine-tuning option, on the primary backbone.
+            jobs.append(Job("relish", corpus, seed, backbones[0], relish_top_config(settings)))
             # What a practitioner would do instead: train the backbone itself (slowest).
             jobs += [Job(m, corpus, seed, FINETUNE_BACKBONES[m], finetune_config(m, settings))
                      for m in ("finetune", "lora")]

@@ -74,6 +74,25 @@ def relish_config(settings: Settings, *, layer: int | float | None = None,
             "input_norm": input_norm, "max_epochs": settings.max_epochs, "lr": settings.lr}
 
 
+# RELISH with the blocks under its layer fine-tuned: k and their lr chosen on the
+# early-stopping hold-out of tweets' seed-0 training split (benchmarks/top_layers_select.py).
+TOP_LAYERS = {"train_top_layers": 2, "top_layers_lr": 5e-5}
+
+
+def relish_top_config(settings: Settings) -> dict[str, Any]:
+    return {**relish_config(settings), **TOP_LAYERS}
+
+
+def cached_layer(backbone: str, config: dict[str, Any]) -> int | float:
+    """The layer whose states the estimator caches: below its trained blocks, if any."""
+    layer, k = config.get("layer", -1), config.get("train_top_layers", 0)
+    if not k:
+        return layer
+    n = n_hidden_states(backbone)
+    read = int(round(layer * (n - 1))) if isinstance(layer, float) else layer % n
+    return read - k
+
+
 def n_hidden_states(backbone: str) -> int:
     """Embeddings + layers, read from the config only (no weights are loaded)."""
     from transformers import AutoConfig
@@ -103,6 +122,9 @@ def baseline_configs() -> list[dict[str, Any]]:
 def method_label(method: str, backbone: str | None, config: dict | None) -> str:
     """Table label; baselines name their layer when it is not the last."""
     name = label(method, backbone)
+    k = (config or {}).get("train_top_layers", 0)
+    if method == "relish" and k:
+        return name[:-1] + f", {k} top blocks trained)"
     layer = (config or {}).get("layer")
     if METHODS[method].baseline and layer is not None and layer != -1:
         where = "middle layer" if layer == 0.5 else f"layer {layer}"
@@ -251,7 +273,7 @@ def run_relish(job, corpus, train, test, store, settings) -> Outcome:
     from sklearn_relish import RelishTextRegressor
 
     # States are cached before the clock starts: fit seconds are the head's training.
-    store.warm(corpus, job.backbone, job.layer)
+    store.warm(corpus, job.backbone, cached_layer(job.backbone, job.config))
     model = RelishTextRegressor(job.backbone, random_state=job.seed,
                                 cache_dir=settings.cache_dir, **job.config)
     texts = corpus.texts

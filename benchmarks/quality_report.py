@@ -35,6 +35,7 @@ from quality_methods import (
     method_label,
     package_default,
     relish_config,
+    relish_top_config,
     short,
 )
 
@@ -153,6 +154,7 @@ class Summary:
     def main_methods(self) -> list[tuple[str, str | None, dict | None]]:
         backbones = [b for b in (self.primary, self.secondary) if b]
         methods = [("relish", b, self.default_relish) for b in backbones]
+        methods.append(("relish", self.primary, relish_top_config(self.settings)))
         for b in backbones:
             methods += [(m, b, config or None) for config in baseline_configs()
                         for m in ("meanpool_ridge", "meanpool_mlp", "lasttoken_ridge")]

@@ -105,6 +105,16 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         Share of the training data held out for early stopping.
     patience : int, default=3
         Epochs without validation improvement before stopping.
+    train_top_layers : int, default=0
+        Fine-tune this many backbone blocks under the head: the ones that produce the
+        layer the head reads. 0 keeps the backbone frozen (RELISH as in the paper). With
+        k > 0 the token-state cache holds layer ``layer - k`` (the blocks below the first
+        trained one still run once per text) and float32 copies of the k blocks train
+        with the head; the backbone itself is never changed, and a pickle holds the
+        copies' weights but no frozen ones. Decoder LLMs (Llama, Qwen, Gemma, ...) and
+        BERT-like encoders are checked to be supported on the first fit.
+    top_layers_lr : float, default=5e-5
+        AdamW learning rate of the trained blocks (the head keeps ``lr``).
     intervals : {"split", "cqr"}, default="split"
         Score that calibrates :meth:`predict_interval` on the early-stopping hold-out:
         absolute errors, or conformalized quantile regression (two more head outputs per
@@ -216,6 +226,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         early_stopping: bool = True,
         validation_fraction: float = 0.1,
         patience: int = 3,
+        train_top_layers: int = 0,
+        top_layers_lr: float = 5e-5,
         intervals: str = "split",
         featurize_batch_size: int | str = "auto",
         cache: bool = True,
@@ -248,6 +260,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.patience = patience
+        self.train_top_layers = train_top_layers
+        self.top_layers_lr = top_layers_lr
         self.intervals = intervals
         self.featurize_batch_size = featurize_batch_size
         self.cache = cache
@@ -304,6 +318,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         # Everything is built in locals and published at the end: a fit that fails or is
         # interrupted leaves a previously fitted model exactly as it was.
         featurizer = self._make_featurizer()
+        if self.train_top_layers:
+            featurizer = self._featurizer_below_top_layers(featurizer)
         states = featurizer.transform(texts, kind)
 
         # Standardised targets keep one learning rate and one Huber delta sensible for
@@ -314,7 +330,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         scaled = (target - y_mean) / np.where(spread > 0, spread, 1.0)
         n_outputs = 1 if target.ndim == 1 else target.shape[1]
 
-        net = build_net(self, featurizer.hidden_size, len(texts), seed, device, n_outputs)
+        net = build_net(self, featurizer.hidden_size, len(texts), seed, device, n_outputs,
+                        featurizer)
         cuda = [device.index or 0] if device.type == "cuda" else []
         # A private RNG stream: the user's global torch seed is neither used nor disturbed.
         with torch.random.fork_rng(devices=cuda):
@@ -355,6 +372,18 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         self.y_scale_ = float(spread) if target.ndim == 1 else spread
         return self
 
+    def _featurizer_below_top_layers(self, featurizer: Any) -> Any:
+        """The featurizer of the states under the trained blocks: ``layer - train_top_layers``."""
+        read = featurizer.layer_index(featurizer.loaded)
+        if read < self.train_top_layers:
+            raise ValueError(
+                f"train_top_layers={self.train_top_layers} trains the blocks below the layer "
+                f"the head reads, but layer={self.layer} is hidden state {read} of "
+                f"{self.backbone!r}, which has only {read} block(s) below it; raise layer or "
+                "lower train_top_layers."
+            )
+        return self._make_featurizer(layer=read - self.train_top_layers)
+
     # -- prediction -----------------------------------------------------------------------
     def predict(self, X: Any) -> np.ndarray:
         """Predict one number per text (or pair).
@@ -380,8 +409,11 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         texts, kind = self._check_texts(X, reset=False)
         if not texts:
             return None
-        states = self._sync_inference_settings(self.featurizer_).transform(texts, kind)
+        featurizer = self._sync_inference_settings(self.featurizer_)
+        states = featurizer.transform(texts, kind)
         sync_net_device(self.net_, self.device)
+        if hasattr(self.net_.module_, "featurizer"):  # trained top layers: one backbone identity
+            self.net_.module_.featurizer = featurizer
         raw = predict_states(self.net_, states).astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(raw).reshape(len(texts), -1).all(axis=1))
         if bad.size:

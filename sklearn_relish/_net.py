@@ -47,6 +47,8 @@ HEAD_CONSTRAINTS: dict = {
     "early_stopping": ["boolean"],
     "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
     "patience": [Interval(Integral, 1, None, closed="left")],
+    "train_top_layers": [Interval(Integral, 0, None, closed="left")],
+    "top_layers_lr": [Interval(Real, 0, None, closed="neither")],
 }
 
 
@@ -180,11 +182,13 @@ class RelishNet(NeuralNetRegressor):
 
 
 def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
-              n_outputs: int = 1) -> RelishNet:
+              n_outputs: int = 1, featurizer: Any = None) -> RelishNet:
     """The skorch training loop for a head configured by an estimator's parameters.
 
     ``params`` is the estimator (anything with its head and training attributes): the
     estimator keeps flat, grid-searchable parameters and this turns them into skorch's.
+    With ``params.train_top_layers``, ``featurizer`` reads the states below the trained
+    blocks and the module is a :class:`TopLayersHead`.
     """
     from skorch.dataset import ValidSplit
 
@@ -210,8 +214,17 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
         criterion = {"criterion": type(point_loss), "criterion__reduction": "none",
                      **({"criterion__delta": params.huber_delta} if params.loss == "huber"
                         else {})}
+    module: dict[str, Any] = {"module": RelishHead}
+    if getattr(params, "train_top_layers", 0):
+        from ._top_layers import TopLayersHead
+
+        module = {"module": TopLayersHead, "module__featurizer": featurizer,
+                  "module__first_block": featurizer.layer,
+                  "module__n_blocks": params.train_top_layers,
+                  # Pretrained blocks want a fine-tuning learning rate, the new head its own.
+                  "optimizer__param_groups": [("top.*", {"lr": params.top_layers_lr})]}
     return RelishNet(
-        module=RelishHead,
+        **module,
         module__input_dim=input_dim,
         module__n_latents=params.n_latents,
         module__latent_dim=params.latent_dim,

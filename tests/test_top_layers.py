@@ -1,0 +1,121 @@
+"""train_top_layers: the backbone's top blocks fine-tuned under the head.
+
+The copies must reproduce the frozen model exactly before training (else the head trains
+on something else than the backbone's states), leave the frozen backbone and the cache
+untouched, pickle without any frozen weight, and keep a prediction independent of its
+batch. Architectures whose blocks cannot be run apart are refused, not approximated.
+"""
+
+from __future__ import annotations
+
+import io
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from conftest import TARGETS, TEXTS, small_regressor
+
+from sklearn_relish import LLMTextEncoder, _top_layers, cache_info
+from sklearn_relish._backbones import load_backbone
+
+LONG = "the plot was great but the acting was awful and the ending dragged on for ages"
+
+
+def _loaded(backbone):
+    return load_backbone(backbone, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def _state_digest(model) -> float:
+    return float(sum(p.double().sum() for p in model.parameters()))
+
+
+@pytest.mark.parametrize("first,n_blocks", [(0, 2), (1, 1), (0, 1)])
+def test_copied_blocks_reproduce_the_frozen_llama(tiny_llama, first, n_blocks):
+    loaded = _loaded(tiny_llama)
+    top = _top_layers.checked_top(loaded, first, n_blocks, torch.device("cpu"))
+    # The check itself: run again, independently of checked_top's verdict.
+    assert _top_layers._mismatch(top, loaded, first, n_blocks) < 1e-2
+    assert sum(p.requires_grad for p in top.parameters()) > 0
+
+
+def test_copied_blocks_reproduce_bert_without_its_embeddings(minilm):
+    loaded = _loaded(minilm)
+    top = _top_layers.checked_top(loaded, 4, 2, torch.device("cpu"))
+    assert _top_layers._mismatch(top, loaded, 4, 2) < 1e-2
+    # Neither BERT's embeddings nor its pooler are copied.
+    assert not any("embeddings" in name or "pooler" in name
+                   for name, _ in top.named_parameters())
+
+
+def test_blocks_that_cannot_be_run_apart_are_refused(tiny_llama, monkeypatch):
+    # Without a way to leave out Llama's final norm, layer 1's states cannot be reproduced:
+    # that must be an error naming the option, not a head trained on other states.
+    monkeypatch.setattr(_top_layers, "_final_norms", lambda model: [])
+    with pytest.raises(ValueError, match="train_top_layers=1 is not supported"):
+        _top_layers.checked_top(_loaded(tiny_llama), 0, 1, torch.device("cpu"))
+
+
+def test_quantised_backbones_are_refused_with_the_way_out(tiny_llama, monkeypatch):
+    model = _loaded(tiny_llama).model
+    monkeypatch.setattr(model, "is_quantized", True, raising=False)
+    with pytest.raises(ValueError, match="without quantization_config"):
+        _top_layers.copy_top(model, 0, 1, final_norm=True)
+
+
+def test_too_many_top_layers_for_the_layer_read(tiny_llama):
+    model = small_regressor(tiny_llama, layer=1, train_top_layers=2)
+    with pytest.raises(ValueError, match="train_top_layers=2 .* hidden state 1"):
+        model.fit(TEXTS, TARGETS)
+
+
+def test_fit_trains_copies_and_leaves_backbone_and_cache_alone(tiny_llama):
+    loaded = _loaded(tiny_llama)
+    before = _state_digest(loaded.model)
+    encoder = LLMTextEncoder(tiny_llama, layer=1, pooling="mean")
+    reference = encoder.fit_transform(TEXTS)
+    model = small_regressor(tiny_llama, layer=-1, train_top_layers=1, top_layers_lr=1e-2)
+    llm_before = cache_info()["llm_texts"]
+    model.fit(TEXTS, TARGETS)
+    # Layer 1 (under the trained block) was already cached: the LLM ran on no text.
+    assert cache_info()["llm_texts"] == llm_before
+    assert _state_digest(loaded.model) == before
+    np.testing.assert_array_equal(encoder.transform(TEXTS), reference)
+    copied = model.net_.module_.top.layers[0].mlp.up_proj.weight
+    frozen = loaded.model.layers[1].mlp.up_proj.weight
+    assert copied.shape == frozen.shape and not torch.equal(copied, frozen)
+
+
+def test_prediction_does_not_depend_on_the_batch(minilm):
+    # An encoder: its tokens attend both ways, so unmasked padding would change them.
+    model = small_regressor(minilm, layer=-1, train_top_layers=1).fit(TEXTS, TARGETS)
+    alone = model.predict(TEXTS[:3])
+    padded = model.predict([*TEXTS[:3], LONG, LONG[:30]])[:3]
+    np.testing.assert_allclose(alone, padded, rtol=1e-5, atol=1e-5)
+
+
+def test_pickle_holds_the_trained_blocks_and_no_frozen_weight(minilm):
+    model = small_regressor(minilm, layer=-1, train_top_layers=1).fit(TEXTS, TARGETS)
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    block = _loaded(minilm).model.encoder.layer[5]
+    block_bytes = sum(p.numel() * 4 for p in block.parameters())
+    head_bytes = sum(p.numel() * 4 for p in model.net_.module_.head.parameters())
+    # The block and the head once each (the optimizer's references are the same objects);
+    # the 47 MB of embeddings and the five frozen blocks stay out.
+    assert block_bytes < buffer.tell() < 1.1 * (block_bytes + head_bytes) + 200_000
+    buffer.seek(0)
+    loaded = joblib.load(buffer)
+    np.testing.assert_array_equal(loaded.predict(TEXTS), model.predict(TEXTS))
+
+
+def test_a_damaged_set_of_trained_weights_is_refused(tiny_llama):
+    model = small_regressor(tiny_llama, train_top_layers=1).fit(TEXTS, TARGETS)
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    buffer.seek(0)
+    loaded = joblib.load(buffer)
+    weights = loaded.net_.module_.__dict__["_top_weights"]
+    weights.pop(next(iter(weights)))
+    with pytest.raises(ValueError, match="do not match the backbone's blocks"):
+        loaded.predict(TEXTS[:2])
