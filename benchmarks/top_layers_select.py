@@ -24,7 +24,8 @@ from scipy.stats import pearsonr
 RUNS = Path(__file__).resolve().parent / "top_layers_runs.jsonl"
 
 
-def run(corpus_name: str, seed: int, k: int, lr: float, backbone: str | None) -> dict:
+def run(corpus_name: str, seed: int, k: int, lr: float, backbone: str | None,
+        layer: float | None) -> dict:
     from sklearn_relish import DEFAULT_BACKBONE, RelishTextRegressor
 
     corpus = load_corpus(corpus_name, None)
@@ -32,6 +33,8 @@ def run(corpus_name: str, seed: int, k: int, lr: float, backbone: str | None) ->
     model = RelishTextRegressor(backbone or DEFAULT_BACKBONE, random_state=seed,
                                 cache_dir=str(DEFAULT_CACHE_DIR.expanduser()),
                                 train_top_layers=k, top_layers_lr=lr)
+    if layer is not None:
+        model.set_params(layer=layer)
     # Featurize first, outside the clock: fit seconds are training only, as in quality.py.
     featurizer = model._make_featurizer()
     if k:
@@ -42,7 +45,7 @@ def run(corpus_name: str, seed: int, k: int, lr: float, backbone: str | None) ->
     fit_s = time.perf_counter() - start
     pred = model.predict([corpus.texts[i] for i in test])
     return {"corpus": corpus_name, "seed": seed, "backbone": model.backbone,
-            "train_top_layers": k, "top_layers_lr": lr if k else None,
+            "layer": model.layer, "train_top_layers": k, "top_layers_lr": lr if k else None,
             "valid_loss": min(model.validation_loss_curve_),
             "test_pearson": 100 * float(pearsonr(pred, corpus.y[test])[0]),
             "epochs": model.n_iter_, "best_epoch": model.best_iteration_,
@@ -51,9 +54,9 @@ def run(corpus_name: str, seed: int, k: int, lr: float, backbone: str | None) ->
 
 def summarise() -> str:
     rows = [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
-    lines = ["| corpus | seed | backbone | top blocks trained | their lr | validation loss ↓ | "
-             "test Pearson | epochs (best) | s/epoch |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| corpus | seed | backbone | layer read | top blocks trained | their lr | "
+             "validation loss ↓ | test Pearson | epochs (best) | s/epoch |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["corpus"], r["seed"], r["backbone"],
                                          r["train_top_layers"], r["top_layers_lr"] or 0)):
         best = min(x["valid_loss"] for x in rows if (x["corpus"], x["seed"], x["backbone"])
@@ -61,7 +64,7 @@ def summarise() -> str:
         mark = "**" if np.isclose(r["valid_loss"], best) else ""
         lines.append(
             f"| {r['corpus']} | {r['seed']} | {r['backbone'].split(':')[-1]} | "
-            f"{r['train_top_layers']} | {r['top_layers_lr'] or '-'} | "
+            f"{r.get('layer', 0.5)} | {r['train_top_layers']} | {r['top_layers_lr'] or '-'} | "
             f"{mark}{r['valid_loss']:.4f}{mark} | {r['test_pearson']:.1f} | "
             f"{r['epochs']} ({r['best_epoch']}) | {r['seconds_per_epoch']:.0f} |")
     return "\n".join(lines)
@@ -73,15 +76,18 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--grid", nargs="*", default=["0:3e-4", "2:5e-5", "2:2e-4"],
-                        help="k:lr pairs (k=0 is frozen RELISH; its lr is ignored)")
+                        help="k:lr or k:lr:layer (k=0 is frozen RELISH; its lr is ignored; "
+                             "the layer defaults to the package's)")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args(argv)
     if args.summarise:
         print(summarise())
         return 0
     for pair in args.grid:
-        k, lr = pair.split(":")
-        row = run(args.corpus, args.seed, int(k), float(lr), args.backbone)
+        k, lr, *layer = pair.split(":")
+        read = (int(layer[0]) if layer[0].lstrip("-").isdigit() else float(layer[0])) if layer \
+            else None
+        row = run(args.corpus, args.seed, int(k), float(lr), args.backbone, read)
         print(json.dumps(row), flush=True)
         with RUNS.open("a") as handle:
             handle.write(json.dumps(row) + "\n")

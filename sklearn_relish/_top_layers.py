@@ -104,10 +104,10 @@ def run_top(top: nn.Module, states: torch.Tensor, mask: torch.Tensor) -> torch.T
 @torch.no_grad()
 def _mismatch(top: nn.Module, loaded: Any, first: int, n_blocks: int) -> float:
     """Relative error of the copy against the frozen model's own states on the probe."""
-    tokenizer = loaded.tokenizer
-    encoded = tokenizer(_PROBE, padding=True, return_tensors="pt")
-    encoded = {name: tensor.to(loaded.input_device) for name, tensor in encoded.items()}
-    hidden = loaded.model(**encoded, output_hidden_states=True).hidden_states
+    with loaded.lock:  # the featurizer's early-exit hooks and the tokenizer are per model
+        encoded = loaded.tokenizer(_PROBE, padding=True, return_tensors="pt")
+        encoded = {name: tensor.to(loaded.input_device) for name, tensor in encoded.items()}
+        hidden = loaded.model(**encoded, output_hidden_states=True).hidden_states
     mask = encoded["attention_mask"].bool()
     device = next(top.parameters()).device
     # The cache keeps float16 states: check the copy on what it will be fed.

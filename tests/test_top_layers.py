@@ -14,7 +14,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from conftest import TARGETS, TEXTS, small_regressor
+from conftest import TARGETS, TEXTS, _train_tokenizer, small_regressor
 
 from sklearn_relish import LLMTextEncoder, _top_layers, cache_info
 from sklearn_relish._backbones import load_backbone
@@ -37,6 +37,29 @@ def test_copied_blocks_reproduce_the_frozen_llama(tiny_llama, first, n_blocks):
     # The check itself: run again, independently of checked_top's verdict.
     assert _top_layers._mismatch(top, loaded, first, n_blocks) < 1e-2
     assert sum(p.requires_grad for p in top.parameters()) > 0
+
+
+@pytest.mark.parametrize("architecture", ["gemma3", "qwen3"])
+def test_copied_blocks_reproduce_other_decoders(tmp_path, architecture):
+    # Gemma 3 alternates sliding-window and full attention per layer: the copies must keep
+    # their own layers' types (the window of 4 is shorter than the probe's texts).
+    from transformers import Gemma3TextConfig, Gemma3TextModel, Qwen3Config, Qwen3Model
+
+    tokenizer = _train_tokenizer()
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=8, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+    if architecture == "gemma3":
+        model = Gemma3TextModel(Gemma3TextConfig(**common, sliding_window=4, layer_types=[
+            "sliding_attention", "full_attention", "sliding_attention", "full_attention"]))
+    else:
+        model = Qwen3Model(Qwen3Config(**common))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = _loaded(str(tmp_path))
+    for first, n_blocks in [(1, 2), (3, 1)]:
+        top = _top_layers.checked_top(loaded, first, n_blocks, torch.device("cpu"))
+        assert _top_layers._mismatch(top, loaded, first, n_blocks) < 1e-2
 
 
 def test_copied_blocks_reproduce_bert_without_its_embeddings(minilm):
