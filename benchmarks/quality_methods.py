@@ -76,11 +76,13 @@ def relish_config(settings: Settings, *, layer: int | float | None = None,
 
 # RELISH with the blocks under its layer fine-tuned: k and their lr chosen on the
 # early-stopping hold-out of tweets' seed-0 training split (benchmarks/top_layers_select.py).
-TOP_LAYERS = {"train_top_layers": 2, "top_layers_lr": 5e-5}
+TOP_LAYERS = {"train_top_layers": 4, "top_layers_lr": 1e-4}
 
 
 def relish_top_config(settings: Settings) -> dict[str, Any]:
-    return {**relish_config(settings), **TOP_LAYERS}
+    # --quick runs on MiniLM, whose middle layer has only 3 blocks below it.
+    top = {**TOP_LAYERS, "train_top_layers": 1} if settings.quick else TOP_LAYERS
+    return {**relish_config(settings), **top}
 
 
 def cached_layer(backbone: str, config: dict[str, Any]) -> int | float:
@@ -124,7 +126,7 @@ def method_label(method: str, backbone: str | None, config: dict | None) -> str:
     name = label(method, backbone)
     k = (config or {}).get("train_top_layers", 0)
     if method == "relish" and k:
-        return name[:-1] + f", {k} top blocks trained)"
+        return name[:-1] + f", {k} top block{'s' if k > 1 else ''} trained)"
     layer = (config or {}).get("layer")
     if METHODS[method].baseline and layer is not None and layer != -1:
         where = "middle layer" if layer == 0.5 else f"layer {layer}"

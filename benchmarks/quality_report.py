@@ -170,7 +170,8 @@ class Summary:
             if cell is None:
                 continue
             name = method_label(method, backbone, config) + ("†" if method == "vader" else "")
-            name = f"**{name}**" if method == "relish" and backbone == self.primary else name
+            primary = method == "relish" and backbone == self.primary
+            name = f"**{name}**" if primary and config == self.default_relish else name
             lines.append(f"| {name}{self.seeds_note(cell)} | {cell.text('pearson')} | "
                          f"{cell.text('spearman')} | {cell.text('nrmse')} | "
                          f"{cell.fit_seconds:.1f} |")
