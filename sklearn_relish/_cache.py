@@ -24,7 +24,11 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 
 @dataclass(frozen=True)
 class CachedStates:
-    """One text's token states ``(n_tokens, d)`` (float16) and whether it was truncated."""
+    """One text's token states ``(n_tokens, d)`` and whether it was truncated.
+
+    float16, or bfloat16 for a text whose states exceed float16's range (some backbones,
+    Gemma among them, carry activations of 10^5 in intermediate layers).
+    """
 
     states: torch.Tensor
     truncated: bool

@@ -34,6 +34,7 @@ _LOG_LEVEL_LOCK = threading.Lock()
 # (benchmarks/RESULTS.md, "Featurization batches on the CPU"); CUDA: large batches fill the
 # card, a guess to be confirmed by benchmarks/gpu_scale.py.
 TOKEN_BUDGET = {"cpu": 1024, "cuda": 16384}
+_FLOAT16_MAX = torch.finfo(torch.float16).max
 
 
 def plan_batches(lengths: list[int], batch_size: int | str, device_type: str) -> list[list[int]]:
@@ -176,7 +177,7 @@ class LLMFeaturizer:
 
     # -- featurization --------------------------------------------------------------------
     def transform(self, texts: list, kind: str) -> list[torch.Tensor]:
-        """Token states ``(n_tokens_i, d)`` in float16 for each text, in input order.
+        """Token states ``(n_tokens_i, d)``, float16 (bfloat16 beyond its range), in order.
 
         Every returned tensor is the caller's own copy: the cache's tensors never leave it,
         so editing an output in place cannot change what a later call returns.
@@ -322,7 +323,7 @@ class LLMFeaturizer:
                 # counts and evicts texts one by one).
                 pieces = real.split([lengths[i] for i in batch])
                 for i, piece in zip(batch, pieces, strict=True):
-                    states[i] = piece.clone()
+                    states[i] = _half(piece)
             count_forward(n_texts)
         return [CachedStates(s, cut) for s, cut in zip(states, truncated, strict=True)]
 
@@ -333,8 +334,10 @@ class LLMFeaturizer:
         padded = loaded.tokenizer.pad(batch, padding=True, return_tensors="pt")
         padded = {name: tensor.to(loaded.input_device) for name, tensor in padded.items()}
         hidden = hidden_states_at(loaded, padded, layer)
-        real = padded["attention_mask"].to(hidden.device, torch.bool)
-        return hidden[real].to(torch.float16).cpu()  # rows in batch order, tokens in order
+        real = hidden[padded["attention_mask"].to(hidden.device, torch.bool)]
+        if real.abs().max() <= _FLOAT16_MAX:  # the usual case: cast on the device, copy half
+            return real.to(torch.float16).cpu()  # rows in batch order, tokens in order
+        return real.float().cpu()  # _half then picks each text's dtype from its own states
 
     def _progress(self, batches: list, n_texts: int):
         if not self.verbose:
@@ -342,6 +345,17 @@ class LLMFeaturizer:
         from tqdm.auto import tqdm
 
         return tqdm(batches, desc=f"Featurizing {n_texts} texts", unit="batch")
+
+
+def _half(states: torch.Tensor) -> torch.Tensor:
+    """A text's own 16-bit copy: float16 (more precise) where its states fit, else bfloat16.
+
+    Decided per text, never per batch, so a text's cached states do not depend on which
+    texts shared its forward pass; float16 would turn activations above 65,504 into inf.
+    """
+    if states.dtype == torch.float16 or states.abs().max() <= _FLOAT16_MAX:
+        return states.to(torch.float16, copy=True)
+    return states.to(torch.bfloat16, copy=True)
 
 
 def _encode(tokenizer, texts: list[str], **kwargs) -> dict[str, list[list[int]]]:

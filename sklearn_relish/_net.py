@@ -93,6 +93,8 @@ def pad_collate(batch: list) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
     """
     states, labels = zip(*batch, strict=True)
     targets, weights = zip(*labels, strict=True)
+    if len({s.dtype for s in states}) > 1:  # float16 and bfloat16 texts (see CachedStates)
+        states = [s.float() for s in states]
     padded = pad_sequence(list(states), batch_first=True)
     if padded.shape[1] == 0:
         padded = padded.new_zeros(len(states), 1, padded.shape[2])

@@ -51,8 +51,19 @@ class StoreUnavailable(Exception):
     """The store cannot be used (not a folder, not writable, damaged, disk full)."""
 
 
-def _checksum(n_tokens: int, dim: int, truncated: bool, payload: bytes) -> int:
-    return zlib.crc32(payload, zlib.crc32(struct.pack("<qq?", n_tokens, dim, truncated)))
+# The ``truncated`` column is a set of flags: bit 0 truncated, bit 1 bfloat16 payload.
+_BFLOAT16 = 2
+
+
+def _checksum(n_tokens: int, dim: int, truncated: bool, payload: bytes,
+              bfloat16: bool = False) -> int:
+    header = struct.pack("<qq?", n_tokens, dim, truncated)
+    # bfloat16 rows checksum a longer header, so a reader that only knows float16 payloads
+    # (sklearn_relish before this format) finds a mismatch and recomputes the text rather
+    # than reading bfloat16 bits as float16.
+    if bfloat16:
+        header += b"bfloat16"
+    return zlib.crc32(payload, zlib.crc32(header))
 
 
 class TokenStateStore:
@@ -107,7 +118,7 @@ class TokenStateStore:
                     "SELECT key, n_tokens, dim, truncated, checksum, payload FROM states "
                     f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
                 for key, n_tokens, dim, truncated, checksum, payload in rows:
-                    entry = _decode(n_tokens, dim, bool(truncated), checksum, payload)
+                    entry = _decode(n_tokens, dim, truncated, checksum, payload)
                     if entry is not None:
                         found[key] = entry
         except sqlite3.Error as error:
@@ -156,22 +167,29 @@ class TokenStateStore:
 
 
 def _encode(key: str, entry: CachedStates) -> tuple:
-    states = entry.states.detach().to("cpu", torch.float16).contiguous()
+    bfloat16 = entry.states.dtype == torch.bfloat16
+    dtype = torch.bfloat16 if bfloat16 else torch.float16
+    states = entry.states.detach().to("cpu", dtype).contiguous()
     n_tokens, dim = states.shape
-    payload = states.numpy().tobytes()
+    # numpy has no bfloat16: its bits travel as int16.
+    payload = (states.view(torch.int16) if bfloat16 else states).numpy().tobytes()
     truncated = bool(entry.truncated)
-    return key, n_tokens, dim, int(truncated), _checksum(n_tokens, dim, truncated, payload), payload
+    flags = int(truncated) | (_BFLOAT16 if bfloat16 else 0)
+    return key, n_tokens, dim, flags, _checksum(n_tokens, dim, truncated, payload, bfloat16), \
+        payload
 
 
-def _decode(n_tokens: int, dim: int, truncated: bool, checksum: int,
+def _decode(n_tokens: int, dim: int, flags: int, checksum: int,
             payload: bytes) -> CachedStates | None:
+    truncated, bfloat16 = bool(flags & 1), bool(flags & _BFLOAT16)
     if not isinstance(payload, bytes) or len(payload) != 2 * n_tokens * dim:
         return None
-    if _checksum(n_tokens, dim, truncated, payload) != checksum:
+    if _checksum(n_tokens, dim, truncated, payload, bfloat16) != checksum:
         return None
     # One copy into memory the tensor owns (frombuffer on bytes would be read-only).
-    array = np.frombuffer(payload, dtype=np.float16).reshape(n_tokens, dim).copy()
-    return CachedStates(torch.from_numpy(array), truncated)
+    array = np.frombuffer(payload, dtype=np.int16 if bfloat16 else np.float16)
+    states = torch.from_numpy(array.reshape(n_tokens, dim).copy())
+    return CachedStates(states.view(torch.bfloat16) if bfloat16 else states, truncated)
 
 
 def warn_once(store: TokenStateStore, error: Exception) -> None:

@@ -1,0 +1,84 @@
+"""States beyond float16's range: kept in bfloat16, never cached as inf.
+
+Some backbones (Gemma 3 among them) carry activations near 10^5 in intermediate layers;
+cast to float16 (max 65,504) those became inf, and the head's training "diverged". Each
+text whose states do not fit float16 is kept in bfloat16, decided per text (so a text's
+states do not depend on its batch), in memory and in the on-disk store alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TARGETS, TEXTS, build_tiny_llama, small_regressor
+
+from sklearn_relish._cache import CachedStates
+from sklearn_relish._featurizer import LLMFeaturizer
+from sklearn_relish._store import TokenStateStore, _checksum
+
+LOUD = "awful"
+QUIET = "a quiet film"
+
+
+@pytest.fixture(scope="module")
+def loud_llama(tmp_path_factory):
+    """A tiny Llama whose embedding of one word is 10^7 times too large."""
+    from transformers import AutoTokenizer, LlamaModel
+
+    folder = tmp_path_factory.mktemp("loud-llama")
+    build_tiny_llama(folder)
+    model = LlamaModel.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    # Only pieces of the loud word that the quiet text does not share.
+    loud_ids = sorted(set(tokenizer(f"an {LOUD} film").input_ids)
+                      - set(tokenizer(QUIET).input_ids))
+    assert loud_ids
+    with torch.no_grad():
+        model.embed_tokens.weight[loud_ids] *= 1e7
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def _reference(backbone: str, text: str) -> torch.Tensor:
+    featurizer = LLMFeaturizer(backbone, layer=0, cache=False)
+    loaded = featurizer.loaded
+    ids = loaded.tokenizer(text, return_tensors="pt")
+    return loaded.model(**ids, output_hidden_states=True).hidden_states[0][0]
+
+
+def test_loud_texts_are_kept_in_bfloat16_and_quiet_ones_in_float16(loud_llama):
+    texts = [f"an {LOUD} film", QUIET]
+    loud, quiet = LLMFeaturizer(loud_llama, layer=0, cache=False).transform(texts, "single")
+    assert loud.dtype == torch.bfloat16 and quiet.dtype == torch.float16
+    assert torch.isfinite(loud.float()).all()
+    reference = _reference(loud_llama, texts[0])
+    assert reference.abs().max() > 65504  # the premise: float16 would overflow
+    torch.testing.assert_close(loud.float(), reference, rtol=1e-2, atol=1e-2)
+
+
+def test_a_quiet_text_does_not_change_with_a_loud_batchmate(loud_llama):
+    featurizer = LLMFeaturizer(loud_llama, layer=0, cache=False, batch_size=8)
+    alone = featurizer.transform([QUIET], "single")[0]
+    together = featurizer.transform([f"an {LOUD} film", QUIET], "single")[1]
+    assert alone.dtype == together.dtype == torch.float16
+    assert torch.equal(alone, together)
+
+
+def test_the_store_keeps_bfloat16_rows_and_older_readers_reject_them(tmp_path):
+    states = (torch.randn(3, 4) * 1e5).to(torch.bfloat16)
+    store = TokenStateStore(str(tmp_path))
+    store.put_many([("loud", CachedStates(states, True))])
+    entry = store.get_many(["loud"])["loud"]
+    assert entry.states.dtype == torch.bfloat16 and entry.truncated
+    assert torch.equal(entry.states, states)
+    # A reader that knew only float16 payloads checksummed the plain header: it must see a
+    # mismatch (a miss, so it recomputes) rather than bfloat16 bits read as float16.
+    payload = states.view(torch.int16).numpy().tobytes()
+    assert _checksum(3, 4, True, payload) != _checksum(3, 4, True, payload, bfloat16=True)
+
+
+def test_fit_on_loud_states_trains_instead_of_diverging(loud_llama, tmp_path):
+    model = small_regressor(loud_llama, layer=0, cache_dir=str(tmp_path))
+    model.fit(TEXTS, TARGETS)  # raised "Training diverged" when the states were inf
+    assert np.isfinite(model.predict(TEXTS)).all()
