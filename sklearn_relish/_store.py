@@ -188,6 +188,10 @@ def _decode(n_tokens: int, dim: int, flags: int, checksum: int,
         return None
     # One copy into memory the tensor owns (frombuffer on bytes would be read-only).
     array = np.frombuffer(payload, dtype=np.int16 if bfloat16 else np.float16)
+    if not bfloat16 and not np.isfinite(array).all():
+        # Written before states beyond float16's range were kept in bfloat16: its inf
+        # would train a NaN head. A miss, so the text is featurized again.
+        return None
     states = torch.from_numpy(array.reshape(n_tokens, dim).copy())
     return CachedStates(states.view(torch.bfloat16) if bfloat16 else states, truncated)
 

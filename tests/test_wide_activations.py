@@ -82,3 +82,12 @@ def test_fit_on_loud_states_trains_instead_of_diverging(loud_llama, tmp_path):
     model = small_regressor(loud_llama, layer=0, cache_dir=str(tmp_path))
     model.fit(TEXTS, TARGETS)  # raised "Training diverged" when the states were inf
     assert np.isfinite(model.predict(TEXTS)).all()
+
+
+def test_float16_rows_with_inf_from_older_versions_are_recomputed(tmp_path):
+    # sklearn_relish before bfloat16 rows stored overflowed states as float16 inf.
+    store = TokenStateStore(str(tmp_path))
+    overflowed = torch.tensor([[1.0, float("inf")], [2.0, 3.0]], dtype=torch.float16)
+    store.put_many([("old", CachedStates(overflowed, False)),
+                    ("fine", CachedStates(overflowed.nan_to_num(posinf=4.0), False))])
+    assert set(store.get_many(["old", "fine"])) == {"fine"}
