@@ -26,8 +26,10 @@ import torch
 
 from ._embedded import (  # noqa: F401  (re-exported: the backbone names live here too)
     EMBEDDED,
+    GEMMA3,
     LEGACY_NAMES,
     MINILM,
+    OFFLINE_ALTERNATIVES,
     SMOLLM2,
     EmbeddedBackbone,
     relish_home,
@@ -185,7 +187,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def _unavailable(name: str, error: Exception) -> ValueError:
     """transformers could not find the backbone: say so, and name the offline alternative."""
     message = f"Could not load backbone={name!r} with transformers: {error}"
-    alternative = LEGACY_NAMES.get(name)  # the embedded copy made from this hub id
+    alternative = OFFLINE_ALTERNATIVES.get(name)  # the embedded copy made from this hub id
     if alternative is not None:
         message += (
             f"\nWithout a network or a copy in the Hugging Face cache, use "

