@@ -59,8 +59,9 @@ def summarise() -> str:
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["corpus"], r["seed"], r["backbone"],
                                          r["train_top_layers"], r["top_layers_lr"] or 0)):
-        best = min(x["valid_loss"] for x in rows if (x["corpus"], x["seed"], x["backbone"])
-                   == (r["corpus"], r["seed"], r["backbone"]))
+        # Bold: the lowest hold-out loss of the corpus and seed, whatever the backbone.
+        best = min(x["valid_loss"] for x in rows
+                   if (x["corpus"], x["seed"]) == (r["corpus"], r["seed"]))
         mark = "**" if np.isclose(r["valid_loss"], best) else ""
         lines.append(
             f"| {r['corpus']} | {r['seed']} | {r['backbone'].split(':')[-1]} | "
