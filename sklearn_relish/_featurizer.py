@@ -335,7 +335,8 @@ class LLMFeaturizer:
         padded = {name: tensor.to(loaded.input_device) for name, tensor in padded.items()}
         hidden = hidden_states_at(loaded, padded, layer)
         real = hidden[padded["attention_mask"].to(hidden.device, torch.bool)]
-        if real.abs().max() <= _FLOAT16_MAX:  # the usual case: cast on the device, copy half
+        low, high = real.aminmax()  # no |states| temporary the size of the batch
+        if max(-low, high) <= _FLOAT16_MAX:  # the usual case: cast on the device, copy half
             return real.to(torch.float16).cpu()  # rows in batch order, tokens in order
         return real.float().cpu()  # _half then picks each text's dtype from its own states
 

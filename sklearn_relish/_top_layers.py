@@ -188,7 +188,7 @@ class TopLayersHead(nn.Module):
     def _restore_top(self) -> None:
         device = self.head.output.weight.device
         top = checked_top(self.featurizer.loaded, self.first_block, self.n_blocks, device)
-        weights = self.__dict__.pop("_top_weights")
+        weights = self.__dict__["_top_weights"]  # dropped only once restored
         trained = {name for name, p in top.named_parameters() if p.requires_grad}
         if set(weights) != trained:
             raise ValueError(
@@ -205,3 +205,4 @@ class TopLayersHead(nn.Module):
                 )
             module._parameters[leaf] = weight.to(device)
         self.top = top.train(self.training)
+        del self.__dict__["_top_weights"]
