@@ -85,14 +85,13 @@ def relish_top_config(settings: Settings) -> dict[str, Any]:
     return {**relish_config(settings), **top}
 
 
-def cached_layer(backbone: str, config: dict[str, Any]) -> int | float:
-    """The layer whose states the estimator caches: below its trained blocks, if any."""
-    layer, k = config.get("layer", -1), config.get("train_top_layers", 0)
-    if not k:
-        return layer
-    n = n_hidden_states(backbone)
-    read = int(round(layer * (n - 1))) if isinstance(layer, float) else layer % n
-    return read - k
+def cached_layer(model) -> int | float:
+    """The layer whose states ``model``'s fit reads: below its trained blocks, if any
+    (the estimator's own rule, so the benchmark warms exactly what the fit will read)."""
+    featurizer = model._make_featurizer()
+    if model.train_top_layers:
+        featurizer = model._featurizer_below_top_layers(featurizer)
+    return featurizer.layer
 
 
 def n_hidden_states(backbone: str) -> int:
@@ -275,9 +274,9 @@ def run_relish(job, corpus, train, test, store, settings) -> Outcome:
     from sklearn_relish import RelishTextRegressor
 
     # States are cached before the clock starts: fit seconds are the head's training.
-    store.warm(corpus, job.backbone, cached_layer(job.backbone, job.config))
     model = RelishTextRegressor(job.backbone, random_state=job.seed,
                                 cache_dir=settings.cache_dir, **job.config)
+    store.warm(corpus, job.backbone, cached_layer(model))
     texts = corpus.texts
     pred, fit_s, pred_s = timed_fit_predict(model, [texts[i] for i in train], corpus.y[train],
                                             [texts[i] for i in test])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from quality import DEFAULT_CACHE_DIR, load_corpus, split
+from quality_methods import cached_layer
 from scipy.stats import pearsonr
 
 RUNS = Path(__file__).resolve().parent / "top_layers_runs.jsonl"
@@ -36,10 +37,8 @@ def run(corpus_name: str, seed: int, k: int, lr: float, backbone: str | None,
     if layer is not None:
         model.set_params(layer=layer)
     # Featurize first, outside the clock: fit seconds are training only, as in quality.py.
-    featurizer = model._make_featurizer()
-    if k:
-        featurizer = model._featurizer_below_top_layers(featurizer)
-    featurizer.transform([corpus.texts[i] for i in train], "single")
+    model._make_featurizer(layer=cached_layer(model)).transform(
+        [corpus.texts[i] for i in train], "single")
     start = time.perf_counter()
     model.fit([corpus.texts[i] for i in train], corpus.y[train])
     fit_s = time.perf_counter() - start
