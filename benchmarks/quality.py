@@ -93,6 +93,7 @@ DEFAULT_CACHE_DIR = Path("~/.cache/sklearn_relish/states")
 QUICK_DIR = Path(tempfile.gettempdir()) / "sklearn_relish_quality_quick"
 
 QUICK_N_TEXTS = 200
+TOP_SELECTOR = "relish_top"  # --methods name of the train_top_layers RELISH row
 QUICK_MAX_EPOCHS = 3
 
 
@@ -122,7 +123,7 @@ class Job:
 
 
 def main_jobs(corpora, seeds, backbones, methods, settings) -> list[Job]:
-    jobs = []
+    jobs, top = [], []
     for corpus in corpora:
         for seed in seeds:
             # Cheap methods first, so a partial run already has every baseline.
@@ -135,12 +136,16 @@ def main_jobs(corpora, seeds, backbones, methods, settings) -> list[Job]:
                              for m in ("meanpool_ridge", "lasttoken_ridge", "meanpool_mlp")]
             for backbone in backbones:
                 jobs.append(Job("relish", corpus, seed, backbone, relish_config(settings)))
-            # The package's fine-tuning option, on the primary backbone.
-            jobs.append(Job("relish", corpus, seed, backbones[0], relish_top_config(settings)))
+            # The package's fine-tuning option, on the primary backbone: selected by its
+            # own name (its rows stay method "relish", so their resume keys are unchanged).
+            if TOP_SELECTOR in methods:
+                top.append(Job("relish", corpus, seed, backbones[0],
+                               relish_top_config(settings)))
+                jobs.append(top[-1])
             # What a practitioner would do instead: train the backbone itself (slowest).
             jobs += [Job(m, corpus, seed, FINETUNE_BACKBONES[m], finetune_config(m, settings))
                      for m in ("finetune", "lora")]
-    return [job for job in jobs if job.method in methods]
+    return [job for job in jobs if job.method in methods or any(job is t for t in top)]
 
 
 def ablation_jobs(corpora, seeds, backbone, methods, settings) -> list[Job]:
@@ -368,8 +373,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "those of them in --corpora)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="seeds, one train/test split each (default: 0 1 2; --quick: 0)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                        help="run only these methods (default: all)")
+    parser.add_argument("--methods", nargs="+", choices=[*METHODS, TOP_SELECTOR],
+                        default=[*METHODS, TOP_SELECTOR],
+                        help=f"run only these methods (default: all; {TOP_SELECTOR} is "
+                             f"RELISH with train_top_layers on the primary backbone)")
     parser.add_argument("--backbone", default=None,
                         help=f"primary backbone for RELISH, baselines and ablations "
                              f"(default: {SMOLLM2}; --quick: {MINILM})")

@@ -153,7 +153,11 @@ class Summary:
     # -- main tables ------------------------------------------------------------------
     def main_methods(self) -> list[tuple[str, str | None, dict | None]]:
         backbones = [b for b in (self.primary, self.secondary) if b]
-        methods = [("relish", b, self.default_relish) for b in backbones]
+        # Default RELISH on any other backbone that has rows (an opt-in one, say).
+        default = json.dumps(self.default_relish, sort_keys=True)
+        others = sorted({b for m, b, _, c in self.cells
+                         if m == "relish" and c == default and b not in backbones})
+        methods = [("relish", b, self.default_relish) for b in backbones + others]
         methods.append(("relish", self.primary, relish_top_config(self.settings)))
         for b in backbones:
             methods += [(m, b, config or None) for config in baseline_configs()
