@@ -58,10 +58,11 @@ def summarise() -> str:
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["corpus"], r["seed"], r["backbone"],
                                          r["train_top_layers"], r["top_layers_lr"] or 0)):
-        # Bold: the lowest hold-out loss of the corpus and seed, whatever the backbone.
-        best = min(x["valid_loss"] for x in rows
-                   if (x["corpus"], x["seed"]) == (r["corpus"], r["seed"]))
-        mark = "**" if np.isclose(r["valid_loss"], best) else ""
+        # Bold: the lowest hold-out loss of the corpus and seed, whatever the backbone
+        # (a split with a single row chose nothing: no bold).
+        rivals = [x["valid_loss"] for x in rows
+                  if (x["corpus"], x["seed"]) == (r["corpus"], r["seed"])]
+        mark = "**" if len(rivals) > 1 and np.isclose(r["valid_loss"], min(rivals)) else ""
         lines.append(
             f"| {r['corpus']} | {r['seed']} | {r['backbone'].split(':')[-1]} | "
             f"{r.get('layer', 0.5)} | {r['train_top_layers']} | {r['top_layers_lr'] or '-'} | "
