@@ -93,8 +93,8 @@ DEFAULT_CACHE_DIR = Path("~/.cache/sklearn_relish/states")
 QUICK_DIR = Path(tempfile.gettempdir()) / "sklearn_relish_quality_quick"
 
 QUICK_N_TEXTS = 200
-TOP_SELECTOR = "relish_top"  # --methods name of the train_top_layers RELISH row
 QUICK_MAX_EPOCHS = 3
+TOP_SELECTOR = "relish_top"  # --methods name of the train_top_layers RELISH row
 
 
 # =========================================================================================
@@ -123,7 +123,7 @@ class Job:
 
 
 def main_jobs(corpora, seeds, backbones, methods, settings) -> list[Job]:
-    jobs, top = [], []
+    jobs = []
     for corpus in corpora:
         for seed in seeds:
             # Cheap methods first, so a partial run already has every baseline.
@@ -136,16 +136,18 @@ def main_jobs(corpora, seeds, backbones, methods, settings) -> list[Job]:
                              for m in ("meanpool_ridge", "lasttoken_ridge", "meanpool_mlp")]
             for backbone in backbones:
                 jobs.append(Job("relish", corpus, seed, backbone, relish_config(settings)))
-            # The package's fine-tuning option, on the primary backbone: selected by its
-            # own name (its rows stay method "relish", so their resume keys are unchanged).
-            if TOP_SELECTOR in methods:
-                top.append(Job("relish", corpus, seed, backbones[0],
-                               relish_top_config(settings)))
-                jobs.append(top[-1])
+            # The package's fine-tuning option, on the primary backbone.
+            jobs.append(Job("relish", corpus, seed, backbones[0], relish_top_config(settings)))
             # What a practitioner would do instead: train the backbone itself (slowest).
             jobs += [Job(m, corpus, seed, FINETUNE_BACKBONES[m], finetune_config(m, settings))
                      for m in ("finetune", "lora")]
-    return [job for job in jobs if job.method in methods or any(job is t for t in top)]
+    return [job for job in jobs if selector(job) in methods]
+
+
+def selector(job: Job) -> str:
+    """The ``--methods`` name that selects ``job``: RELISH with trained blocks has its own
+    (its rows stay method "relish", so their resume keys are unchanged)."""
+    return TOP_SELECTOR if job.config.get("train_top_layers") else job.method
 
 
 def ablation_jobs(corpora, seeds, backbone, methods, settings) -> list[Job]:

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from sklearn_relish._backbones import MINILM, SMOLLM2
+from sklearn_relish._embedded import GEMMA3
 
 # Rows recorded before the embedded backbones got their own names carry the hub ids that
 # sklearn_relish 0.1.x resolved to those same embedded copies: read them as the new names.
 LEGACY = {"HuggingFaceTB/SmolLM2-135M-Instruct": SMOLLM2,
           "sentence-transformers/all-MiniLM-L6-v2": MINILM}
-SHORT_NAMES = {SMOLLM2: "SmolLM2", MINILM: "MiniLM",
-               "embedded:gemma-3-270m-Q4_K_M": "Gemma 3 270M"}
+SHORT_NAMES = {SMOLLM2: "SmolLM2", MINILM: "MiniLM", GEMMA3: "Gemma 3 270M"}
 SHORT_NAMES.update({old: SHORT_NAMES[new] for old, new in LEGACY.items()})
 
 TEST_SIZE = 0.2
