@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
-from quality import load_corpus, replace_section, split
+from quality import DEFAULT_CACHE_DIR, load_corpus, replace_section, split
 from sklearn.model_selection import train_test_split
 
 from sklearn_relish import LLMTextEncoder, RelishTextRegressor, set_cache_max_bytes
@@ -42,7 +42,9 @@ CALIBRATION_FRACTION = 0.1  # the same share RELISH's early stopping holds out
 ALPHAS = np.logspace(-3, 5, 17)
 HERE = Path(__file__).parent
 RUNS = HERE / "intervals_runs.jsonl"
-METHODS = ("relish_split", "relish_cqr", "tfidf_split", "mapie_meanpool")
+METHODS = ("relish_split", "relish_cqr", "relish_cvplus", "tfidf_split", "mapie_meanpool")
+# The token states the quality benchmark already computed: no LLM pass is repeated.
+CACHE_DIR = str(DEFAULT_CACHE_DIR.expanduser())
 
 
 def calibration_split(n_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +53,8 @@ def calibration_split(n_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def relish(method: str, X_train, y_train, X_test, seed):
-    model = RelishTextRegressor(random_state=seed, intervals=method.split("_")[1])
+    score = {"relish_split": "split", "relish_cqr": "cqr", "relish_cvplus": "cv+"}[method]
+    model = RelishTextRegressor(random_state=seed, intervals=score, cache_dir=CACHE_DIR)
     model.fit(X_train, y_train)
     return model.predict_interval(X_test, coverage=COVERAGE)
 
@@ -74,7 +77,8 @@ def mapie_meanpool(X_train, y_train, X_test, seed):
     from mapie.regression import SplitConformalRegressor
     from sklearn.linear_model import RidgeCV
 
-    encoder = LLMTextEncoder(pooling="mean")  # the package's default backbone and layer
+    # The package's default backbone and layer.
+    encoder = LLMTextEncoder(pooling="mean", cache_dir=CACHE_DIR)
     features_train = encoder.fit_transform(X_train)
     fit_rows, cal_rows = calibration_split(len(X_train), seed)
     mapie = SplitConformalRegressor(RidgeCV(alphas=ALPHAS), confidence_level=COVERAGE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -11,22 +12,21 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE, resolve_device
+from ._cv_plus import check_folds, fit_fold_heads
 from ._inputs import check_layer, check_prompt
 from ._intervals import METHODS, IntervalMixin, calibrate, split_outputs, unscale
 from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin
 from ._net import (
     HEAD_CONSTRAINTS,
     TokenStateDataset,
-    build_net,
-    check_trained_head,
     drop_training_state,
     predict_states,
-    states_for_training,
     sync_net_device,
+    train_head,
     training_diagnostics,
 )
 from ._persistence import PickleFormatMixin
-from ._sklearn_compat import StrOptions
+from ._sklearn_compat import Interval, StrOptions
 from ._targets import check_sample_weight, check_target, target_names, target_scale
 
 
@@ -115,10 +115,16 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         BERT-like encoders are checked to be supported on the first fit.
     top_layers_lr : float, default=5e-5
         AdamW learning rate of the trained blocks (the head keeps ``lr``).
-    intervals : {"split", "cqr"}, default="split"
-        Score that calibrates :meth:`predict_interval` on the early-stopping hold-out:
-        absolute errors, or conformalized quantile regression (two more head outputs per
-        target, trained with the pinball loss at 5% and 95%).
+    intervals : {"split", "cqr", "cv+"}, default="split"
+        How :meth:`predict_interval` is calibrated. ``"split"``: absolute errors on the
+        early-stopping hold-out. ``"cqr"``: conformalized quantile regression on that
+        hold-out (two more head outputs per target, trained with the pinball loss at 5%
+        and 95%). ``"cv+"``: CV+ over ``interval_folds`` folds of all the training texts,
+        whose coverage varies much less from one data set to the next, at the price of
+        ``interval_folds`` more head trainings (no LLM pass) and as many head passes
+        per prediction. The point prediction is the main head's in all three.
+    interval_folds : int, default=5
+        Folds of ``intervals="cv+"`` (at least 2); unused otherwise.
     featurize_batch_size : int or "auto", default="auto"
         Texts per forward pass of the backbone. ``"auto"`` fills each pass up to a budget
         of padded tokens (1,024 on the CPU, 16,384 on CUDA), so short texts go in large
@@ -167,7 +173,15 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
     target_names_ : ndarray of str
         Name(s) of the target(s) when ``y`` was a Series or DataFrame (absent otherwise).
     calibration_scores_ : ndarray of shape (n_calibration, n_targets) or None
-        Sorted conformity scores on the hold-out; None without early stopping.
+        Conformity scores: sorted, on the hold-out; with ``"cv+"``, the out-of-fold
+        errors of all training texts (weight > 0). None for ``"split"`` and ``"cqr"``
+        without early stopping.
+    interval_method_ : str
+        The ``intervals`` the model was fitted with (what :meth:`predict_interval` uses).
+    interval_nets_ : list of skorch.NeuralNetRegressor or None
+        With ``"cv+"``, the fold heads, each trained without one fold; else None.
+    calibration_folds_ : ndarray of shape (n_calibration,) or None
+        With ``"cv+"``, the fold each calibration text was left out of; else None.
     n_iter_ : int
         Epochs run (0 for a constant target, which needs no training).
     loss_curve_ : list of float
@@ -199,6 +213,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         **LLM_CONSTRAINTS,
         **HEAD_CONSTRAINTS,
         "intervals": [StrOptions(set(METHODS))],
+        "interval_folds": [Interval(Integral, 2, None, closed="left")],
         "random_state": ["random_state"],
     }
 
@@ -229,6 +244,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         train_top_layers: int = 0,
         top_layers_lr: float = 5e-5,
         intervals: str = "split",
+        interval_folds: int = 5,
         featurize_batch_size: int | str = "auto",
         cache: bool = True,
         cache_dir: str | None = None,
@@ -263,6 +279,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         self.train_top_layers = train_top_layers
         self.top_layers_lr = top_layers_lr
         self.intervals = intervals
+        self.interval_folds = interval_folds
         self.featurize_batch_size = featurize_batch_size
         self.cache = cache
         self.cache_dir = cache_dir
@@ -308,6 +325,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         if len(texts) < 2:
             raise ValueError(f"At least 2 texts are needed to fit; got {len(texts)}.")
         check_prompt(self.prompt, kind)
+        if self.intervals == "cv+":
+            check_folds(len(texts), self.interval_folds)
         if self.latent_dim % self.n_heads:
             raise ValueError(
                 f"latent_dim={self.latent_dim} must be divisible by n_heads={self.n_heads}."
@@ -330,28 +349,24 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         scaled = (target - y_mean) / np.where(spread > 0, spread, 1.0)
         n_outputs = 1 if target.ndim == 1 else target.shape[1]
 
-        net = build_net(self, featurizer.hidden_size, len(texts), seed, device, n_outputs,
-                        featurizer)
-        cuda = [device.index or 0] if device.type == "cuda" else []
-        # A private RNG stream: the user's global torch seed is neither used nor disturbed.
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            if np.any(spread > 0):
-                net.fit(TokenStateDataset(states_for_training(states, device), scaled,
-                                          weights), y=None)
-            else:
-                net.initialize()  # constant targets are predicted exactly: nothing to learn
-        check_trained_head(net, self.lr)
+        net = train_head(self, featurizer.hidden_size, states, scaled, weights, seed, device,
+                         n_outputs, featurizer)
         diagnostics = training_diagnostics(net)
         drop_training_state(net)
-        # Errors on the early-stopping hold-out (never trained on) calibrate the intervals;
-        # a constant target is predicted exactly, so its scores are zeros.
-        held_out = []
-        if net.train_split is not None:
-            _, valid = net.train_split(TokenStateDataset(states, scaled, weights))
-            held_out = [int(i) for i in valid.indices if weights[i] > 0]
-        scores = calibrate(self.intervals, lambda rows: predict_states(
-            net, [states[i] for i in rows]), held_out, target, y_mean, spread)
+        fold_nets = folds = None
+        if self.intervals == "cv+":
+            fold_nets, scores, folds = fit_fold_heads(
+                self, featurizer.hidden_size, states, scaled, weights, target, y_mean, spread,
+                seed, device, n_outputs, featurizer)
+        else:
+            # Errors on the early-stopping hold-out (never trained on) calibrate the
+            # intervals; a constant target is predicted exactly, so its scores are zeros.
+            held_out = []
+            if net.train_split is not None:
+                _, valid = net.train_split(TokenStateDataset(states, scaled, weights))
+                held_out = [int(i) for i in valid.indices if weights[i] > 0]
+            scores = calibrate(self.intervals, lambda rows: predict_states(
+                net, [states[i] for i in rows]), held_out, target, y_mean, spread)
 
         self._record_columns(X, kind)
         names = target_names(y)
@@ -364,6 +379,9 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         for name, value in diagnostics.items():
             setattr(self, name, value)
         self.calibration_scores_ = scores
+        self.interval_method_ = self.intervals
+        self.interval_nets_ = fold_nets
+        self.calibration_folds_ = folds
         self.input_kind_ = kind
         self.n_train_tokens_ = int(sum(s.shape[0] for s in states))
         # Floats for one target, arrays for several. A constant target (scale 0) is
@@ -398,24 +416,27 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         y_pred : ndarray of shape (n,) or (n, n_targets), float64
             As ``y`` was in fit: 1-D for one target.
         """
-        outputs = self._outputs(X)
-        if outputs is None:
+        states, featurizer = self._token_states(X)
+        if not states:
             return np.zeros((0, *np.shape(self.y_mean_)))
-        return outputs[0].reshape(-1) if np.ndim(self.y_mean_) == 0 else outputs[0]
+        point = self._head_outputs(self.net_, states, featurizer)[0]
+        return point.reshape(-1) if np.ndim(self.y_mean_) == 0 else point
 
-    def _outputs(self, X: Any) -> tuple[np.ndarray, ...] | None:
-        """(point,) or (point, low, high), each ``(n, k)`` on the scale of y; None if empty."""
+    def _token_states(self, X: Any) -> tuple[list[torch.Tensor], Any]:
+        """The backbone's token states for X (one tensor per text) and its featurizer."""
         check_is_fitted(self, "net_")
         texts, kind = self._check_texts(X, reset=False)
-        if not texts:
-            return None
         featurizer = self._sync_inference_settings(self.featurizer_)
-        states = featurizer.transform(texts, kind)
-        sync_net_device(self.net_, self.device)
-        if hasattr(self.net_.module_, "featurizer"):  # trained top layers: one backbone identity
-            self.net_.module_.featurizer = featurizer
-        raw = predict_states(self.net_, states).astype(np.float64)
-        bad = np.flatnonzero(~np.isfinite(raw).reshape(len(texts), -1).all(axis=1))
+        return (featurizer.transform(texts, kind) if texts else []), featurizer
+
+    def _head_outputs(self, net: Any, states: list[torch.Tensor],
+                      featurizer: Any) -> tuple[np.ndarray, ...]:
+        """(point,) or (point, low, high) of one head, each ``(n, k)`` on the scale of y."""
+        sync_net_device(net, self.device)
+        if hasattr(net.module_, "featurizer"):  # trained top layers: one backbone identity
+            net.module_.featurizer = featurizer
+        raw = predict_states(net, states).astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(raw).reshape(len(states), -1).all(axis=1))
         if bad.size:
             # A NaN is never a prediction: it means inf/NaN token states or a broken head.
             raise ValueError(
@@ -423,5 +444,5 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
                 "the backbone's states for those texts overflow (try backbone_dtype='float32') "
                 "or the model file is damaged."
             )
-        outputs = split_outputs(raw, np.size(self.y_mean_), self.intervals)
+        outputs = split_outputs(raw, np.size(self.y_mean_), self._interval_method())
         return unscale(outputs, self.y_mean_, self.y_scale_)

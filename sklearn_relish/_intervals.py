@@ -1,4 +1,5 @@
-"""Prediction intervals by split conformal prediction on the early-stopping hold-out.
+"""Prediction intervals by conformal prediction: split conformal on the early-stopping
+hold-out, or CV+ over K folds of the training texts.
 
 Early stopping already holds out ``validation_fraction`` of the training texts; the head
 never trains on them. After ``fit``, the model's errors on that hold-out (its
@@ -17,6 +18,15 @@ Two scores:
   and the score ``max(low - y, y - high)`` corrects them; intervals adapt to each text
   (wider where the head is unsure). Any coverage can be asked for; it is sharpest
   near the 90% it was trained for.
+- ``"cv+"``: CV+ (Barber et al. 2021, "Predictive inference with the jackknife+"). K
+  more heads each train without one fold of the training texts (with early stopping
+  inside the other folds), so every training text gets an honest out-of-fold error, not
+  only the 10% hold-out, and no epoch was chosen on it. The interval for a new text is
+  read off the K heads' predictions shifted by those errors. It costs K more head
+  trainings (the token states are the same, so no LLM pass) and K head passes per
+  prediction. The guarantee is coverage of at least ``2 c - 1`` (at least 80% for 90%),
+  and in practice close to ``c``; its calibration noise is that of n texts instead of
+  the hold-out's n / 10, so its coverage varies much less from split to split.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 QUANTILES = (0.05, 0.95)  # what the "cqr" head's extra outputs are trained to predict
-METHODS = ("split", "cqr")
+METHODS = ("split", "cqr", "cv+")
 
 
 class PointAndQuantileLoss(nn.Module):
@@ -129,6 +139,60 @@ def calibrate(method: str, predict_raw, held_out: list[int], target: np.ndarray,
     return conformity_scores(method, unscale(outputs, y_mean, y_scale), target[held_out])
 
 
+def cv_plus_intervals(fold_points: np.ndarray, scores: np.ndarray, folds: np.ndarray,
+                      coverage: float) -> np.ndarray:
+    """CV+ bounds ``(m, k, 2)`` for ``m`` new texts.
+
+    ``fold_points`` ``(K, m, k)`` are the K fold heads' predictions, ``scores`` ``(n, k)``
+    the out-of-fold absolute errors of the n calibration texts and ``folds`` ``(n,)`` the
+    fold each of them was left out of. The upper bound is the ``ceil((n + 1) c)``-th
+    smallest of ``fold_points[folds[i]] + scores[i]`` over i; the lower bound mirrors it.
+    """
+    n_folds, n_new, n_targets = fold_points.shape
+    rank = math.ceil((len(scores) + 1) * coverage)
+    bounds = np.empty((n_new, n_targets, 2))
+    if rank > len(scores):  # not certifiable with n texts: infinite, as for split
+        bounds[..., 0], bounds[..., 1] = -np.inf, np.inf
+        return bounds
+    for target in range(n_targets):
+        per_fold = [np.sort(scores[folds == f, target]) for f in range(n_folds)]
+        points = fold_points[:, :, target]
+        bounds[:, target, 1] = _rank_in_union(per_fold, points, rank)
+        bounds[:, target, 0] = -_rank_in_union(per_fold, -points, rank)
+    return bounds
+
+
+def _rank_in_union(sorted_scores: list[np.ndarray], shifts: np.ndarray, rank: int) -> np.ndarray:
+    """Per column of ``shifts`` ``(K, m)``: the ``rank``-th smallest of the union over folds
+    f of ``shifts[f] + sorted_scores[f]``.
+
+    Bisection on the value, counting with ``searchsorted``: O(m K log n) per step, so a
+    million training texts never meet a million new ones in one (m, n) matrix.
+    """
+    folds = [f for f, scores in enumerate(sorted_scores) if len(scores)]
+
+    def count_at_most(value: np.ndarray) -> np.ndarray:
+        return sum(np.searchsorted(sorted_scores[f], value - shifts[f], side="right")
+                   for f in folds)
+
+    # Brackets one unit outside every candidate, so rounding in ``value - shift`` cannot
+    # put the largest one out of reach.
+    low = np.min([shifts[f] + sorted_scores[f][0] for f in folds], axis=0) - 1.0
+    high = np.max([shifts[f] + sorted_scores[f][-1] for f in folds], axis=0) + 1.0
+    for _ in range(100):  # far past float64's resolution for any sane range
+        middle = (low + high) / 2
+        enough = count_at_most(middle) >= rank
+        high, low = np.where(enough, middle, high), np.where(enough, low, middle)
+    # The answer is the largest candidate at or below ``high``: snap to it exactly.
+    best = np.full(shifts.shape[1], -np.inf)
+    for f in folds:
+        below = np.searchsorted(sorted_scores[f], high - shifts[f], side="right")
+        found = below > 0
+        candidate = shifts[f] + sorted_scores[f][np.maximum(below - 1, 0)]
+        best = np.where(found, np.maximum(best, candidate), best)
+    return best
+
+
 def unscale(outputs: tuple[np.ndarray, ...], y_mean, y_scale) -> tuple[np.ndarray, ...]:
     """Standardised head outputs back on the scale of y (a constant target: its value)."""
     scale, shift = np.reshape(y_scale, (1, -1)), np.reshape(y_mean, (1, -1))
@@ -136,14 +200,21 @@ def unscale(outputs: tuple[np.ndarray, ...], y_mean, y_scale) -> tuple[np.ndarra
 
 
 class IntervalMixin:
-    """``predict_interval`` for an estimator that keeps ``calibration_scores_``."""
+    """``predict_interval`` for an estimator that keeps ``calibration_scores_`` (and, for
+    CV+, ``interval_nets_`` and ``calibration_folds_``)."""
+
+    def _interval_method(self) -> str:
+        # What the model was fitted with; a model pickled before interval_method_ existed
+        # could only have been fitted with its own ``intervals``.
+        return getattr(self, "interval_method_", self.intervals)
 
     def predict_interval(self, X: Any, coverage: float = 0.9) -> np.ndarray:
         """Prediction intervals that cover the true value with probability ``coverage``.
 
-        Split conformal prediction calibrated in ``fit`` on the early-stopping hold-out
-        (``intervals`` picks the score: ``"split"`` or ``"cqr"``). The guarantee assumes
-        that new texts are exchangeable with the training texts.
+        Conformal prediction calibrated in ``fit``: on the early-stopping hold-out
+        (``intervals="split"`` or ``"cqr"``) or by CV+ over folds of the training texts
+        (``"cv+"``). The guarantee assumes that new texts are exchangeable with the
+        training texts.
 
         Parameters
         ----------
@@ -152,6 +223,7 @@ class IntervalMixin:
         coverage : float, default=0.9
             Probability, strictly between 0 and 1. With ``n`` calibration texts, a
             coverage above ``n / (n + 1)`` cannot be certified: its bounds are infinite.
+            Any coverage can be asked of a model, whichever it was fitted for.
 
         Returns
         -------
@@ -166,8 +238,16 @@ class IntervalMixin:
                 "with early_stopping=True (the default) and a validation_fraction that "
                 "holds out at least 2 texts; see the README's 'Prediction intervals'."
             )
-        outputs = self._outputs(X)
-        if outputs is None:
+        states, featurizer = self._token_states(X)
+        if not states:
             return np.zeros((0, *np.shape(self.y_mean_), 2))
-        bounds = intervals(self.intervals, outputs, self.calibration_scores_, coverage)
+        method = self._interval_method()
+        if method == "cv+":
+            points = np.stack([self._head_outputs(net, states, featurizer)[0]
+                               for net in self.interval_nets_])
+            bounds = cv_plus_intervals(points, self.calibration_scores_,
+                                       self.calibration_folds_, coverage)
+        else:
+            outputs = self._head_outputs(self.net_, states, featurizer)
+            bounds = intervals(method, outputs, self.calibration_scores_, coverage)
         return bounds[:, 0, :] if np.ndim(self.y_mean_) == 0 else bounds

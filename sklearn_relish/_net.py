@@ -255,6 +255,28 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
     )
 
 
+def train_head(params: Any, input_dim: int, states: list[torch.Tensor], scaled: np.ndarray,
+               weights: np.ndarray, seed: int, device: torch.device, n_outputs: int,
+               featurizer: Any = None) -> RelishNet:
+    """Build a net for ``params`` and train it on ``states`` with standardised targets.
+
+    A constant target (all ``scaled`` zero) is learned as zero without training. The
+    user's global torch seed is neither used nor disturbed: training draws from a
+    private stream seeded with ``seed``.
+    """
+    net = build_net(params, input_dim, len(states), seed, device, n_outputs, featurizer)
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        if np.any(scaled != 0):
+            net.fit(TokenStateDataset(states_for_training(states, device), scaled, weights),
+                    y=None)
+        else:
+            net.initialize()  # constant targets are predicted exactly: nothing to learn
+    check_trained_head(net, params.lr)
+    return net
+
+
 def states_for_training(states: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """The states where the head trains: on the accelerator when they take at most half
     of its free memory (each batch is then padded there, with no host-to-device copy per

@@ -11,9 +11,11 @@ import torch
 from conftest import TARGETS, TEXTS, small_regressor
 
 from sklearn_relish import _intervals
+from sklearn_relish._cv_plus import fold_ids
 from sklearn_relish._intervals import (
     PointAndQuantileLoss,
     conformity_scores,
+    cv_plus_intervals,
     intervals,
     score_quantile,
 )
@@ -46,6 +48,60 @@ def test_split_conformal_covers_at_the_nominal_rate(method):
         bounds = intervals(method, test, scores, coverage)[:, 0, :]
         covered.append(np.mean((bounds[:, 0] <= y[n_cal:]) & (y[n_cal:] <= bounds[:, 1])))
     assert coverage - 0.01 <= np.mean(covered) <= coverage + 1 / (n_cal + 1) + 0.01
+
+
+def brute_force_cv_plus(points, scores, folds, coverage):
+    """CV+ as Barber et al. (2021) write it, one new text and one target at a time."""
+    n = len(scores)
+    rank = int(np.ceil((n + 1) * coverage))
+    bounds = np.empty((points.shape[1], points.shape[2], 2))
+    for i in range(points.shape[1]):
+        for j in range(points.shape[2]):
+            up = np.sort(points[folds, i, j] + scores[:, j])
+            down = np.sort(points[folds, i, j] - scores[:, j])
+            bounds[i, j] = (down[n - rank], up[rank - 1]) if rank <= n else (-np.inf, np.inf)
+    return bounds
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_cv_plus_equals_its_definition(seed):
+    # Ties (rounded scores), an empty fold, several targets and scales of 1e-3 to 1e4:
+    # the bisection must land on the exact order statistic every time.
+    rng = np.random.default_rng(seed)
+    n_folds, n, scale = rng.integers(2, 7), rng.integers(10, 80), 10.0 ** rng.integers(-3, 5)
+    folds = rng.integers(0, n_folds, size=n)
+    folds[folds == 1] = 0  # fold 1 left nothing out
+    scores = np.abs(rng.normal(size=(n, 2))).round(rng.integers(0, 3)) * scale
+    points = rng.normal(size=(n_folds, 7, 2)) * scale
+    for coverage in (0.3, 0.8, 0.9, n / (n + 1) + 1e-9):
+        np.testing.assert_allclose(cv_plus_intervals(points, scores, folds, coverage),
+                                   brute_force_cv_plus(points, scores, folds, coverage),
+                                   rtol=1e-12, atol=1e-12 * scale)
+
+
+def test_cv_plus_covers_at_the_nominal_rate():
+    # K deliberately different, poor models, each scored on the fold it did not see.
+    rng = np.random.default_rng(1)
+    n, n_test, n_folds, rounds, coverage = 100, 200, 5, 200, 0.8
+    covered = []
+    for _ in range(rounds):
+        x = rng.normal(size=n + n_test)
+        y = 2 * x + rng.standard_t(3, size=x.size) * (1 + np.abs(x))
+        slopes = rng.uniform(1.0, 2.5, size=n_folds)
+        folds = fold_ids(n, n_folds, int(rng.integers(1000)))
+        scores = np.abs(y[:n] - slopes[folds] * x[:n]).reshape(-1, 1)
+        points = (slopes[:, None] * x[None, n:])[:, :, None]
+        bounds = cv_plus_intervals(points, scores, folds, coverage)[:, 0, :]
+        covered.append(np.mean((bounds[:, 0] <= y[n:]) & (y[n:] <= bounds[:, 1])))
+    # Guaranteed >= 2c - 1; in practice within a point or two of c.
+    assert coverage - 0.02 <= np.mean(covered) <= coverage + 0.03
+
+
+def test_folds_partition_the_texts_evenly():
+    ids = fold_ids(23, 5, seed=0)
+    assert sorted(np.bincount(ids)) == [4, 4, 5, 5, 5]
+    assert not np.array_equal(ids, np.sort(ids))  # shuffled, not contiguous blocks
+    np.testing.assert_array_equal(ids, fold_ids(23, 5, seed=0))
 
 
 def test_cqr_intervals_adapt_and_stay_ordered():
@@ -158,3 +214,77 @@ def test_constant_target_has_zero_width_intervals(tiny_llama):
     # 8 hold-out texts certify at most 8/9 coverage
     np.testing.assert_array_equal(model.predict_interval(["anything"], coverage=0.8),
                                   [[1.5, 1.5]])
+
+
+# -- CV+ on the estimator -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cv_plus(tiny_llama):
+    return small_regressor(tiny_llama, intervals="cv+", interval_folds=4, early_stopping=True,
+                           validation_fraction=0.25, max_epochs=3).fit(TEXTS * 2, TARGETS * 2)
+
+
+def test_cv_plus_scores_every_training_text_out_of_fold(cv_plus):
+    assert len(cv_plus.interval_nets_) == 4
+    assert cv_plus.calibration_scores_.shape == (32, 1)  # all texts, not a hold-out
+    assert sorted(np.bincount(cv_plus.calibration_folds_)) == [8, 8, 8, 8]
+    # Each score is the error of the head that did not see the text. The folds are drawn
+    # from the fit's seed, which random_state=0 gives as below.
+    seed = np.random.RandomState(0).randint(np.iinfo(np.int32).max)
+    text_folds = fold_ids(32, 4, seed)
+    y, texts = np.asarray(TARGETS * 2), TEXTS * 2
+    states, featurizer = cv_plus._token_states(texts)
+    for fold, net in enumerate(cv_plus.interval_nets_):
+        point = cv_plus._head_outputs(net, states, featurizer)[0][:, 0]
+        left_out = text_folds == fold
+        np.testing.assert_allclose(
+            cv_plus.calibration_scores_[cv_plus.calibration_folds_ == fold, 0],
+            np.abs(y[left_out] - point[left_out]), rtol=1e-6)
+
+
+def test_cv_plus_intervals_come_from_the_fold_heads(cv_plus):
+    texts = TEXTS[:4]
+    states, featurizer = cv_plus._token_states(texts)
+    points = np.stack([cv_plus._head_outputs(net, states, featurizer)[0]
+                       for net in cv_plus.interval_nets_])
+    expected = brute_force_cv_plus(points, cv_plus.calibration_scores_,
+                                   cv_plus.calibration_folds_, 0.8)[:, 0, :]
+    np.testing.assert_allclose(cv_plus.predict_interval(texts, coverage=0.8), expected)
+    assert cv_plus.predict(texts).shape == (4,)  # the point is still the main head's
+
+
+def test_cv_plus_survives_pickling_with_its_fold_heads(cv_plus):
+    buffer = io.BytesIO()
+    joblib.dump(cv_plus, buffer)
+    buffer.seek(0)
+    restored = joblib.load(buffer)
+    np.testing.assert_array_equal(restored.predict_interval(TEXTS[:3]),
+                                  cv_plus.predict_interval(TEXTS[:3]))
+
+
+def test_cv_plus_needs_no_early_stopping_hold_out(tiny_llama):
+    model = small_regressor(tiny_llama, intervals="cv+", interval_folds=2,
+                            early_stopping=False).fit(TEXTS, TARGETS)
+    assert model.calibration_scores_.shape == (16, 1)
+    assert np.all(np.isfinite(model.predict_interval(TEXTS[:2], coverage=0.8)))
+
+
+def test_cv_plus_with_too_few_texts_for_its_folds_is_refused(tiny_llama):
+    model = small_regressor(tiny_llama, intervals="cv+", interval_folds=5)
+    with pytest.raises(ValueError, match="interval_folds=5 needs at least 10 texts"):
+        model.fit(TEXTS[:9], TARGETS[:9])
+    assert not hasattr(model, "net_")  # nothing half-fitted is left behind
+
+
+def test_intervals_follow_the_fitted_method_not_a_later_set_params(calibrated):
+    # intervals takes effect at the next fit; until then the fitted calibration answers.
+    before = calibrated.predict_interval(TEXTS[:3])
+    changed = clone_fitted(calibrated).set_params(intervals="cqr")
+    np.testing.assert_array_equal(changed.predict_interval(TEXTS[:3]), before)
+    np.testing.assert_array_equal(changed.predict(TEXTS[:3]), calibrated.predict(TEXTS[:3]))
+
+
+def clone_fitted(model):
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    buffer.seek(0)
+    return joblib.load(buffer)

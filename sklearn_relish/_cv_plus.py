@@ -1,0 +1,81 @@
+"""The K fold heads behind ``intervals="cv+"`` and their out-of-fold errors.
+
+The maths of the intervals is in ``_intervals.py``; this trains the heads. Every fold
+head trains on the token states the estimator already has, so CV+ costs K more head
+trainings and no LLM pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.model_selection import KFold
+
+from ._intervals import split_outputs, unscale
+from ._net import RelishNet, drop_training_state, predict_states, train_head
+
+
+def fold_ids(n_texts: int, n_folds: int, seed: int) -> np.ndarray:
+    """The fold (0..K-1) each text is left out of: shuffled K-fold, sizes within one."""
+    ids = np.empty(n_texts, dtype=np.int64)
+    splitter = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for fold, (_, left_out) in enumerate(splitter.split(np.arange(n_texts))):
+        ids[left_out] = fold
+    return ids
+
+
+def check_folds(n_texts: int, n_folds: int) -> None:
+    # Each fold head needs at least 2 texts to train on and each fold 1 text to score.
+    if n_texts < 2 * n_folds:
+        raise ValueError(
+            f"intervals='cv+' with interval_folds={n_folds} needs at least {2 * n_folds} "
+            f"texts (2 per fold); got {n_texts}. Lower interval_folds or use "
+            "intervals='split'."
+        )
+
+
+def fit_fold_heads(params: Any, input_dim: int, states: list[torch.Tensor],
+                   scaled: np.ndarray, weights: np.ndarray, target: np.ndarray,
+                   y_mean: Any, y_scale: Any, seed: int, device: torch.device,
+                   n_outputs: int, featurizer: Any = None,
+                   ) -> tuple[list[RelishNet], np.ndarray, np.ndarray]:
+    """Train ``params.interval_folds`` heads, each without one fold.
+
+    Returns the heads, the out-of-fold absolute errors ``(n_calibration, k)`` on the
+    scale of ``y`` and the fold of each of those texts. Texts of weight 0 train (with no
+    influence) but do not calibrate, as in split conformal.
+    """
+    folds = fold_ids(len(states), params.interval_folds, seed)
+    nets, scores, score_folds = [], [], []
+    for fold in range(params.interval_folds):
+        train = np.flatnonzero(folds != fold)
+        left_out = np.flatnonzero((folds == fold) & (weights > 0))
+        if not np.any(weights[train] > 0):
+            raise ValueError(
+                f"Fold {fold} of intervals='cv+' has only texts of sample_weight 0 to train "
+                "on; give more texts a positive weight or use intervals='split'."
+            )
+        # A seed per fold: the heads differ as independent fits would.
+        fold_seed = (seed + 1 + fold) % np.iinfo(np.int32).max
+        net = train_head(params, input_dim, [states[i] for i in train], scaled[train],
+                         weights[train], fold_seed, device, n_outputs, featurizer)
+        drop_training_state(net)
+        nets.append(net)
+        if left_out.size:
+            point = fold_points([net], [states[i] for i in left_out], y_mean, y_scale)[0]
+            scores.append(np.abs(target[left_out].reshape(len(left_out), -1) - point))
+            score_folds.append(np.full(left_out.size, fold))
+    return nets, np.concatenate(scores), np.concatenate(score_folds)
+
+
+def fold_points(nets: list[RelishNet], states: list[torch.Tensor], y_mean: Any,
+                y_scale: Any) -> np.ndarray:
+    """Each fold head's predictions ``(K, m, k)`` on the scale of ``y``."""
+    n_targets = int(np.size(y_mean))
+    return np.stack([
+        unscale(split_outputs(predict_states(net, states), n_targets, "cv+"), y_mean,
+                y_scale)[0]
+        for net in nets
+    ])
