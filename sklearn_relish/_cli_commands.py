@@ -83,9 +83,11 @@ def fit(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:
         raise row_error(error, args.data, _kind(args.data)) from None
     save_model(model, output, overwrite=args.force)
-    held_out = 0 if model.calibration_scores_ is None else len(model.calibration_scores_)
+    scored = 0 if model.calibration_scores_ is None else len(model.calibration_scores_)
+    calibration = (f"{scored} scored out of fold over {model.interval_folds} folds"
+                   if model.interval_method_ == "cv+" else f"{scored} held out")
     print(f"fitted on {len(table)} rows of {args.data} ({model.n_iter_} epochs, best "
-          f"{model.best_iteration_}; {held_out} held out for intervals); saved to {output}")
+          f"{model.best_iteration_}; {calibration} for intervals); saved to {output}")
     return 0
 
 

@@ -42,6 +42,21 @@ def fitted(data, tiny_llama):
     return data / "model.joblib"
 
 
+def test_cv_plus_intervals_from_the_command_line(data, tiny_llama, tmp_path):
+    # "cv+" is not a Python literal: it must reach the estimator as the word it is.
+    done = relish("fit", data / "train.csv", "--text", "review", "--target", "score",
+                  "-o", tmp_path / "cv.joblib", "--param", f"backbone={tiny_llama}", *SMALL,
+                  "--param", "intervals=cv+", "--param", "interval_folds=3")
+    assert done.returncode == 0, done.stderr
+    assert "64 scored out of fold over 3 folds for intervals" in done.stdout
+    out = tmp_path / "predictions.csv"
+    done = relish("predict", tmp_path / "cv.joblib", data / "new.jsonl", "-o", out,
+                  "--coverage", "0.8")
+    assert done.returncode == 0, done.stderr
+    result = pd.read_csv(out)
+    assert np.all(result["lower"] < result["upper"])
+
+
 @pytest.mark.parametrize("new", ["new.parquet", "new.jsonl"])
 def test_predict_with_intervals_in_every_format(data, fitted, new, tmp_path):
     out = tmp_path / "predictions.csv"
