@@ -6,6 +6,8 @@ split:
 - ``relish_split``: ``RelishTextRegressor`` with default settings, ``predict_interval``
   (split conformal on its early-stopping hold-out, 10% of the training split);
 - ``relish_cqr``: the same with ``intervals="cqr"`` (conformalized quantile regression);
+- ``relish_cvplus``: the same with ``intervals="cv+"`` (CV+ over 5 fold heads: every
+  training text calibrates, out of fold);
 - ``tfidf_split``: TF-IDF + RidgeCV, split conformal on a 10% hold-out of the training split;
 - ``mapie_meanpool``: MAPIE's ``SplitConformalRegressor`` around RidgeCV on mean-pooled
   states of the same backbone and layer as RELISH (``LLMTextEncoder``), conformalized on a

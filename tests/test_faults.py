@@ -89,6 +89,19 @@ def test_interrupted_refit_keeps_the_previous_model(tiny_llama, monkeypatch):
     np.testing.assert_array_equal(model.predict(TEXTS[:4]), before)
 
 
+def test_refit_interrupted_in_a_cv_plus_fold_keeps_the_previous_model(tiny_llama, monkeypatch):
+    # The main head has finished when the fold heads train: a Ctrl-C there must still
+    # leave the old model, with its old calibration, not a new head with no intervals.
+    model = small_regressor(tiny_llama, intervals="cv+", interval_folds=2).fit(TEXTS, TARGETS)
+    before = model.predict_interval(TEXTS[:4], coverage=0.8)
+    # 16 texts in batches of 8 for 3 epochs: 6 steps for the main head, then the folds.
+    calls = interrupt_on_call(monkeypatch, _net.RelishNet, "train_step", on_call=8)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(TEXTS, [-t for t in TARGETS])
+    assert len(calls) == 8
+    np.testing.assert_array_equal(model.predict_interval(TEXTS[:4], coverage=0.8), before)
+
+
 # -- divergence and non-finite outputs are errors, not NaN predictions ----------------------
 def test_diverging_training_is_an_error(tiny_llama):
     model = small_regressor(tiny_llama, lr=1e10, max_epochs=5)

@@ -192,10 +192,11 @@ def test_cqr_head_has_three_outputs_and_the_same_point_contract(tiny_llama):
     assert bounds.shape == (4, 2) and np.all(bounds[:, 0] <= bounds[:, 1])
 
 
-def test_several_targets_get_bounds_per_target(tiny_llama):
+@pytest.mark.parametrize("method", ["split", "cv+"])
+def test_several_targets_get_bounds_per_target(tiny_llama, method):
     y = np.column_stack([TARGETS * 4, np.asarray(TARGETS * 4) * 10])
     model = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.25,
-                            max_epochs=3).fit(TEXTS * 4, y)
+                            max_epochs=3, intervals=method).fit(TEXTS * 4, y)
     bounds = model.predict_interval(TEXTS[:3])
     assert bounds.shape == (3, 2, 2)
     widths = bounds[..., 1] - bounds[..., 0]
