@@ -60,7 +60,8 @@ def fit_fold_heads(params: Any, input_dim: int, states: list[torch.Tensor],
         # A seed per fold: the heads differ as independent fits would.
         fold_seed = (seed + 1 + fold) % np.iinfo(np.int32).max
         net = train_head(params, input_dim, [states[i] for i in train], scaled[train],
-                         weights[train], fold_seed, device, n_outputs, featurizer)
+                         weights[train], fold_seed, device, n_outputs, featurizer,
+                         constant=not np.any(np.asarray(y_scale) > 0))
         drop_training_state(net)
         nets.append(net)
         if left_out.size:

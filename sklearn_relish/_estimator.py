@@ -350,7 +350,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         n_outputs = 1 if target.ndim == 1 else target.shape[1]
 
         net = train_head(self, featurizer.hidden_size, states, scaled, weights, seed, device,
-                         n_outputs, featurizer)
+                         n_outputs, featurizer, constant=not np.any(spread > 0))
         diagnostics = training_diagnostics(net)
         drop_training_state(net)
         fold_nets = folds = None

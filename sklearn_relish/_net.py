@@ -257,18 +257,19 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
 
 def train_head(params: Any, input_dim: int, states: list[torch.Tensor], scaled: np.ndarray,
                weights: np.ndarray, seed: int, device: torch.device, n_outputs: int,
-               featurizer: Any = None) -> RelishNet:
+               featurizer: Any = None, constant: bool = False) -> RelishNet:
     """Build a net for ``params`` and train it on ``states`` with standardised targets.
 
-    A constant target (all ``scaled`` zero) is learned as zero without training. The
-    user's global torch seed is neither used nor disturbed: training draws from a
-    private stream seeded with ``seed``.
+    A ``constant`` target (scale 0 over the whole training set) is not trained: the
+    estimator predicts its value exactly whatever the head outputs. The user's global
+    torch seed is neither used nor disturbed: training draws from a private stream
+    seeded with ``seed``.
     """
     net = build_net(params, input_dim, len(states), seed, device, n_outputs, featurizer)
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        if np.any(scaled != 0):
+        if not constant:
             net.fit(TokenStateDataset(states_for_training(states, device), scaled, weights),
                     y=None)
         else:
