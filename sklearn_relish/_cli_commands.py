@@ -85,7 +85,7 @@ def fit(args: argparse.Namespace) -> int:
     save_model(model, output, overwrite=args.force)
     scored = 0 if model.calibration_scores_ is None else len(model.calibration_scores_)
     calibration = (f"{scored} scored out of fold over {model.interval_folds} folds"
-                   if model.interval_method_ == "cv+" else f"{scored} held out")
+                   if model.interval_method_ in ("cv", "cv+") else f"{scored} held out")
     print(f"fitted on {len(table)} rows of {args.data} ({model.n_iter_} epochs, best "
           f"{model.best_iteration_}; {calibration} for intervals); saved to {output}")
     return 0

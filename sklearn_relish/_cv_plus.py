@@ -1,4 +1,4 @@
-"""The K fold heads behind ``intervals="cv+"`` and their out-of-fold errors.
+"""The K fold heads behind ``intervals="cv"`` and ``"cv+"``, and their out-of-fold errors.
 
 The maths of the intervals is in ``_intervals.py``; this trains the heads. Every fold
 head trains on the token states the estimator already has, so CV+ costs K more head
@@ -26,11 +26,11 @@ def fold_ids(n_texts: int, n_folds: int, seed: int) -> np.ndarray:
     return ids
 
 
-def check_folds(n_texts: int, n_folds: int) -> None:
+def check_folds(n_texts: int, method: str, n_folds: int) -> None:
     # Each fold head needs at least 2 texts to train on and each fold 1 text to score.
     if n_texts < 2 * n_folds:
         raise ValueError(
-            f"intervals='cv+' with interval_folds={n_folds} needs at least {2 * n_folds} "
+            f"intervals={method!r} with interval_folds={n_folds} needs at least {2 * n_folds} "
             f"texts (2 per fold); got {n_texts}. Lower interval_folds or use "
             "intervals='split'."
         )
@@ -54,8 +54,9 @@ def fit_fold_heads(params: Any, input_dim: int, states: list[torch.Tensor],
         left_out = np.flatnonzero((folds == fold) & (weights > 0))
         if not np.any(weights[train] > 0):
             raise ValueError(
-                f"Fold {fold} of intervals='cv+' has only texts of sample_weight 0 to train "
-                "on; give more texts a positive weight or use intervals='split'."
+                f"Fold {fold} of intervals={params.intervals!r} has only texts of "
+                "sample_weight 0 to train on; give more texts a positive weight or use "
+                "intervals='split'."
             )
         # A seed per fold: the heads differ as independent fits would.
         fold_seed = (seed + 1 + fold) % np.iinfo(np.int32).max

@@ -115,16 +115,18 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         BERT-like encoders are checked to be supported on the first fit.
     top_layers_lr : float, default=5e-5
         AdamW learning rate of the trained blocks (the head keeps ``lr``).
-    intervals : {"split", "cqr", "cv+"}, default="split"
+    intervals : {"split", "cqr", "cv", "cv+"}, default="split"
         How :meth:`predict_interval` is calibrated. ``"split"``: absolute errors on the
         early-stopping hold-out. ``"cqr"``: conformalized quantile regression on that
         hold-out (two more head outputs per target, trained with the pinball loss at 5%
-        and 95%). ``"cv+"``: CV+ over ``interval_folds`` folds of all the training texts,
-        whose coverage varies much less from one data set to the next, at the price of
-        ``interval_folds`` more head trainings (no LLM pass) and as many head passes
-        per prediction. The point prediction is the main head's in all three.
+        and 95%). ``"cv"`` and ``"cv+"``: out-of-fold errors of all the training texts,
+        from ``interval_folds`` more heads each trained without one fold (no LLM pass),
+        so coverage varies much less from one data set to the next; ``"cv"`` widens the
+        main head's prediction by them, ``"cv+"`` (CV+) keeps the fold heads and reads
+        the interval off their predictions (a guarantee, but wider). The point
+        prediction is the main head's in all four.
     interval_folds : int, default=5
-        Folds of ``intervals="cv+"`` (at least 2); unused otherwise.
+        Folds of ``intervals="cv"`` and ``"cv+"`` (at least 2); unused otherwise.
     featurize_batch_size : int or "auto", default="auto"
         Texts per forward pass of the backbone. ``"auto"`` fills each pass up to a budget
         of padded tokens (1,024 on the CPU, 16,384 on CUDA), so short texts go in large
@@ -173,9 +175,9 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
     target_names_ : ndarray of str
         Name(s) of the target(s) when ``y`` was a Series or DataFrame (absent otherwise).
     calibration_scores_ : ndarray of shape (n_calibration, n_targets) or None
-        Conformity scores: sorted, on the hold-out; with ``"cv+"``, the out-of-fold
-        errors of all training texts (weight > 0). None for ``"split"`` and ``"cqr"``
-        without early stopping.
+        Conformity scores: sorted, on the hold-out; with ``"cv"`` (sorted) and ``"cv+"``
+        (by fold), the out-of-fold errors of all training texts (weight > 0). None for
+        ``"split"`` and ``"cqr"`` without early stopping.
     interval_method_ : str
         The ``intervals`` the model was fitted with (what :meth:`predict_interval` uses).
     interval_nets_ : list of skorch.NeuralNetRegressor or None
@@ -325,8 +327,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         if len(texts) < 2:
             raise ValueError(f"At least 2 texts are needed to fit; got {len(texts)}.")
         check_prompt(self.prompt, kind)
-        if self.intervals == "cv+":
-            check_folds(len(texts), self.interval_folds)
+        if self.intervals in ("cv", "cv+"):
+            check_folds(len(texts), self.intervals, self.interval_folds)
         if self.latent_dim % self.n_heads:
             raise ValueError(
                 f"latent_dim={self.latent_dim} must be divisible by n_heads={self.n_heads}."
@@ -354,10 +356,12 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         diagnostics = training_diagnostics(net)
         drop_training_state(net)
         fold_nets = folds = None
-        if self.intervals == "cv+":
+        if self.intervals in ("cv", "cv+"):
             fold_nets, scores, folds = fit_fold_heads(
                 self, featurizer.hidden_size, states, scaled, weights, target, y_mean, spread,
                 seed, device, n_outputs, featurizer)
+            if self.intervals == "cv":  # the main head's margin: the fold heads can go
+                scores, fold_nets, folds = np.sort(scores, axis=0), None, None
         else:
             # Errors on the early-stopping hold-out (never trained on) calibrate the
             # intervals; a constant target is predicted exactly, so its scores are zeros.

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TARGETS, TEXTS, small_regressor
+from sklearn.base import clone
 
 from sklearn_relish import _intervals
 from sklearn_relish._cv_plus import fold_ids
@@ -208,7 +209,7 @@ def test_interval_input_is_validated_like_predict(calibrated):
     assert calibrated.predict_interval([]).shape == (0, 2)
 
 
-@pytest.mark.parametrize("method", ["split", "cv+"])
+@pytest.mark.parametrize("method", ["split", "cv", "cv+"])
 def test_constant_target_has_zero_width_intervals(tiny_llama, method):
     model = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.25,
                             intervals=method)
@@ -252,6 +253,20 @@ def test_cv_plus_intervals_come_from_the_fold_heads(cv_plus):
                                    cv_plus.calibration_folds_, 0.8)[:, 0, :]
     np.testing.assert_allclose(cv_plus.predict_interval(texts, coverage=0.8), expected)
     assert cv_plus.predict(texts).shape == (4,)  # the point is still the main head's
+
+
+def test_cv_widens_the_main_head_by_the_cv_plus_out_of_fold_errors(tiny_llama, cv_plus):
+    # Same seed, same folds: the same main head and out-of-fold errors as "cv+", then
+    # one margin around the main prediction, and no fold heads kept.
+    cv = clone(cv_plus).set_params(intervals="cv").fit(TEXTS * 2, TARGETS * 2)
+    assert cv.interval_nets_ is None and cv.calibration_folds_ is None
+    np.testing.assert_array_equal(cv.calibration_scores_,
+                                  np.sort(cv_plus.calibration_scores_, axis=0))
+    point = cv.predict(TEXTS[:5])
+    np.testing.assert_array_equal(point, cv_plus.predict(TEXTS[:5]))
+    margin = score_quantile(cv.calibration_scores_, 0.8)[0]
+    np.testing.assert_allclose(cv.predict_interval(TEXTS[:5], coverage=0.8),
+                               np.column_stack([point - margin, point + margin]))
 
 
 def test_cv_plus_needs_no_early_stopping_hold_out(tiny_llama):
