@@ -136,6 +136,12 @@ def summarise(rows: list[dict], command: str, produced_by: str) -> str:
         f"coverage and mean width (rating scale -4..+4), mean ± std over seeds, with the "
         f"range of coverage over seeds. Machine: {cpu_model()}; other processes shared it.",
         f"Rows from: `{produced_by}`. Summary: `{command}`.", "",
+        "`relish_cv` and `relish_cvplus` come from one fit of `intervals=\"cv+\"` (the main "
+        "head, fold heads and out-of-fold errors that `intervals=\"cv\"` computes from the "
+        "same seed; `tests/test_intervals.py` checks it), so they share a time. Times are "
+        "not comparable between methods: some `relish_split` rows include the LLM pass "
+        "(their corpus's token states were not cached yet), and rows ran on 1 or 2 threads "
+        "beside another process.", "",
         "| corpus | method | seeds | coverage % (min-max) | in 88-92% | mean width | "
         "fit+predict s |",
         "|---|---|---:|---|---:|---:|---:|",
