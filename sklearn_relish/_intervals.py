@@ -1,5 +1,5 @@
 """Prediction intervals by conformal prediction: split conformal on the early-stopping
-hold-out, or CV+ over K folds of the training texts.
+hold-out, or out-of-fold errors over K folds of the training texts (CV, CV+).
 
 Early stopping already holds out ``validation_fraction`` of the training texts; the head
 never trains on them. After ``fit``, the model's errors on that hold-out (its
@@ -7,10 +7,10 @@ never trains on them. After ``fit``, the model's errors on that hold-out (its
 widens the prediction by the ``ceil((n + 1) c)``-th smallest score: if the hold-out and
 the new texts are exchangeable, the interval covers the true value with probability at
 least ``c`` (Vovk et al. 2005; Lei et al. 2018), whatever the model. The hold-out also
-chose the best epoch, which makes its errors slightly optimistic: the benchmark measures
-what that costs (``benchmarks/intervals.py``).
+chose the best epoch, which makes its errors slightly optimistic: on VADER, 3 of 12
+test splits got under 88% coverage at 90% (``benchmarks/intervals.py``).
 
-Two scores:
+Four calibrations:
 
 - ``"split"``: ``|y - prediction|``; intervals of one width everywhere.
 - ``"cqr"``: conformalized quantile regression (Romano et al. 2019). The head gets two
@@ -24,17 +24,17 @@ Two scores:
   only the 10% hold-out, and no epoch was chosen on it. The interval for a new text is
   read off the K heads' predictions shifted by those errors. It costs K more head
   trainings (the token states are the same, so no LLM pass) and K head passes per
-  prediction. The guarantee is coverage of at least ``2 c - 1`` (at least 80% for 90%),
-  and in practice close to ``c``; its calibration noise is that of n texts instead of
-  the hold-out's n / 10, so its coverage varies much less from split to split. Where
-  the heads disagree on a text its interval widens, which makes CV+ conservative for
-  heads as seed-sensitive as RELISH's (``benchmarks/intervals.py``).
+  prediction. The guarantee is coverage of at least ``2 c - 1`` (at least 80% for 90%);
+  its calibration noise is that of n texts instead of the hold-out's n / 10. Where the
+  heads disagree on a text its interval widens, which makes CV+ conservative for heads
+  as seed-sensitive as RELISH's: 92-94% at 90% on VADER.
 - ``"cv"``: the same K fold heads and out-of-fold errors, but the interval is the main
   head's prediction widened by their ``ceil((n + 1) c)``-th smallest (Barber et al.'s
   "CV" method), as in ``"split"``. No formal guarantee, though the main head trains on
   more texts than any fold head, so its errors are if anything smaller than those that
   calibrate it; the fold heads are dropped after ``fit``, so predictions cost nothing
-  more and the pickle does not grow.
+  more and the pickle does not grow. On VADER it covered 88.8-91.9% at 90% on all 12
+  test splits.
 """
 
 from __future__ import annotations
