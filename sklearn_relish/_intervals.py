@@ -246,7 +246,8 @@ class IntervalMixin:
             raise ValueError(
                 "This model kept no calibration hold-out, so it has no intervals: fit it "
                 "with early_stopping=True (the default) and a validation_fraction that "
-                "holds out at least 2 texts; see the README's 'Prediction intervals'."
+                "holds out at least 2 texts, or with intervals='cv' (no hold-out needed); "
+                "see the README's 'Prediction intervals'."
             )
         states, featurizer = self._token_states(X)
         if not states:
