@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import KFold
 
-from ._intervals import split_outputs, unscale
+from ._intervals import calibrate
 from ._net import RelishNet, drop_training_state, predict_states, train_head
 
 
@@ -44,14 +44,14 @@ def fit_fold_heads(params: Any, input_dim: int, states: list[torch.Tensor],
     """Train ``params.interval_folds`` heads, each without one fold.
 
     Returns the heads, the out-of-fold absolute errors ``(n_calibration, k)`` on the
-    scale of ``y`` and the fold of each of those texts. Texts of weight 0 train (with no
-    influence) but do not calibrate, as in split conformal.
+    scale of ``y`` (sorted within each fold) and the fold of each of them. Texts of
+    weight 0 train (with no influence) but do not calibrate, as in split conformal.
     """
     folds = fold_ids(len(states), params.interval_folds, seed)
     nets, scores, score_folds = [], [], []
     for fold in range(params.interval_folds):
         train = np.flatnonzero(folds != fold)
-        left_out = np.flatnonzero((folds == fold) & (weights > 0))
+        left_out = [int(i) for i in np.flatnonzero((folds == fold) & (weights > 0))]
         if not np.any(weights[train] > 0):
             raise ValueError(
                 f"Fold {fold} of intervals={params.intervals!r} has only texts of "
@@ -65,19 +65,10 @@ def fit_fold_heads(params: Any, input_dim: int, states: list[torch.Tensor],
                          constant=not np.any(np.asarray(y_scale) > 0))
         drop_training_state(net)
         nets.append(net)
-        if left_out.size:
-            point = fold_points([net], [states[i] for i in left_out], y_mean, y_scale)[0]
-            scores.append(np.abs(target[left_out].reshape(len(left_out), -1) - point))
-            score_folds.append(np.full(left_out.size, fold))
+        # The same absolute errors "split" takes on its hold-out, on the left-out fold.
+        fold_scores = calibrate("cv", lambda rows, net=net: predict_states(
+            net, [states[i] for i in rows]), left_out, target, y_mean, y_scale)
+        if fold_scores is not None:
+            scores.append(fold_scores)
+            score_folds.append(np.full(len(fold_scores), fold))
     return nets, np.concatenate(scores), np.concatenate(score_folds)
-
-
-def fold_points(nets: list[RelishNet], states: list[torch.Tensor], y_mean: Any,
-                y_scale: Any) -> np.ndarray:
-    """Each fold head's predictions ``(K, m, k)`` on the scale of ``y``."""
-    n_targets = int(np.size(y_mean))
-    return np.stack([
-        unscale(split_outputs(predict_states(net, states), n_targets, "cv+"), y_mean,
-                y_scale)[0]
-        for net in nets
-    ])
