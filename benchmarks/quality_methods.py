@@ -89,10 +89,7 @@ def relish_top_config(settings: Settings) -> dict[str, Any]:
 def cached_layer(model) -> int | float:
     """The layer whose states ``model``'s fit reads: below its trained blocks, if any
     (the estimator's own rule, so the benchmark warms exactly what the fit will read)."""
-    featurizer = model._make_featurizer()
-    if model.train_top_layers:
-        featurizer = model._featurizer_below_top_layers(featurizer)
-    return featurizer.layer
+    return model._featurizer_to_train_on().layer
 
 
 def n_hidden_states(backbone: str) -> int:

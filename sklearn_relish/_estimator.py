@@ -12,13 +12,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE, resolve_device
-from ._cv_plus import check_folds, fit_fold_heads
+from ._calibration import calibration_scores, check_folds
 from ._inputs import check_layer, check_prompt
-from ._intervals import METHODS, IntervalMixin, calibrate, split_outputs, unscale
+from ._intervals import METHODS, IntervalMixin, split_outputs, unscale
 from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin
 from ._net import (
     HEAD_CONSTRAINTS,
-    TokenStateDataset,
     drop_training_state,
     predict_states,
     sync_net_device,
@@ -338,9 +337,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
 
         # Everything is built in locals and published at the end: a fit that fails or is
         # interrupted leaves a previously fitted model exactly as it was.
-        featurizer = self._make_featurizer()
-        if self.train_top_layers:
-            featurizer = self._featurizer_below_top_layers(featurizer)
+        featurizer = self._featurizer_to_train_on()
         states = featurizer.transform(texts, kind)
 
         # Standardised targets keep one learning rate and one Huber delta sensible for
@@ -355,22 +352,9 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
                          n_outputs, featurizer, constant=not np.any(spread > 0))
         diagnostics = training_diagnostics(net)
         drop_training_state(net)
-        fold_nets = folds = None
-        if self.intervals in ("cv", "cv+"):
-            fold_nets, scores, folds = fit_fold_heads(
-                self, featurizer.hidden_size, states, scaled, weights, target, y_mean, spread,
-                seed, device, n_outputs, featurizer)
-            if self.intervals == "cv":  # the main head's margin: the fold heads can go
-                scores, fold_nets, folds = np.sort(scores, axis=0), None, None
-        else:
-            # Errors on the early-stopping hold-out (never trained on) calibrate the
-            # intervals; a constant target is predicted exactly, so its scores are zeros.
-            held_out = []
-            if net.train_split is not None:
-                _, valid = net.train_split(TokenStateDataset(states, scaled, weights))
-                held_out = [int(i) for i in valid.indices if weights[i] > 0]
-            scores = calibrate(self.intervals, lambda rows: predict_states(
-                net, [states[i] for i in rows]), held_out, target, y_mean, spread)
+        scores, fold_nets, folds = calibration_scores(
+            self, net, featurizer.hidden_size, states, scaled, weights, target, y_mean, spread,
+            seed, device, n_outputs, featurizer)
 
         self._record_columns(X, kind)
         names = target_names(y)
@@ -393,18 +377,6 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         self.y_mean_ = float(y_mean) if target.ndim == 1 else y_mean
         self.y_scale_ = float(spread) if target.ndim == 1 else spread
         return self
-
-    def _featurizer_below_top_layers(self, featurizer: Any) -> Any:
-        """The featurizer of the states under the trained blocks: ``layer - train_top_layers``."""
-        read = featurizer.layer_index(featurizer.loaded)
-        if read < self.train_top_layers:
-            raise ValueError(
-                f"train_top_layers={self.train_top_layers} trains the blocks below the layer "
-                f"the head reads, but layer={self.layer} is hidden state {read} of "
-                f"{self.backbone!r}, which has only {read} block(s) below it; raise layer or "
-                "lower train_top_layers."
-            )
-        return self._make_featurizer(layer=read - self.train_top_layers)
 
     # -- prediction -----------------------------------------------------------------------
     def predict(self, X: Any) -> np.ndarray:

@@ -95,6 +95,24 @@ class LLMParamsMixin:
             verbose=self.verbose,
         )
 
+    def _featurizer_to_train_on(self) -> LLMFeaturizer:
+        """The featurizer whose states the head trains on: ``layer``, or with
+        ``train_top_layers=k`` the layer ``k`` blocks below it (the trained blocks run
+        on top of those states)."""
+        featurizer = self._make_featurizer()
+        n_blocks = getattr(self, "train_top_layers", 0)
+        if not n_blocks:
+            return featurizer
+        read = featurizer.layer_index(featurizer.loaded)
+        if read < n_blocks:
+            raise ValueError(
+                f"train_top_layers={n_blocks} trains the blocks below the layer the head "
+                f"reads, but layer={self.layer} is hidden state {read} of "
+                f"{self.backbone!r}, which has only {read} block(s) below it; raise layer or "
+                "lower train_top_layers."
+            )
+        return self._make_featurizer(layer=read - n_blocks)
+
     def _sync_inference_settings(self, featurizer: LLMFeaturizer) -> LLMFeaturizer:
         """Apply inference-only parameters changed since fit to a fitted featurizer."""
         for param, attribute in INFERENCE_ONLY.items():

@@ -12,7 +12,7 @@ from conftest import TARGETS, TEXTS, small_regressor
 from sklearn.base import clone
 
 from sklearn_relish import _intervals
-from sklearn_relish._cv_plus import fold_ids
+from sklearn_relish._calibration import fold_ids
 from sklearn_relish._intervals import (
     PointAndQuantileLoss,
     conformity_scores,

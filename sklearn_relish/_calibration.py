@@ -1,8 +1,9 @@
-"""The K fold heads behind ``intervals="cv"`` and ``"cv+"``, and their out-of-fold errors.
+"""Which errors calibrate the intervals: the early-stopping hold-out's or the folds'.
 
-The maths of the intervals is in ``_intervals.py``; this trains the heads. Every fold
-head trains on the token states the estimator already has, so CV+ costs K more head
-trainings and no LLM pass.
+The maths of the intervals is in ``_intervals.py``; this produces the conformity scores
+they read. ``"split"`` and ``"cqr"`` score the main head on its hold-out; ``"cv"`` and
+``"cv+"`` train K fold heads on the token states the estimator already has (K more head
+trainings, no LLM pass) and score each on the fold it never saw.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import torch
 from sklearn.model_selection import KFold
 
 from ._intervals import calibrate
-from ._net import RelishNet, drop_training_state, predict_states, train_head
+from ._net import (
+    RelishNet,
+    TokenStateDataset,
+    drop_training_state,
+    predict_states,
+    train_head,
+)
 
 
 def fold_ids(n_texts: int, n_folds: int, seed: int) -> np.ndarray:
@@ -72,3 +79,32 @@ def fit_fold_heads(params: Any, input_dim: int, states: list[torch.Tensor],
             scores.append(fold_scores)
             score_folds.append(np.full(len(fold_scores), fold))
     return nets, np.concatenate(scores), np.concatenate(score_folds)
+
+
+def calibration_scores(params: Any, net: RelishNet, input_dim: int,
+                       states: list[torch.Tensor], scaled: np.ndarray, weights: np.ndarray,
+                       target: np.ndarray, y_mean: Any, y_scale: Any, seed: int,
+                       device: torch.device, n_outputs: int, featurizer: Any = None,
+                       ) -> tuple[np.ndarray | None, list[RelishNet] | None, np.ndarray | None]:
+    """The conformity scores of ``params.intervals`` for the trained main head ``net``.
+
+    Returns ``(scores, fold_heads, folds)``; the fold heads and folds are kept for
+    ``"cv+"`` only, whose intervals are read off them. Scores are None when there is
+    nothing to calibrate on (no early-stopping hold-out with ``"split"`` or ``"cqr"``).
+    """
+    if params.intervals in ("cv", "cv+"):
+        fold_nets, scores, folds = fit_fold_heads(
+            params, input_dim, states, scaled, weights, target, y_mean, y_scale, seed,
+            device, n_outputs, featurizer)
+        if params.intervals == "cv":  # the main head's margin: the fold heads can go
+            return np.sort(scores, axis=0), None, None
+        return scores, fold_nets, folds
+    # Errors on the early-stopping hold-out (never trained on) calibrate the intervals;
+    # a constant target is predicted exactly, so its scores are zeros.
+    held_out = []
+    if net.train_split is not None:
+        _, valid = net.train_split(TokenStateDataset(states, scaled, weights))
+        held_out = [int(i) for i in valid.indices if weights[i] > 0]
+    scores = calibrate(params.intervals, lambda rows: predict_states(
+        net, [states[i] for i in rows]), held_out, target, y_mean, y_scale)
+    return scores, None, None
