@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
-from quality import load_corpus, split
+from quality_data import load_corpus, split
 from scipy.stats import pearsonr
 
 import sklearn_relish

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
-from quality import DEFAULT_CACHE_DIR, load_corpus, replace_section, split
+from quality import replace_section
+from quality_data import DEFAULT_CACHE_DIR, load_corpus, split
 from sklearn.model_selection import train_test_split
 
 from sklearn_relish import LLMTextEncoder, RelishTextRegressor, set_cache_max_bytes

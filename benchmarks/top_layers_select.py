@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from quality import DEFAULT_CACHE_DIR, load_corpus, split
+from quality_data import DEFAULT_CACHE_DIR, load_corpus, split
 from quality_methods import cached_layer
 from scipy.stats import pearsonr
 

@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, os.path.dirname(__file__))
-from quality import load_corpus, split  # noqa: E402  the benchmark's own splits
+from quality_data import load_corpus, split  # noqa: E402  the benchmark's own splits
 
 from sklearn_relish import RelishTextRegressor  # noqa: E402
 from sklearn_relish.metrics import pearson_r  # noqa: E402
