@@ -19,7 +19,8 @@ Methods (the "main" part):
   fine-tuning of MiniLM with a regression head, and LoRA + MLP head on SmolLM2; each
   chooses its learning rate and epoch on a 10% hold-out of the training split.
 
-The methods and their labels are in ``quality_methods.py``.
+The methods and their labels are in ``quality_methods.py``; the corpora, splits and cached
+LLM features in ``quality_data.py``.
 
 Ablations (the "ablations" part), RELISH on the primary backbone, same seeds and splits:
 refinement iterations 1..5, Huber vs MSE, and the hidden layer read (last, 3/4, 1/2, 1/4
