@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TARGETS, TEXTS, build_tiny_llama, small_regressor
+from sklearn.ensemble import VotingRegressor
 from sklearn.model_selection import GridSearchCV, KFold
 
 from sklearn_relish import cache_info, clear_cache, set_cache_max_bytes
@@ -106,6 +107,18 @@ def test_grid_search_runs_the_llm_once_per_distinct_text(tiny_llama):
     )
     search.fit(texts, targets)
     assert cache_info()["llm_texts"] == len(set(texts))
+
+
+def test_an_ensemble_of_seeds_runs_the_llm_once_and_averages_its_members(tiny_llama):
+    # The README's recipe for averaging heads: extra members cost head trainings only.
+    members = [(f"seed{seed}", small_regressor(tiny_llama, random_state=seed))
+               for seed in range(3)]
+    ensemble = VotingRegressor(members).fit(TEXTS, TARGETS)
+    assert cache_info()["llm_texts"] == len(set(TEXTS))
+    alone = [small_regressor(tiny_llama, random_state=seed).fit(TEXTS, TARGETS).predict(TEXTS)
+             for seed in range(3)]
+    assert not np.allclose(alone[0], alone[1])  # the seeds do give different heads
+    np.testing.assert_allclose(ensemble.predict(TEXTS), np.mean(alone, axis=0), atol=1e-6)
 
 
 def test_disk_cache_serves_a_new_process_worth_of_memory(tiny_llama, tmp_path):

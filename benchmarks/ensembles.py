@@ -1,0 +1,143 @@
+"""Do averaged RELISH heads beat one head? Seeds and backbones, chosen on validation only.
+
+An ensemble here is what ``sklearn.ensemble.VotingRegressor`` over several
+``RelishTextRegressor`` builds: the unweighted mean of the members' predictions. Members
+that share a backbone share its token states (the package's cache), so each extra member
+costs one head training and no LLM pass.
+
+Protocol, on one corpus and seed of ``quality.py`` (same 80/20 split): 10% of the training
+split is set aside as a validation part that no member trains on (each member's own early
+stopping holds out 10% of the rest). Every member is fitted once on the rest, with package
+defaults but its backbone and ``random_state``; its validation and test predictions are kept
+in ``ensembles_runs.jsonl``, so any combination is scored without refitting. The summary
+chooses the combination with the best validation Pearson; the test Pearson is shown beside
+it and plays no part in the choice. Members train on 90% of what the quality rows train on,
+so compare rows within this table, not with ``quality.py``'s.
+
+    python benchmarks/ensembles.py --corpus movies --seed 0 --members gemma:0 gemma:1 smollm2:0
+    python benchmarks/ensembles.py --summarise
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from quality_data import DEFAULT_CACHE_DIR, load_corpus, split
+from scipy.stats import pearsonr
+from sklearn.model_selection import train_test_split
+
+from sklearn_relish._backbones import MINILM, SMOLLM2
+from sklearn_relish._embedded import GEMMA3
+
+RUNS = Path(__file__).resolve().parent / "ensembles_runs.jsonl"
+BACKBONES = {"smollm2": SMOLLM2, "gemma": GEMMA3, "minilm": MINILM}
+VALIDATION_SHARE = 0.1
+
+
+def parts(corpus_name: str, seed: int, n_texts: int | None) -> tuple:
+    """(corpus, fit part, validation part, test part) of the seed's split."""
+    corpus = load_corpus(corpus_name, n_texts)
+    train, test = split(len(corpus.texts), seed)
+    fit, valid = train_test_split(train, test_size=VALIDATION_SHARE, random_state=seed)
+    return corpus, fit, valid, test
+
+
+def fit_member(corpus_name: str, seed: int, member: str, n_texts: int | None) -> dict:
+    from sklearn_relish import RelishTextRegressor
+
+    alias, random_state = member.split(":")
+    corpus, fit, valid, test = parts(corpus_name, seed, n_texts)
+    texts = corpus.texts
+    model = RelishTextRegressor(BACKBONES[alias], random_state=int(random_state),
+                                cache_dir=str(DEFAULT_CACHE_DIR.expanduser()))
+    # Featurize first, outside the clock: fit seconds are the head's training only.
+    model._featurizer_to_train_on().transform([texts[i] for i in fit], "single")
+    start = time.perf_counter()
+    model.fit([texts[i] for i in fit], corpus.y[fit])
+    fit_s = time.perf_counter() - start
+    return {"corpus": corpus_name, "seed": seed, "n_texts": n_texts, "member": member,
+            "backbone": model.backbone, "n_fit": len(fit),
+            "valid_index": [int(i) for i in valid], "fit_s": fit_s,
+            "valid_pred": [round(float(v), 5) for v in model.predict([texts[i] for i in valid])],
+            "test_pred": [round(float(v), 5) for v in model.predict([texts[i] for i in test])]}
+
+
+def read_rows(runs: Path) -> list[dict]:
+    if not runs.exists():
+        return []
+    return [json.loads(line) for line in runs.read_text().splitlines() if line.strip()]
+
+
+def candidates(members: list[str]) -> list[tuple[str, ...]]:
+    """Every single member, and every combination of two or more of them."""
+    return [combo for size in range(1, len(members) + 1)
+            for combo in itertools.combinations(sorted(members), size)]
+
+
+def summarise(runs: Path) -> str:
+    rows = read_rows(runs)
+    out = []
+    for corpus_name, seed, n_texts in sorted({(r["corpus"], r["seed"], r["n_texts"])
+                                              for r in rows}, key=str):
+        corpus, _, valid, test = parts(corpus_name, seed, n_texts)
+        mine = {r["member"]: r for r in rows
+                if (r["corpus"], r["seed"], r["n_texts"]) == (corpus_name, seed, n_texts)}
+        scored = []
+        for combo in candidates(list(mine)):
+            v = np.mean([mine[m]["valid_pred"] for m in combo], axis=0)
+            t = np.mean([mine[m]["test_pred"] for m in combo], axis=0)
+            scored.append((combo, 100 * pearsonr(v, corpus.y[valid])[0],
+                           100 * pearsonr(t, corpus.y[test])[0],
+                           sum(mine[m]["fit_s"] for m in combo)))
+        best = max(s[1] for s in scored)
+        subsample = f", {n_texts}-text subsample" if n_texts else ""
+        out += [f"#### {corpus_name}, seed {seed}{subsample} ({len(valid)} validation / "
+                f"{len(test)} test texts)", "",
+                "| members (backbone:random_state) | validation Pearson ↑ | test Pearson | "
+                "head fits (s) |", "|---|---:|---:|---:|"]
+        for combo, v, t, s in sorted(scored, key=lambda s: (len(s[0]) > 1, -s[1])):
+            mark = "**" if np.isclose(v, best) else ""
+            out.append(f"| {' + '.join(combo)} | {mark}{v:.1f}{mark} | {t:.1f} | {s:.0f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", default="movies")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--members", nargs="*", default=["gemma:0", "gemma:1", "smollm2:0"],
+                        help=f"backbone:random_state, backbone one of {sorted(BACKBONES)}")
+    parser.add_argument("--n-texts", type=int, default=None,
+                        help="a fixed subsample of the corpus (smoke runs); default: all")
+    parser.add_argument("--runs", type=Path, default=RUNS, help=f"default: {RUNS.name}")
+    parser.add_argument("--summarise", action="store_true")
+    args = parser.parse_args(argv)
+    for member in args.members:
+        alias, _, random_state = member.partition(":")
+        if alias not in BACKBONES or not random_state.isdigit():
+            parser.error(f"member {member!r} is not backbone:random_state with backbone one "
+                         f"of {sorted(BACKBONES)}")
+    if args.summarise:
+        print(summarise(args.runs))
+        return 0
+    done = {(r["corpus"], r["seed"], r["n_texts"], r["member"]) for r in read_rows(args.runs)}
+    for member in args.members:
+        if (args.corpus, args.seed, args.n_texts, member) in done:
+            print(f"{member}: already in {args.runs}", flush=True)
+            continue
+        row = fit_member(args.corpus, args.seed, member, args.n_texts)
+        with args.runs.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(f"{member}: fitted in {row['fit_s']:.0f} s", flush=True)
+    print(summarise(args.runs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
