@@ -10,31 +10,38 @@ split is set aside as a validation part that no member trains on (each member's 
 stopping holds out 10% of the rest). Every member is fitted once on the rest, with package
 defaults but its backbone and ``random_state``; its validation and test predictions are kept
 in ``ensembles_runs.jsonl``, so any combination is scored without refitting. The summary
-chooses the combination with the best validation Pearson; the test Pearson is shown beside
-it and plays no part in the choice. Members train on 90% of what the quality rows train on,
+shows each member, the ensembles fixed in advance (all seeds of a backbone, all members)
+and the combination with the best validation Pearson; the test Pearson is shown beside
+them and plays no part in any choice. Members train on 90% of what the quality rows train on,
 so compare rows within this table, not with ``quality.py``'s.
 
     python benchmarks/ensembles.py --corpus movies --seed 0 --members gemma:0 gemma:1 smollm2:0
-    python benchmarks/ensembles.py --summarise
+    python benchmarks/ensembles.py --summarise        # rewrite RESULTS.md's section
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import itertools
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_model
 from quality_data import DEFAULT_CACHE_DIR, load_corpus, split
+from quality_report import replace_section
 from scipy.stats import pearsonr
 from sklearn.model_selection import train_test_split
 
 from sklearn_relish._backbones import MINILM, SMOLLM2
 from sklearn_relish._embedded import GEMMA3
 
-RUNS = Path(__file__).resolve().parent / "ensembles_runs.jsonl"
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "ensembles_runs.jsonl"
 BACKBONES = {"smollm2": SMOLLM2, "gemma": GEMMA3, "minilm": MINILM}
 VALIDATION_SHARE = 0.1
 
@@ -64,7 +71,9 @@ def fit_member(corpus_name: str, seed: int, member: str, n_texts: int | None) ->
             "backbone": model.backbone, "n_fit": len(fit),
             "valid_index": [int(i) for i in valid], "fit_s": fit_s,
             "valid_pred": [round(float(v), 5) for v in model.predict([texts[i] for i in valid])],
-            "test_pred": [round(float(v), 5) for v in model.predict([texts[i] for i in test])]}
+            "test_pred": [round(float(v), 5) for v in model.predict([texts[i] for i in test])],
+            "command": shlex.join(["python", "benchmarks/ensembles.py", *sys.argv[1:]]),
+            "finished": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 def read_rows(runs: Path) -> list[dict]:
@@ -79,30 +88,59 @@ def candidates(members: list[str]) -> list[tuple[str, ...]]:
             for combo in itertools.combinations(sorted(members), size)]
 
 
+def fixed_groups(members: list[str]) -> dict[tuple[str, ...], str]:
+    """The ensembles one would pick without looking: all seeds of a backbone, everything."""
+    groups = {}
+    for alias in sorted({m.split(":")[0] for m in members}):
+        seeds = tuple(m for m in sorted(members) if m.split(":")[0] == alias)
+        if len(seeds) > 1:
+            groups[seeds] = f"all {len(seeds)} {alias} seeds"
+    if len(groups) != 1 or len(members) > len(next(iter(groups))):
+        groups[tuple(sorted(members))] = f"all {len(members)} members"
+    return groups
+
+
+def score(combo: tuple[str, ...], rows: dict[str, dict], y_valid: np.ndarray,
+          y_test: np.ndarray) -> tuple[float, float, float]:
+    """(validation Pearson, test Pearson, summed fit seconds) of the members' mean."""
+    valid = np.mean([rows[m]["valid_pred"] for m in combo], axis=0)
+    test = np.mean([rows[m]["test_pred"] for m in combo], axis=0)
+    return (100 * pearsonr(valid, y_valid)[0], 100 * pearsonr(test, y_test)[0],
+            sum(rows[m]["fit_s"] for m in combo))
+
+
 def summarise(runs: Path) -> str:
     rows = read_rows(runs)
-    out = []
+    commands = sorted({r["command"] for r in rows})
+    out = ["## Ensembles", "",
+           f"Rows: {', '.join(f'`{c}`' for c in commands)}. Table: `python "
+           f"benchmarks/ensembles.py --summarise`. Machine: {cpu_model()}, 2 cores, CPU "
+           "only. Members are RELISH with package defaults but the backbone and "
+           "random_state, each fitted on 90% of the seed's training split; the other 10% is "
+           "the validation part that scores ensembles (never trained on). An ensemble is "
+           "the mean of its members' predictions, as `VotingRegressor` computes it. Head "
+           "fit seconds exclude featurization (states cached first).", ""]
     for corpus_name, seed, n_texts in sorted({(r["corpus"], r["seed"], r["n_texts"])
                                               for r in rows}, key=str):
         corpus, _, valid, test = parts(corpus_name, seed, n_texts)
         mine = {r["member"]: r for r in rows
                 if (r["corpus"], r["seed"], r["n_texts"]) == (corpus_name, seed, n_texts)}
-        scored = []
-        for combo in candidates(list(mine)):
-            v = np.mean([mine[m]["valid_pred"] for m in combo], axis=0)
-            t = np.mean([mine[m]["test_pred"] for m in combo], axis=0)
-            scored.append((combo, 100 * pearsonr(v, corpus.y[valid])[0],
-                           100 * pearsonr(t, corpus.y[test])[0],
-                           sum(mine[m]["fit_s"] for m in combo)))
-        best = max(s[1] for s in scored)
+        scores = {combo: score(combo, mine, corpus.y[valid], corpus.y[test])
+                  for combo in candidates(list(mine))}
+        chosen = max(scores, key=lambda combo: scores[combo][0])
+        shown = {(m,): "one head" for m in sorted(mine)} | fixed_groups(list(mine))
+        shown[chosen] = (shown.get(chosen, "") + "; " if chosen in shown else "") + \
+            f"best validation Pearson of all {len(scores)} combinations"
         subsample = f", {n_texts}-text subsample" if n_texts else ""
-        out += [f"#### {corpus_name}, seed {seed}{subsample} ({len(valid)} validation / "
+        out += [f"### {corpus_name}, seed {seed}{subsample} ({len(valid)} validation / "
                 f"{len(test)} test texts)", "",
-                "| members (backbone:random_state) | validation Pearson ↑ | test Pearson | "
-                "head fits (s) |", "|---|---:|---:|---:|"]
-        for combo, v, t, s in sorted(scored, key=lambda s: (len(s[0]) > 1, -s[1])):
-            mark = "**" if np.isclose(v, best) else ""
-            out.append(f"| {' + '.join(combo)} | {mark}{v:.1f}{mark} | {t:.1f} | {s:.0f} |")
+                "| members (backbone:random_state) | what | validation Pearson ↑ | "
+                "test Pearson | head fits (s) |", "|---|---|---:|---:|---:|"]
+        for combo, what in shown.items():
+            v, t, seconds = scores[combo]
+            mark = "**" if combo == chosen else ""
+            out.append(f"| {' + '.join(combo)} | {what} | {mark}{v:.1f}{mark} | {t:.1f} | "
+                       f"{seconds:.0f} |")
         out.append("")
     return "\n".join(out)
 
@@ -116,7 +154,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n-texts", type=int, default=None,
                         help="a fixed subsample of the corpus (smoke runs); default: all")
     parser.add_argument("--runs", type=Path, default=RUNS, help=f"default: {RUNS.name}")
-    parser.add_argument("--summarise", action="store_true")
+    parser.add_argument("--summarise", action="store_true",
+                        help="rewrite the '## Ensembles' section of RESULTS.md from the rows")
+    parser.add_argument("--no-write", action="store_true", help="print the summary instead")
     args = parser.parse_args(argv)
     for member in args.members:
         alias, _, random_state = member.partition(":")
@@ -124,7 +164,12 @@ def main(argv=None) -> int:
             parser.error(f"member {member!r} is not backbone:random_state with backbone one "
                          f"of {sorted(BACKBONES)}")
     if args.summarise:
-        print(summarise(args.runs))
+        section = summarise(args.runs)
+        if args.no_write or args.runs != RUNS:
+            print(section)
+        else:
+            replace_section(HERE / "RESULTS.md", section, heading="## Ensembles")
+            print(f"Wrote the Ensembles section of {HERE / 'RESULTS.md'}.")
         return 0
     done = {(r["corpus"], r["seed"], r["n_texts"], r["member"]) for r in read_rows(args.runs)}
     for member in args.members:

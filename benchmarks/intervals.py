@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
-from quality import replace_section
 from quality_data import DEFAULT_CACHE_DIR, load_corpus, split
+from quality_report import replace_section
 from sklearn.model_selection import train_test_split
 
 from sklearn_relish import LLMTextEncoder, RelishTextRegressor, set_cache_max_bytes
