@@ -25,6 +25,7 @@ import argparse
 import datetime
 import itertools
 import json
+import os
 import shlex
 import sys
 import time
@@ -95,8 +96,9 @@ def fixed_groups(members: list[str]) -> dict[tuple[str, ...], str]:
         seeds = tuple(m for m in sorted(members) if m.split(":")[0] == alias)
         if len(seeds) > 1:
             groups[seeds] = f"all {len(seeds)} {alias} seeds"
-    if len(groups) != 1 or len(members) > len(next(iter(groups))):
-        groups[tuple(sorted(members))] = f"all {len(members)} members"
+    everything = tuple(sorted(members))
+    if len(everything) > 1 and everything not in groups:
+        groups[everything] = f"all {len(everything)} members"
     return groups
 
 
@@ -114,17 +116,24 @@ def summarise(runs: Path) -> str:
     commands = sorted({r["command"] for r in rows})
     out = ["## Ensembles", "",
            f"Rows: {', '.join(f'`{c}`' for c in commands)}. Table: `python "
-           f"benchmarks/ensembles.py --summarise`. Machine: {cpu_model()}, 2 cores, CPU "
-           "only. Members are RELISH with package defaults but the backbone and "
-           "random_state, each fitted on 90% of the seed's training split; the other 10% is "
-           "the validation part that scores ensembles (never trained on). An ensemble is "
-           "the mean of its members' predictions, as `VotingRegressor` computes it. Head "
-           "fit seconds exclude featurization (states cached first).", ""]
+           f"benchmarks/ensembles.py --summarise`. Machine: {cpu_model()}, "
+           f"{os.cpu_count()} cores, CPU only. Members are RELISH with package defaults "
+           "but the backbone and random_state, each fitted on 90% of the seed's training "
+           "split; the other 10% is the validation part that scores ensembles (never "
+           "trained on). An ensemble is the mean of its members' predictions, as "
+           "`VotingRegressor` computes it. Head fit seconds exclude featurization (states "
+           "cached first).", ""]
     for corpus_name, seed, n_texts in sorted({(r["corpus"], r["seed"], r["n_texts"])
                                               for r in rows}, key=str):
         corpus, _, valid, test = parts(corpus_name, seed, n_texts)
         mine = {r["member"]: r for r in rows
                 if (r["corpus"], r["seed"], r["n_texts"]) == (corpus_name, seed, n_texts)}
+        for member, row in mine.items():
+            # Predictions are scored against today's split: a changed corpus or split
+            # must not silently pair them with other texts' ratings.
+            if row["valid_index"] != [int(i) for i in valid]:
+                raise ValueError(f"{member} on {corpus_name} seed {seed} was fitted on another "
+                                 "validation split than this code makes; refit its row.")
         scores = {combo: score(combo, mine, corpus.y[valid], corpus.y[test])
                   for combo in candidates(list(mine))}
         chosen = max(scores, key=lambda combo: scores[combo][0])
