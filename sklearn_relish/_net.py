@@ -172,15 +172,17 @@ class RelishNet(NeuralNetRegressor):
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         # The criterion is built with reduction="none": average over targets, then weight
-        # each text (weights have mean 1 over the training set, so unweighted fits get
-        # the plain mean).
+        # each text. Weights have mean 1 over the training set, so the batch's sum over its
+        # rows estimates the weighted mean loss of the whole set without bias (unweighted
+        # fits get the plain mean). Dividing by the batch's own weight sum instead would
+        # scale light batches up to full strength and give 0/0 on a batch of zero weights.
         from skorch.utils import to_tensor
 
         targets, weights = to_tensor(y_true, device=self.device)
         rows = targets.shape[0]
         per_text = self.criterion_(y_pred.reshape(rows, -1), targets.reshape(rows, -1))
         per_text = per_text.mean(dim=1)
-        return (per_text * weights).sum() / weights.sum()
+        return (per_text * weights).sum() / rows
 
 
 def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,

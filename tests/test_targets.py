@@ -70,6 +70,43 @@ def test_zero_weight_texts_do_not_count(tiny_llama):
     assert a.y_mean_ == pytest.approx(Y[:10].mean())
 
 
+def test_batches_of_zero_weight_texts_train_without_diverging(tiny_llama):
+    # 13 of 16 texts weigh 0, so most batches of 2 hold no weight at all. Such a batch adds
+    # nothing (it used to be 0/0: NaN gradients and a "training diverged" error), and the
+    # fit equals one on the 3 weighted texts alone in its mean; the weighted texts' targets
+    # still matter.
+    weights = np.r_[np.zeros(13), np.ones(3)]
+    model = small_regressor(tiny_llama, batch_size=2).fit(TEXTS, Y, sample_weight=weights)
+    assert np.isfinite(model.predict(TEXTS)).all()
+    assert model.y_mean_ == pytest.approx(Y[13:].mean())
+    changed = Y.copy()
+    changed[:13] *= -5
+    same = small_regressor(tiny_llama, batch_size=2).fit(TEXTS, changed, sample_weight=weights)
+    np.testing.assert_allclose(model.predict(TEXTS), same.predict(TEXTS), rtol=1e-6, atol=1e-6)
+
+
+def test_a_light_batch_counts_less_than_a_heavy_one(tiny_llama, monkeypatch):
+    # The loss is the batch's weighted sum over its rows, not its weighted mean: a batch of
+    # light texts must not pull as hard as a batch of heavy ones.
+    losses = []
+    original = _net.RelishNet.get_loss
+
+    def spy(self, y_pred, y_true, X=None, training=False):
+        loss = original(self, y_pred, y_true, X=X, training=training)
+        if training:
+            per_text = self.criterion_(y_pred.reshape(len(y_pred), -1),
+                                       y_true[0].reshape(len(y_pred), -1)).mean(dim=1)
+            losses.append((loss.item(), (per_text * y_true[1]).mean().item()))
+        return loss
+
+    monkeypatch.setattr(_net.RelishNet, "get_loss", spy)
+    weights = np.geomspace(0.1, 10, 16)
+    small_regressor(tiny_llama, max_epochs=1).fit(TEXTS, Y, sample_weight=weights)
+    assert len(losses) == 2
+    for loss, weighted_mean in losses:
+        assert loss == pytest.approx(weighted_mean, rel=1e-5)
+
+
 def test_weights_scale_the_loss_per_text(tiny_llama, monkeypatch):
     seen = []
     original = _net.RelishNet.get_loss
