@@ -95,6 +95,8 @@ def _model_and_texts(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from . import load_model
 
     model = load_model(args.model)
+    if args.quiet:  # the model keeps the verbosity it was fitted with
+        model.set_params(verbose=0)
     table = read_table(args.data)
     names = list(getattr(model, "feature_names_in_", []))
     if args.text:
@@ -147,10 +149,11 @@ def evaluate(args: argparse.Namespace) -> int:
     targets = args.target or list(getattr(model, "target_names_", []))
     if not targets:
         raise CommandError(f"{args.model} does not record its target column; pass --target")
+    outputs = _outputs_for(targets, _target_names(model), args.model)
     truth = columns(table, targets, args.data, "target").to_numpy(dtype=float)
     plot = refuse_to_overwrite(args.plot or f"{Path(args.data).stem}_predicted_vs_true.png",
                                args.force)
-    predictions = _predict(model, texts, args.data).reshape(len(table), -1)
+    predictions = _predict(model, texts, args.data).reshape(len(table), -1)[:, outputs]
     print(f"{'target':<16} {'Pearson':>8} {'Spearman':>9} {'NRMSE':>7} {'R2':>7}   (x100 but R2)")
     for j, name in enumerate(targets):
         report = regression_report(truth[:, j], predictions[:, j])
@@ -158,7 +161,25 @@ def evaluate(args: argparse.Namespace) -> int:
               f"{100 * report['nrmse']:7.1f} {report['r2']:7.3f}")
     _scatter(truth, predictions, targets, plot)
     print(f"predicted against true values: {plot}")
-    return 0 if np.all(np.isfinite(predictions)) else 1
+    return 0
+
+
+def _outputs_for(targets: list[str], fitted: list[str], model_path: str) -> list[int]:
+    """Which of the model's outputs each ``--target`` column is compared with.
+
+    By name when every column is one the model was fitted on (any subset, any order); by
+    position when none is and there is one column per output (the same targets under new
+    column names). A mix, or another count, is ambiguous: pairing by position would
+    silently score one target's predictions against another's truth.
+    """
+    if all(name in fitted for name in targets):
+        return [fitted.index(name) for name in targets]
+    if len(targets) == len(fitted) and not any(name in fitted for name in targets):
+        return list(range(len(fitted)))
+    raise CommandError(
+        f"{model_path} predicts {len(fitted)} target(s), {fitted}; pass --target with "
+        f"names among those, or one column per target in that order (got {targets})"
+    )
 
 
 def _scatter(truth, predictions, names: list[str], path: Path) -> None:

@@ -49,7 +49,8 @@ def read_table(path: str | os.PathLike) -> Any:
         raise CommandError(f"{path}: no such file")
     try:
         if kind in ("csv", "tsv"):
-            # keep_default_na=False: a text "NA" or "null" is text, an empty cell is "".
+            # keep_default_na=False: a text "NA" or "null" is text; an empty cell is
+            # missing, so a fit names its row rather than learning from "".
             table = pandas.read_csv(path, sep="\t" if kind == "tsv" else ",",
                                     keep_default_na=False, na_values=[""])
         elif kind == "parquet":

@@ -140,3 +140,49 @@ def test_missing_text_is_named_by_its_row(tmp_path, tiny_llama):
                   tmp_path / "m.joblib", "--param", f"backbone={tiny_llama}", "--quiet")
     assert done.returncode == 2 and "data row 2 (line 3)" in done.stderr, done.stderr
     assert "missing" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def two_targets(data, tiny_llama):
+    # Fitted without --quiet, so the model keeps verbose=1; "negated" is -score.
+    table = pd.read_csv(data / "train.csv").assign(negated=lambda t: -t["score"])
+    table.to_csv(data / "two.csv", index=False)
+    small = [arg for arg in SMALL if arg != "--quiet"]
+    done = relish("fit", data / "two.csv", "--text", "review", "--target", "score",
+                  "--target", "negated", "-o", data / "two.joblib",
+                  "--param", f"backbone={tiny_llama}", *small)
+    assert done.returncode == 0, done.stderr
+    return data / "two.joblib"
+
+
+def test_evaluate_pairs_targets_by_name(data, two_targets, tmp_path):
+    # --target negated alone must score the "negated" output, not the first one: the
+    # outputs of a fit are far apart (one is the other's negation), so the metrics tell.
+    from sklearn_relish import load_model
+    from sklearn_relish.metrics import regression_report
+
+    table = pd.read_csv(data / "two.csv")
+    predictions = load_model(two_targets).predict(table[["review"]])
+    expected = regression_report(table["negated"].to_numpy(), predictions[:, 1])
+    done = relish("evaluate", two_targets, data / "two.csv", "--target", "negated",
+                  "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("negated"))
+    assert float(row.split()[1]) == pytest.approx(100 * expected["pearson"], abs=0.06)
+
+
+@pytest.mark.parametrize("targets", [["negated", "elsewhere"], ["elsewhere"]])
+def test_evaluate_refuses_targets_it_cannot_pair(data, two_targets, tmp_path, targets):
+    args = [arg for name in targets for arg in ("--target", name)]
+    done = relish("evaluate", two_targets, data / "two.csv", *args, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "predicts 2 target(s), ['score', 'negated']" in done.stderr
+
+
+def test_quiet_silences_a_model_fitted_with_progress_bars(data, two_targets, tmp_path):
+    done = relish("predict", two_targets, data / "new.jsonl", "-o", tmp_path / "p.csv",
+                  "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == ""
+    loud = relish("predict", two_targets, data / "new.jsonl", "-o", tmp_path / "q.csv")
+    assert loud.returncode == 0 and loud.stderr.strip() != ""  # the bars the test silences
