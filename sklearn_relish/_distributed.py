@@ -57,7 +57,9 @@ def featurize_to_store(
     **params
         Featurization parameters of :class:`RelishTextRegressor` (``backbone``, ``layer``,
         ``max_length``, ``prompt``, ``featurize_batch_size``, ``device``,
-        ``backbone_dtype``, ``trust_remote_code``, ``verbose``), with its defaults.
+        ``backbone_dtype``, ``trust_remote_code``, ``backbone_kwargs``,
+        ``train_top_layers``, ``verbose``), with its defaults. With ``train_top_layers``
+        the store gets the states under the trained blocks, which such a fit reads.
 
     Returns
     -------
@@ -95,7 +97,7 @@ def featurize_to_store(
 
     distinct = list(dict.fromkeys(texts))  # a text in two chunks would race to run twice
     chunks = [distinct[i:i + chunk_size] for i in range(0, len(distinct), chunk_size)]
-    featurizer = estimator._make_featurizer()
+    featurizer = estimator._featurizer_to_train_on()
     if client is None:
         computed = sum(_fill(featurizer, chunk, kind)["computed"] for chunk in chunks)
     else:
@@ -143,5 +145,5 @@ def _run_on_cluster(client, featurizer, chunks: list[list], kind: str,
 
 _FEATURIZATION_PARAMS = {
     "backbone", "layer", "max_length", "prompt", "featurize_batch_size", "device",
-    "backbone_dtype", "trust_remote_code", "verbose",
+    "backbone_dtype", "trust_remote_code", "backbone_kwargs", "train_top_layers", "verbose",
 }

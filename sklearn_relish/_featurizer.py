@@ -268,7 +268,9 @@ class LLMFeaturizer:
         keys, prompted, layer, max_length = self._keys(texts, kind)
         store = TokenStateStore(self.cache_dir)
         todo = dict(zip(keys, prompted, strict=True))
-        todo = {key: todo[key] for key in store.missing(list(todo))}
+        # verify: a damaged row counts as missing, so a pre-fill repairs it (a fit would
+        # only find it damaged and run the LLM on that text after all).
+        todo = {key: todo[key] for key in store.missing(list(todo), verify=True)}
         if todo:
             computed = self._forward(list(todo.values()), layer, max_length)
             store.put_many(zip(todo, computed, strict=True))

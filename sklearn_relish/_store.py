@@ -71,8 +71,8 @@ class TokenStateStore:
 
     Every method opens its own short-lived connection, so a store object is cheap, pickles
     as a path, and is safe across threads, forked processes and cluster workers.
-    Methods raise :class:`StoreUnavailable` on any fault; :func:`open_store` and the
-    featurizer turn that into one warning and carry on without the store.
+    Methods raise :class:`StoreUnavailable` on any fault; the featurizer turns that into
+    one warning and carries on without the store.
     """
 
     def __init__(self, folder: str | os.PathLike) -> None:
@@ -127,19 +127,25 @@ class TokenStateStore:
             connection.close()
         return found
 
-    def missing(self, keys: Iterable[str]) -> list[str]:
-        """Those of ``keys`` that have no row (an index-only query: no payload is read)."""
+    def missing(self, keys: Iterable[str], verify: bool = False) -> list[str]:
+        """Those of ``keys`` that have no row; with ``verify``, or a damaged one.
+
+        Without ``verify`` this is an index-only query (no payload is read); with it each
+        row's payload is read and checked, one row at a time, and none is kept.
+        """
         keys = list(keys)
         present: set[str] = set()
         if not keys:
             return []
+        columns = "key, n_tokens, dim, truncated, checksum, payload" if verify else "key"
         connection = self._connect()
         try:
             for start in range(0, len(keys), _CHUNK):
                 chunk = keys[start:start + _CHUNK]
-                present.update(row[0] for row in connection.execute(
-                    f"SELECT key FROM states WHERE key IN ({','.join('?' * len(chunk))})",
-                    chunk))
+                rows = connection.execute(
+                    f"SELECT {columns} FROM states WHERE key IN ({','.join('?' * len(chunk))})",
+                    chunk)
+                present.update(row[0] for row in rows if not verify or _intact(*row[1:]))
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot read {self.path}: {error}") from error
         finally:
@@ -159,7 +165,10 @@ class TokenStateStore:
             connection.execute("COMMIT")
         except sqlite3.Error as error:
             if connection.in_transaction:
-                connection.execute("ROLLBACK")
+                try:
+                    connection.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # closing the connection discards the transaction all the same
             raise StoreUnavailable(f"cannot write {self.path}: {error}") from error
         finally:
             connection.close()
@@ -179,13 +188,19 @@ def _encode(key: str, entry: CachedStates) -> tuple:
         payload
 
 
-def _decode(n_tokens: int, dim: int, flags: int, checksum: int,
-            payload: bytes) -> CachedStates | None:
+def _intact(n_tokens: int, dim: int, flags: int, checksum: int, payload: bytes) -> bool:
+    """Whether a row's payload has its length and checksum (written whole, unchanged)."""
     truncated, bfloat16 = bool(flags & 1), bool(flags & _BFLOAT16)
     if not isinstance(payload, bytes) or len(payload) != 2 * n_tokens * dim:
+        return False
+    return _checksum(n_tokens, dim, truncated, payload, bfloat16) == checksum
+
+
+def _decode(n_tokens: int, dim: int, flags: int, checksum: int,
+            payload: bytes) -> CachedStates | None:
+    if not _intact(n_tokens, dim, flags, checksum, payload):
         return None
-    if _checksum(n_tokens, dim, truncated, payload, bfloat16) != checksum:
-        return None
+    truncated, bfloat16 = bool(flags & 1), bool(flags & _BFLOAT16)
     # One copy into memory the tensor owns (frombuffer on bytes would be read-only).
     array = np.frombuffer(payload, dtype=np.int16 if bfloat16 else np.float16)
     if not bfloat16 and not np.isfinite(array).all():

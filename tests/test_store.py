@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TARGETS, TEXTS, small_regressor
 
-from sklearn_relish import cache_info, clear_cache
+from sklearn_relish import cache_info, clear_cache, featurize_to_store
 from sklearn_relish._cache import CachedStates
 from sklearn_relish._featurizer import LLMFeaturizer
 from sklearn_relish._store import FILENAME, StoreUnavailable, TokenStateStore
@@ -68,6 +68,17 @@ def test_damaged_row_is_a_miss_and_is_rewritten(tiny_llama, tmp_path):
     again = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(["good"], "single")
     assert cache_info()["llm_texts"] == 0  # the recomputed row replaced the damaged one
     assert torch.equal(states[0], again[0])
+
+
+def test_missing_with_verify_counts_a_damaged_row_as_missing(tmp_path):
+    store = TokenStateStore(tmp_path)
+    store.put_many([("a", entry_for(1)), ("b", entry_for(2))])
+    with sqlite3.connect(tmp_path / FILENAME) as connection:
+        (payload,) = connection.execute("SELECT payload FROM states WHERE key='b'").fetchone()
+        connection.execute("UPDATE states SET payload = ? WHERE key = 'b'",
+                           (bytes([payload[0] ^ 1]) + payload[1:],))
+    assert store.missing(["a", "b", "c"]) == ["c"]  # the index alone cannot tell
+    assert store.missing(["a", "b", "c"], verify=True) == ["b", "c"]
 
 
 def test_a_cut_store_file_warns_once_and_featurizes_without_it(tiny_llama, tmp_path):
@@ -159,4 +170,33 @@ def test_no_warning_when_the_store_works(tiny_llama, tmp_path):
         LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS, "single")
         clear_cache()
         LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS, "single")
+    assert cache_info()["llm_texts"] == 0
+
+
+# -- featurize_to_store without a cluster: the pre-fill a fit then reads --------------
+def test_a_prefill_repairs_damaged_rows(tiny_llama, tmp_path):
+    featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama)
+    with sqlite3.connect(tmp_path / FILENAME) as connection:  # one row's bytes flipped
+        key, payload = connection.execute("SELECT key, payload FROM states").fetchone()
+        connection.execute("UPDATE states SET payload = ? WHERE key = ?",
+                           (bytes(b ^ 0xFF for b in payload[:4]) + payload[4:], key))
+    again = featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama)
+    assert again["computed"] == 1
+    clear_cache()
+    small_regressor(tiny_llama, cache_dir=str(tmp_path)).fit(TEXTS, TARGETS)
+    assert cache_info()["llm_texts"] == 0
+
+
+@pytest.mark.parametrize("params", [
+    {"backbone_kwargs": {"attn_implementation": "eager"}},
+    {"train_top_layers": 1, "layer": -1},
+])
+def test_a_prefill_serves_fits_with_the_same_loading_and_trained_blocks(tiny_llama, tmp_path,
+                                                                       params):
+    # The keys must be the fit's: backbone_kwargs key the loaded backbone apart, and a fit
+    # with trained blocks reads the states under them, not the layer its head sees.
+    counts = featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama, **params)
+    assert counts["computed"] == len(set(TEXTS))
+    clear_cache()
+    small_regressor(tiny_llama, cache_dir=str(tmp_path), **params).fit(TEXTS, TARGETS)
     assert cache_info()["llm_texts"] == 0
