@@ -172,6 +172,14 @@ def resolve_device(device: str) -> torch.device:
             stacklevel=3,
         )
         return torch.device("cpu")
+    if resolved.type == "cuda" and resolved.index is not None:
+        visible = torch.cuda.device_count()
+        if resolved.index >= visible:
+            raise ValueError(
+                f"device={device!r} names CUDA device {resolved.index}, but this process sees "
+                f"{visible} (cuda:0 to cuda:{visible - 1}); set device='cuda' or another "
+                "index (on a fitted model: set_params(device=...))."
+            )
     return resolved
 
 

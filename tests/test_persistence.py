@@ -72,9 +72,19 @@ def test_auto_device_follows_cuda_availability(monkeypatch, recwarn):
     assert _backbones.resolve_device("auto") == torch.device("cpu")
     assert _backbones.resolve_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert _backbones.resolve_device("auto") == torch.device("cuda")
     assert _backbones.resolve_device("cuda:0") == torch.device("cuda:0")
     assert not [w for w in recwarn if "CUDA" in str(w.message)]  # no fallback, no warning
+
+
+def test_a_cuda_index_this_machine_lacks_is_named(monkeypatch):
+    # Left to torch, it fails later inside .to() with a RuntimeError of its own.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _backbones.resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"names CUDA device 3, but this process sees 2"):
+        _backbones.resolve_device("cuda:3")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
