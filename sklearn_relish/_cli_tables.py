@@ -8,9 +8,10 @@ temporary file and renamed into place, so an existing file is never half-overwri
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ._files import new_temp_file, publish
 
 READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
            ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -92,7 +93,7 @@ def write_table(table: Any, path: str | os.PathLike, force: bool) -> Path:
     """Write ``table`` in the format its suffix names, atomically."""
     path = refuse_to_overwrite(path, force)
     kind = _format(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, tmp = new_temp_file(path.parent, prefix=f".{path.name}.")
     os.close(handle)
     try:
         if kind in ("csv", "tsv"):
@@ -101,7 +102,10 @@ def write_table(table: Any, path: str | os.PathLike, force: bool) -> Path:
             table.to_parquet(tmp, index=False)
         else:
             table.to_json(tmp, orient="records", lines=True, force_ascii=False)
-        os.replace(tmp, path)
+        try:
+            publish(tmp, path, force)
+        except FileExistsError:  # it appeared while the table was being written
+            raise CommandError(f"{path} exists; pass --force to replace it") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

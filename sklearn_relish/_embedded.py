@@ -14,9 +14,10 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ._files import give_new_file_permissions, new_temp_dir, new_temp_file
 
 PREFIX = "embedded:"
 SMOLLM2 = PREFIX + "SmolLM2-135M-Instruct-Q4_1"
@@ -123,7 +124,7 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
     if (target / "model.safetensors").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
+    work = new_temp_dir(target.parent, prefix=".converting-")
     print(f"sklearn_relish: converting {source.name} once into {target} ...", flush=True)
     try:
         # local_files_only: the folder is local, and the flag is written into
@@ -138,7 +139,7 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
         tokenizer.save_pretrained(work)
         state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
         save_file(state, work / "model.safetensors")
-        _readable_by_all(work)  # mkdtemp's 0700 would hide a shared home from its other users
+        give_new_file_permissions(work)  # a shared home's other users must read it
         try:
             os.replace(work, target)
         except OSError:  # another process finished first: keep its copy
@@ -148,14 +149,6 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
         raise
     _remove_other_conversions(target, stem)
     return target
-
-
-def _readable_by_all(folder: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
 
 
 def _remove_other_conversions(target: Path, stem: str) -> None:
@@ -183,7 +176,7 @@ def _assembled_gguf(entry: EmbeddedBackbone) -> Path:
              for i, package in enumerate(entry.chunk_packages)]
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    handle, work = tempfile.mkstemp(dir=target.parent, prefix=".assembling-")
+    handle, work = new_temp_file(target.parent, prefix=".assembling-", suffix="")
     try:
         with os.fdopen(handle, "wb") as out:
             for part in parts:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
-import tempfile
 from pathlib import Path
 from typing import IO, Any
 
 import joblib
 
 from ._embedded import rename_legacy_backbone
+from ._files import new_temp_file, publish
 
 
 class PickleFormatMixin:
@@ -84,7 +84,7 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-    handle, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    handle, tmp = new_temp_file(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w+b") as stream:
             header = _header(b"0" * 64)
@@ -95,7 +95,10 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
             stream.write(_header(digest.encode()))
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(tmp, path)
+        try:
+            publish(tmp, path, overwrite)
+        except FileExistsError:  # it appeared while the model was being written
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

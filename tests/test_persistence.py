@@ -152,6 +152,34 @@ def test_save_refuses_to_overwrite(fitted, tmp_path):
     np.testing.assert_array_equal(load_model(path).predict(PROBE), fitted.predict(PROBE))
 
 
+def test_a_file_that_appears_during_the_save_is_kept(fitted, tmp_path, monkeypatch):
+    # Another process writes the path while the model is being pickled: checking first and
+    # renaming after would replace its file.
+    import joblib
+
+    path = tmp_path / "model.joblib"
+    dump = joblib.dump
+
+    def dump_while_another_writes(value, stream):
+        path.write_bytes(b"written meanwhile")
+        return dump(value, stream)
+
+    monkeypatch.setattr(joblib, "dump", dump_while_another_writes)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_model(fitted, path)
+    assert path.read_bytes() == b"written meanwhile"
+    assert os.listdir(tmp_path) == ["model.joblib"]
+
+
+def test_saved_files_get_the_umask_s_permissions_not_private_ones(fitted, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        mode = save_model(fitted, tmp_path / "model.joblib").stat().st_mode & 0o777
+    finally:
+        os.umask(umask)
+    assert mode == 0o644  # as joblib.dump would make it; mkstemp made 0600
+
+
 @pytest.mark.parametrize("damage", ["first-half", "last-byte-missing", "garbage", "empty"])
 def test_damaged_file_is_a_clear_value_error(fitted, tmp_path, damage):
     good = save_model(fitted, tmp_path / "good.joblib").read_bytes()

@@ -1,0 +1,74 @@
+"""Writing a user's file whole or not at all, with the permissions any new file gets.
+
+``tempfile.mkstemp`` creates files readable by their owner only (0600), and ``mkdtemp``
+such folders (0700), so a model, a table or a converted backbone written through them, then
+renamed into place, was private where ``joblib.dump`` or ``DataFrame.to_csv`` would have
+made it readable by others. Creating them with modes 0666 and 0777 lets the kernel apply the
+process's umask, as it does to every other file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def new_temp_file(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> tuple[int, str]:
+    """An open descriptor and the path of a new, empty file in ``folder`` (umask applies)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder}")
+
+
+def new_temp_dir(folder: str | os.PathLike, prefix: str) -> Path:
+    """A new, empty folder in ``folder`` with the permissions ``mkdir`` gives (umask applies)."""
+    for _ in range(100):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            path.mkdir(0o777)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder}")
+
+
+def give_new_file_permissions(folder: Path) -> None:
+    """Give the files in ``folder`` the mode a new file gets here (some writers, such as
+    safetensors', make theirs 0600). The mode is read off a probe file, not ``os.umask``,
+    whose read-by-setting would briefly change it for every thread."""
+    handle, probe = new_temp_file(folder, prefix=".mode-")
+    os.close(handle)
+    try:
+        mode = os.stat(probe).st_mode & 0o777
+    finally:
+        os.unlink(probe)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(mode)
+
+
+def publish(tmp: str | os.PathLike, path: Path, overwrite: bool) -> None:
+    """Move the finished ``tmp`` to ``path``; without ``overwrite``, never onto a file.
+
+    ``os.link`` fails if ``path`` exists, so checking and moving are one step: a file that
+    appears at ``path`` while ours was being written is kept, and ``FileExistsError`` says so.
+    """
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists") from None
+    except OSError:  # a file system without hard links: check, then move
+        if os.path.exists(path):
+            raise FileExistsError(f"{path} exists") from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
