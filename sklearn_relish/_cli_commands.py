@@ -69,9 +69,9 @@ def fit(args: argparse.Namespace) -> int:
     from . import RelishTextRegressor, save_model
 
     params = parse_params(args.param)
-    table = read_table(args.data)
-    texts = columns(table, [args.text] + ([args.text_pair] if args.text_pair else []),
-                    args.data, "text")
+    names = [args.text] + ([args.text_pair] if args.text_pair else [])
+    table = read_table(args.data, text_columns=names)
+    texts = columns(table, names, args.data, "text")
     targets = _numeric(columns(table, args.target, args.data, "target"), args.data)
     y = targets.iloc[:, 0] if len(args.target) == 1 else targets
     weights = (columns(table, [args.sample_weight], args.data, "sample-weight").iloc[:, 0]
@@ -97,12 +97,12 @@ def _model_and_texts(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     model = load_model(args.model)
     if args.quiet:  # the model keeps the verbosity it was fitted with
         model.set_params(verbose=0)
-    table = read_table(args.data)
     names = list(getattr(model, "feature_names_in_", []))
     if args.text:
         names = [args.text] + ([args.text_pair] if args.text_pair else [])
     if not names:
         raise CommandError(f"{args.model} does not record its text columns; pass --text")
+    table = read_table(args.data, text_columns=names)
     return model, table, columns(table, names, args.data, "text")
 
 

@@ -8,6 +8,7 @@ temporary file and renamed into place, so an existing file is never half-overwri
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,12 @@ def _format(path: Path) -> str:
         ) from None
 
 
-def read_table(path: str | os.PathLike) -> Any:
-    """A non-empty DataFrame read from ``path``; text columns stay text (no NA guessing)."""
+def read_table(path: str | os.PathLike, text_columns: Iterable[str] = ()) -> Any:
+    """A non-empty DataFrame read from ``path``; text columns stay text (no NA guessing).
+
+    In CSV and TSV, ``text_columns`` are read as strings even where every cell looks like a
+    number (codes, years, ratings written out): "007" stays "007", not the integer 7.
+    """
     pandas = _pandas()
     path = Path(path)
     kind = _format(path)
@@ -53,7 +58,8 @@ def read_table(path: str | os.PathLike) -> Any:
             # keep_default_na=False: a text "NA" or "null" is text; an empty cell is
             # missing, so a fit names its row rather than learning from "".
             table = pandas.read_csv(path, sep="\t" if kind == "tsv" else ",",
-                                    keep_default_na=False, na_values=[""])
+                                    keep_default_na=False, na_values=[""],
+                                    dtype=dict.fromkeys(text_columns, str))
         elif kind == "parquet":
             table = pandas.read_parquet(path)
         else:

@@ -186,3 +186,15 @@ def test_quiet_silences_a_model_fitted_with_progress_bars(data, two_targets, tmp
     assert done.stderr.strip() == ""
     loud = relish("predict", two_targets, data / "new.jsonl", "-o", tmp_path / "q.csv")
     assert loud.returncode == 0 and loud.stderr.strip() != ""  # the bars the test silences
+
+
+def test_a_text_column_of_digits_is_read_as_text(tmp_path):
+    # Product codes or years as the text: a CSV reader would make them integers (and "007"
+    # the number 7), which a fit then refuses as not text.
+    from sklearn_relish._cli_tables import read_table
+
+    pd.DataFrame({"code": ["007", "12", "300"], "y": [1.0, 2.0, 3.0]}).to_csv(
+        tmp_path / "codes.csv", index=False)
+    table = read_table(tmp_path / "codes.csv", text_columns=["code", "absent"])
+    assert list(table["code"]) == ["007", "12", "300"]
+    assert table["y"].dtype == np.float64
