@@ -31,7 +31,11 @@ import torch
 _WEIGHT_SUFFIXES = ((".safetensors",), (".bin", ".pt", ".pth", ".gguf"))
 # Config and tokenizer files (tokenizer.json, vocab.txt, merges.txt, tokenizer.model...).
 _OTHER_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
-_SKIPPED = {"README.md", "README.txt", "LICENSE", "LICENSE.txt"}
+_SKIPPED = {"README.md", "README.txt", "LICENSE", "LICENSE.txt",
+            # What transformers' Trainer writes beside a checkpoint: its log and metrics,
+            # which a later evaluate() rewrites without touching a weight.
+            "trainer_state.json", "all_results.json", "train_results.json",
+            "eval_results.json", "test_results.json", "predict_results.json"}
 # Keys of config.json that name how the weights were stored or loaded, not what they are.
 _VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "dtype", "torch_dtype",
                     "quantization_config", "architectures", "_commit_hash")

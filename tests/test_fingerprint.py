@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -76,6 +77,17 @@ def test_an_edited_tokenizer_changes_the_fingerprint(tmp_path):
     config["model_max_length"] = 17
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     assert fingerprint(folder) != before
+
+
+def test_trainer_metrics_written_beside_a_checkpoint_do_not_change_it(tmp_path):
+    # trainer.save_metrics("eval", ...) after training: the weights are the same, and a
+    # model fitted on them must not be refused as another backbone.
+    folder = Path(build_tiny_llama(tmp_path / "a"))
+    before = fingerprint(folder)
+    clear_backbones()
+    (folder / "eval_results.json").write_text(json.dumps({"eval_loss": 0.12}))
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
+    assert fingerprint(folder) == before
 
 
 def test_digests_are_memoised_and_recomputed_when_a_file_changes(tmp_path, monkeypatch):
