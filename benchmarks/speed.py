@@ -26,21 +26,28 @@ default threads wait on each other; the output flags such runs as unreliable.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
 from sklearn.model_selection import GridSearchCV, KFold
+from speed_report import (  # benchmarks/ is on sys.path when run as a script
+    BackboneReport,
+    Settings,
+    busy_seconds,
+    contention_lines,
+    machine_info,
+    mib,
+    render,
+    short,
+    write_results,
+)
 
 import sklearn_relish
 from sklearn_relish import RelishTextRegressor
@@ -77,22 +84,6 @@ def timed(function: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
-    cells = [[str(c) for c in row] for row in rows]
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines)
-
-
-def short(backbone: str) -> str:
-    return backbone.rsplit("/", 1)[-1]
-
-
-def mib(n_bytes: float) -> str:
-    return f"{n_bytes / 1024**2:.1f}"
-
-
 # -- the featurization methods compared -----------------------------------------------------
 # Each takes the texts and returns nothing: only the time matters here. All use batches of
 # BATCH_SIZE texts, the backbone's own tokenizer and weights (the very objects the package
@@ -125,18 +116,6 @@ class Method:
     name: str
     run: Callable[[list[str]], object]
     note: str = ""
-
-
-@dataclass
-class BackboneReport:
-    """Everything measured on one backbone, as table rows."""
-
-    backbone: str
-    load_s: float = 0.0
-    featurization: list[list[object]] = field(default_factory=list)
-    memory: list[object] = field(default_factory=list)
-    grid: list[list[object]] = field(default_factory=list)
-    latency: list[list[object]] = field(default_factory=list)
 
 
 def sentence_transformers_method(backbone: str, device: torch.device) -> Method:
@@ -299,98 +278,6 @@ def predict_latency(report: BackboneReport, estimator: RelishTextRegressor,
         ])
 
 
-def busy_seconds() -> tuple[float, int]:
-    """CPU seconds all processes have spent busy since boot, and the CPUs they ran on.
-
-    Read from /proc/stat, which counts the CPUs this machine (or container) sees; (0, 1)
-    where it is missing, which reports no contention rather than failing.
-    """
-    try:
-        lines = Path("/proc/stat").read_text().splitlines()
-    except OSError:
-        return 0.0, 1
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, lines[0].split()[1:9])
-    n_cpus = sum(1 for line in lines if line.startswith("cpu") and line[3].isdigit())
-    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    return busy, max(1, n_cpus)
-
-
-# -- report ----------------------------------------------------------------------------------
-def machine_info() -> list[str]:
-    """CPU, cores, load, torch and GPU, as Markdown bullets (call before the work starts)."""
-    cpu = cpu_model()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return [
-        f"- CPU: {cpu}, {os.cpu_count()} logical cores "
-        f"(load average at start: {os.getloadavg()[0]:.2f})",
-        f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s); "
-        f"Python {platform.python_version()}",
-        f"- GPU: {gpu}",
-    ]
-
-
-def render(reports: list[BackboneReport], args: argparse.Namespace, n_texts: int,
-           avg_chars: float) -> str:
-    padded = "" if args.no_padded else (
-        f"Padded baseline uses max_length={PAPER_MAX_LENGTH}, as the paper's code did; ")
-    parts = [
-        f"### Featurization of {n_texts} VADER tweets (mean {avg_chars:.0f} characters), "
-        f"batch size {BATCH_SIZE}, median of {args.repeats} run(s) after one warm-up batch",
-        "",
-        padded + "the package and the floor use dynamic padding (max_length=512, no tweet is "
-        "that long). Backbone load times (not included): "
-        + ", ".join(f"{short(r.backbone)} {r.load_s:.1f} s" for r in reports) + ".",
-        "",
-        markdown_table(["backbone", "method", "seconds", "texts/s", "x floor", "note"],
-                       [row for r in reports for row in r.featurization]),
-    ]
-    if any(r.memory for r in reports):
-        parts += [
-            "",
-            f"### Token-state cache memory (after featurizing the {n_texts} tweets)",
-            "",
-            markdown_table(
-                ["backbone", "entries", "d", "tokens/text", "cache MiB per 1,000 texts (fp16)",
-                 f"padded fp32 @{PAPER_MAX_LENGTH} MiB per 1,000", "padded / cache",
-                 "cold featurize s", "all-hit featurize ms"],
-                [r.memory for r in reports if r.memory]),
-        ]
-    if any(r.grid for r in reports):
-        parts += [
-            "",
-            f"### GridSearchCV: {len(GRID['lr']) * len(GRID['n_iterations'])} candidates "
-            f"({GRID}) x {N_FOLDS} folds, max_epochs={args.max_epochs}, "
-            "early_stopping=False, n_jobs=1",
-            "",
-            markdown_table(
-                ["backbone", "cache", "texts", "fits", "wall s", "llm_texts", "expected",
-                 "LLM passes per text", "best CV R²"],
-                [row for r in reports for row in r.grid]),
-            "",
-            f"### predict latency on one text, warm backbone (fitted on {args.grid_n} tweets)",
-            "",
-            markdown_table(["backbone", "text", "calls", "median ms", "min ms", "max ms"],
-                           [row for r in reports for row in r.latency]),
-        ]
-    return "\n".join(parts) + "\n"
-
-
-def write_results(body: str, machine: list[str], path: Path, quick: bool) -> None:
-    header = "" if path.exists() else "# Benchmark results\n"
-    section = "\n".join([
-        f"\n## Speed, {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}"
-        + (" (--quick smoke test: not representative)" if quick else ""),
-        "",
-        f"Command: `{shlex.join(sys.orig_argv)}`",
-        "",
-        *machine,
-        "",
-        body,
-    ])
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(header + section)
-
-
 # -- main ------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -470,19 +357,11 @@ def main(argv: list[str] | None = None) -> None:
         reports.append(report)
 
     avg_chars = float(np.mean([len(t) for t in featurize_texts]))
-    body = render(reports, args, len(featurize_texts), avg_chars)
-    # With one thread per core, every parallel torch op waits for all its threads; when
-    # another process holds a core, that is a scheduler time slice (~ms) per op, and small
-    # ops (the head's training) run up to ~100x slower. So the CPU time other processes used
-    # during the run (whole-system busy time minus this process's own) is reported.
-    busy_end, n_cpus = busy_seconds()
-    others = (busy_end - busy_start) - (time.process_time() - own_start)
-    share = max(0.0, others) / ((time.perf_counter() - wall_start) * n_cpus)
-    machine.append(f"- other processes used {share:.0%} of the machine's CPU time during the run")
-    if share > 0.1:
-        machine.append("- **warning: the machine was busy during this run; timings are "
-                       "unreliable, rerun on a quiet machine**")
-        log(f"warning: other processes used {share:.0%} of the CPU; timings are unreliable")
+    body = render(reports, args, len(featurize_texts), avg_chars,
+                  Settings(BATCH_SIZE, PAPER_MAX_LENGTH, GRID, N_FOLDS))
+    machine += contention_lines(busy_start, own_start, wall_start)
+    if machine[-1].startswith("- **warning"):
+        log("warning: the machine was busy during this run; timings are unreliable")
     print("\n".join(machine) + "\n\n" + body)
     if not args.no_write:
         write_results(body, machine, args.results, args.quick)
