@@ -127,6 +127,7 @@ class LoadedBackbone:
     # states as the full pass (see _early_exit.py); unchecked layers are absent.
     early_exit_ok: dict[int, bool] = field(default_factory=dict)
     run_tag: str = ""  # dtype and quantisation: part of every cache key
+    folder: str | None = None  # the checkpoint's files, where known (fingerprinted)
 
     @property
     def input_device(self) -> torch.device:
@@ -278,7 +279,8 @@ def load_backbone(
         # slicing the states back out of a padded batch relies on.
         tokenizer.padding_side = "right"
         loaded = LoadedBackbone(name, model, tokenizer, fingerprint, device, dtype,
-                                threading.Lock(), run_tag=_run_tag(dtype, kwargs))
+                                threading.Lock(), run_tag=_run_tag(dtype, kwargs),
+                                folder=None if folder is None else str(folder))
         _REGISTRY[key] = loaded
         return loaded
 

@@ -154,12 +154,21 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
 def _remove_other_conversions(target: Path, stem: str) -> None:
     """Delete other conversions of a GGUF of this name: older installs' or older versions'.
 
-    A process still reading one keeps its open files (POSIX); a later load of another
-    version's GGUF converts it again, which costs time, never a wrong backbone.
+    Each is first renamed out of the way, so no half-deleted folder ever sits under a name
+    a loader would trust; one that cannot be renamed (in use on Windows) is left alone, and
+    what cannot be deleted (open files on NFS) stays hidden as ``.removing-*``. A process
+    still reading one keeps its open files (POSIX); a later load of another version's GGUF
+    converts it again, which costs time, never a wrong backbone.
     """
     for other in target.parent.glob(f"{stem}-*"):
-        if other != target and other.is_dir() and len(other.name) == len(target.name):
-            shutil.rmtree(other, ignore_errors=True)
+        if other == target or not other.is_dir() or len(other.name) != len(target.name):
+            continue
+        doomed = target.parent / f".removing-{other.name}-{os.getpid()}"
+        try:
+            other.rename(doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _assembled_gguf(entry: EmbeddedBackbone) -> Path:

@@ -23,7 +23,7 @@ from ._batching import fill_batches, longest_first
 from ._cache import CachedStates, cache_key, count_forward, memory_cache
 from ._early_exit import hidden_states_at
 from ._embedded import rename_legacy_backbone
-from ._fingerprint import PREFIX, legacy_fingerprint
+from ._fingerprint import PREFIX, earlier_fingerprints, legacy_fingerprint
 from ._inputs import PAIR, PAIR_MARK, check_layer, format_texts
 from ._store import StoreUnavailable, TokenStateStore, warn_once
 
@@ -128,7 +128,11 @@ class LLMFeaturizer:
 
     def _same_backbone(self, loaded: LoadedBackbone) -> bool:
         if self.fingerprint.startswith(PREFIX):
-            return loaded.fingerprint == self.fingerprint
+            if loaded.fingerprint == self.fingerprint:
+                return True
+            # Fitted when the same files were fingerprinted by an earlier rule?
+            return loaded.folder is not None and self.fingerprint in earlier_fingerprints(
+                loaded.folder, loaded.model.config)
         # A model pickled by sklearn_relish 0.1.0 holds the older, sampled fingerprint.
         return legacy_fingerprint(loaded.model) == self.fingerprint
 

@@ -31,11 +31,15 @@ import torch
 _WEIGHT_SUFFIXES = ((".safetensors",), (".bin", ".pt", ".pth", ".gguf"))
 # Config and tokenizer files (tokenizer.json, vocab.txt, merges.txt, tokenizer.model...).
 _OTHER_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
-_SKIPPED = {"README.md", "README.txt", "LICENSE", "LICENSE.txt",
-            # What transformers' Trainer writes beside a checkpoint: its log and metrics,
-            # which a later evaluate() rewrites without touching a weight.
-            "trainer_state.json", "all_results.json", "train_results.json",
-            "eval_results.json", "test_results.json", "predict_results.json"}
+_EARLIER_SKIPPED = frozenset({"README.md", "README.txt", "LICENSE", "LICENSE.txt"})
+_SKIPPED = _EARLIER_SKIPPED | {
+    # What transformers' Trainer writes beside a checkpoint: its log and metrics, which a
+    # later evaluate() rewrites without touching a weight.
+    "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json",
+    "test_results.json", "predict_results.json"}
+# A loader setting that tokenizer.save_pretrained writes into tokenizer_config.json; it
+# changes nothing the tokenizer does (earlier conversions of the embedded GGUFs hold either).
+_LOADER_FLAGS = (b'"local_files_only": true', b'"local_files_only": false')
 # Keys of config.json that name how the weights were stored or loaded, not what they are.
 _VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "dtype", "torch_dtype",
                     "quantization_config", "architectures", "_commit_hash")
@@ -44,10 +48,10 @@ _MEMO_LOCK = threading.Lock()
 PREFIX = "sha256:"  # new fingerprints; older pickles hold 16 hex digits (legacy_fingerprint)
 
 
-def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
+def checkpoint_files(folder: str | os.PathLike, skipped: frozenset = _SKIPPED) -> list[Path]:
     """The files of a checkpoint folder that determine the backbone's output."""
     files = [p for p in sorted(Path(folder).iterdir())
-             if p.is_file() and p.name not in _SKIPPED and not p.name.startswith(".")]
+             if p.is_file() and p.name not in skipped and not p.name.startswith(".")]
     chosen = [p for p in files if p.suffix in _OTHER_SUFFIXES]
     for suffixes in _WEIGHT_SUFFIXES:
         weights = [p for p in files if p.suffix in suffixes]
@@ -104,17 +108,43 @@ def _config_digest(config: Any) -> Any:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
 
 
-def checkpoint_fingerprint(folder: str | os.PathLike, config: Any) -> str:
-    """Fingerprint of the checkpoint in ``folder``: its files' digests and its config."""
+def checkpoint_fingerprint(folder: str | os.PathLike, config: Any,
+                           skipped: frozenset = _SKIPPED,
+                           replaced: dict[str, str] | None = None) -> str:
+    """Fingerprint of the checkpoint in ``folder``: its files' digests and its config.
+
+    ``skipped`` and ``replaced`` (file name -> digest to use instead of the file's) exist
+    for :func:`earlier_fingerprints`.
+    """
     digest = _config_digest(config)
     with _MEMO_LOCK:
         memo = _read_memo()
         before = dict(memo)
-        for path in checkpoint_files(folder):
-            digest.update(f"{path.name}:{file_digest(path, memo)}".encode())
+        for path in checkpoint_files(folder, skipped):
+            file_hash = (replaced or {}).get(path.name) or file_digest(path, memo)
+            digest.update(f"{path.name}:{file_hash}".encode())
         if memo != before:
             _write_memo(memo)
     return PREFIX + digest.hexdigest()[:32]
+
+
+def earlier_fingerprints(folder: str | os.PathLike, config: Any) -> set[str]:
+    """What earlier rules of this package made of the same files, so models fitted then load.
+
+    Two rules changed without the backbone changing: Trainer files beside the weights were
+    hashed, and the embedded conversions wrote ``local_files_only`` as whatever
+    HF_HUB_OFFLINE said. Computed only when a stored fingerprint does not match.
+    """
+    replacements: list[dict[str, str]] = [{}]
+    tokenizer_config = Path(folder) / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        text = tokenizer_config.read_bytes()
+        for flag, other in (_LOADER_FLAGS, _LOADER_FLAGS[::-1]):
+            if flag in text:
+                flipped = hashlib.sha256(text.replace(flag, other)).hexdigest()
+                replacements.append({tokenizer_config.name: flipped})
+    return {checkpoint_fingerprint(folder, config, skipped, replaced)
+            for skipped in (_SKIPPED, _EARLIER_SKIPPED) for replaced in replacements}
 
 
 def legacy_fingerprint(model: Any) -> str:

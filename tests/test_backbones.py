@@ -1,6 +1,5 @@
 """Loading backbones: honest names, from_pretrained arguments, direct dtype, batch plans."""
 
-import json
 import pickle
 from pathlib import Path
 
@@ -216,10 +215,12 @@ def test_gemma_is_not_a_legacy_name_of_0_1_models():
 def test_every_install_of_one_gguf_shares_one_conversion(tmp_path, monkeypatch):
     # Each virtual environment installs the GGUF anew (a new mtime): the conversion is keyed
     # by content, so they share one folder, and older copies (~540 MB each) are removed.
-    # The tokenizer config it writes must not depend on HF_HUB_OFFLINE: it is fingerprinted.
+    # The tokenizer config it writes must not depend on offline mode: it is fingerprinted.
     import importlib.util
     import os
     import shutil
+
+    from huggingface_hub import constants
 
     from sklearn_relish._embedded import EMBEDDED, _convert_gguf
 
@@ -230,27 +231,30 @@ def test_every_install_of_one_gguf_shares_one_conversion(tmp_path, monkeypatch):
     installed = Path(next(iter(spec.submodule_search_locations))) / gguf_file
     home = tmp_path / "home"
     monkeypatch.setenv("SKLEARN_RELISH_HOME", str(home))
-    stem = Path(gguf_file).stem
-    stale = home / "backbones" / f"{stem}-000000000000"
+    stale = home / "backbones" / f"{Path(gguf_file).stem}-000000000000"
     stale.mkdir(parents=True)
     (stale / "model.safetensors").write_bytes(b"an older install's conversion")
 
-    installs = []
-    for name, offline in (("venv1", None), ("venv2", "1")):
+    def install(name: str) -> Path:
         folder = tmp_path / name
         folder.mkdir()
         shutil.copy(installed, folder / gguf_file)  # copy, not copy2: a new mtime
-        if offline is None:
-            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        else:
-            monkeypatch.setenv("HF_HUB_OFFLINE", offline)
-        installs.append(_convert_gguf(folder, gguf_file))
+        return folder
 
-    assert installs[0] == installs[1]
-    assert sorted(p.name for p in (home / "backbones").iterdir()) == [installs[0].name]
-    config = json.loads((installs[0] / "tokenizer_config.json").read_text())
-    assert config.get("local_files_only") is True
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: patch what it read.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    online = _convert_gguf(install("venv1"), gguf_file)
+    written_online = (online / "tokenizer_config.json").read_bytes()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    venv2 = install("venv2")
+    assert _convert_gguf(venv2, gguf_file) == online  # shared, not converted again
+    assert sorted(p.name for p in (home / "backbones").iterdir()) == [online.name]
     umask = os.umask(0)
     os.umask(umask)
-    assert installs[0].stat().st_mode & 0o777 == 0o777 & ~umask
-    assert (installs[0] / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert online.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (online / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+    shutil.rmtree(online)
+    offline = _convert_gguf(venv2, gguf_file)  # converted again, offline this time
+    assert offline == online
+    assert (offline / "tokenizer_config.json").read_bytes() == written_online

@@ -133,6 +133,39 @@ def test_model_refuses_a_backbone_edited_in_place(tmp_path):
         restored.predict(TEXTS[:2])
 
 
+def set_tokenizer_flag(folder, value: bool) -> None:
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["local_files_only"] = value
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+@pytest.mark.parametrize("fitted_with", [False, True])
+def test_models_fitted_under_earlier_fingerprint_rules_still_load(tmp_path, fitted_with):
+    # Earlier conversions of the embedded GGUFs wrote local_files_only as HF_HUB_OFFLINE
+    # said, and Trainer files were hashed: the same weights, so such models still predict.
+    folder = Path(build_tiny_llama(tmp_path / "a"))
+    set_tokenizer_flag(folder, fitted_with)
+    (folder / "eval_results.json").write_text(json.dumps({"eval_loss": 0.1}))
+    model = small_regressor(str(folder)).fit(TEXTS, TARGETS)
+    expected = model.predict(TEXTS[:2])
+    config = model.featurizer_.loaded.model.config
+    earlier = _fingerprint.checkpoint_fingerprint(folder, config, _fingerprint._EARLIER_SKIPPED)
+    assert earlier != model.featurizer_.fingerprint
+    model.featurizer_.fingerprint = earlier  # what the earlier rule stored in the pickle
+    saved = pickled(model)
+    set_tokenizer_flag(folder, not fitted_with)
+    clear_backbones()
+    restored = joblib.load(io.BytesIO(saved))
+    np.testing.assert_allclose(restored.predict(TEXTS[:2]), expected, rtol=1e-6)
+    # Any other change to the same file is still another backbone.
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 17
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    clear_backbones()
+    with pytest.raises(BackboneMismatchError):
+        joblib.load(io.BytesIO(saved)).predict(TEXTS[:2])
+
+
 def test_edited_copy_never_shares_cached_states_with_the_original(tmp_path):
     original = tmp_path / "a"
     build_tiny_llama(original)
