@@ -16,11 +16,11 @@ from ._inputs import check_prompt, check_texts
 from ._store import StoreUnavailable, TokenStateStore
 
 
-def _fill(featurizer, texts: list, kind: str) -> dict[str, int]:
+def _fill(featurizer, texts: list, kind: str, verify: bool = False) -> dict[str, int]:
     # Runs on a worker: the featurizer arrives without weights and loads the backbone from
     # the process-wide registry, so each worker process reads it from disk once.
     with large_tensors_on_the_heap():
-        return {"texts": len(texts), "computed": featurizer.fill_store(texts, kind)}
+        return {"texts": len(texts), "computed": featurizer.fill_store(texts, kind, verify)}
 
 
 def featurize_to_store(
@@ -30,6 +30,7 @@ def featurize_to_store(
     client: Any = None,
     chunk_size: int = 1000,
     max_in_flight: int | None = None,
+    verify: bool = False,
     **params: Any,
 ) -> dict[str, int]:
     """Run the backbone once over every distinct text and keep the states in ``store_dir``.
@@ -54,12 +55,17 @@ def featurize_to_store(
         Texts per task: one store transaction and one unit of lost work if a worker dies.
     max_in_flight : int or None, default=None
         Chunks submitted but not finished; ``None`` means twice the number of workers.
+    verify : bool, default=False
+        Read and check every row the store already holds for these texts, and recompute
+        the damaged ones. Off, only the store's index is read (a re-run over a large store
+        stays cheap), and a fit that meets a damaged row recomputes that text itself.
     **params
         Featurization parameters of :class:`RelishTextRegressor` (``backbone``, ``layer``,
         ``max_length``, ``prompt``, ``featurize_batch_size``, ``device``,
         ``backbone_dtype``, ``trust_remote_code``, ``backbone_kwargs``,
         ``train_top_layers``, ``verbose``), with its defaults. With ``train_top_layers``
-        the store gets the states under the trained blocks, which such a fit reads.
+        the store gets the states under the trained blocks, which such a fit reads (the
+        backbone is loaded here once to find that layer).
 
     Returns
     -------
@@ -79,6 +85,8 @@ def featurize_to_store(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
     if max_in_flight is not None and (not isinstance(max_in_flight, int) or max_in_flight < 1):
         raise ValueError(f"max_in_flight must be a positive int or None, got {max_in_flight!r}.")
+    if not isinstance(verify, bool):
+        raise TypeError(f"verify must be True or False, got {verify!r}.")
     unknown = sorted(set(params) - _FEATURIZATION_PARAMS)
     if unknown:
         raise TypeError(
@@ -99,14 +107,14 @@ def featurize_to_store(
     chunks = [distinct[i:i + chunk_size] for i in range(0, len(distinct), chunk_size)]
     featurizer = estimator._featurizer_to_train_on()
     if client is None:
-        computed = sum(_fill(featurizer, chunk, kind)["computed"] for chunk in chunks)
+        computed = sum(_fill(featurizer, chunk, kind, verify)["computed"] for chunk in chunks)
     else:
-        computed = _run_on_cluster(client, featurizer, chunks, kind, max_in_flight)
+        computed = _run_on_cluster(client, featurizer, chunks, kind, max_in_flight, verify)
     return {"texts": len(texts), "distinct": len(distinct), "computed": computed}
 
 
 def _run_on_cluster(client, featurizer, chunks: list[list], kind: str,
-                    max_in_flight: int | None) -> int:
+                    max_in_flight: int | None, verify: bool) -> int:
     from distributed import as_completed
 
     if max_in_flight is None:
@@ -121,7 +129,7 @@ def _run_on_cluster(client, featurizer, chunks: list[list], kind: str,
 
     def submit(chunk: list):
         [texts] = client.scatter([chunk], hash=False)
-        task = client.submit(_fill, shared_featurizer, texts, kind, pure=False)
+        task = client.submit(_fill, shared_featurizer, texts, kind, verify, pure=False)
         scattered[task.key] = texts
         return task
 

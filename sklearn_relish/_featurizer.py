@@ -263,18 +263,17 @@ class LLMFeaturizer:
             return None
         return store
 
-    def fill_store(self, texts: list, kind: str) -> int:
+    def fill_store(self, texts: list, kind: str, verify: bool = False) -> int:
         """Featurize into ``cache_dir`` the texts it lacks; returns how many the LLM ran on.
 
         Keeps nothing in memory and returns no states, so a cluster worker's memory stays
-        flat; a store that cannot be written raises :class:`StoreUnavailable`.
+        flat; a store that cannot be written raises :class:`StoreUnavailable`. With
+        ``verify``, stored rows are read and checked and damaged ones recomputed.
         """
         keys, prompted, layer, max_length = self._keys(texts, kind)
         store = TokenStateStore(self.cache_dir)
         todo = dict(zip(keys, prompted, strict=True))
-        # verify: a damaged row counts as missing, so a pre-fill repairs it (a fit would
-        # only find it damaged and run the LLM on that text after all).
-        todo = {key: todo[key] for key in store.missing(list(todo), verify=True)}
+        todo = {key: todo[key] for key in store.missing(list(todo), verify=verify)}
         if todo:
             computed = self._forward(list(todo.values()), layer, max_length)
             store.put_many(zip(todo, computed, strict=True))

@@ -172,9 +172,10 @@ class RelishNet(NeuralNetRegressor):
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         # The criterion is built with reduction="none": average over targets, then weight
-        # each text. Weights have mean 1 over the training set, so the batch's sum over its
-        # rows estimates the weighted mean loss of the whole set without bias (unweighted
-        # fits get the plain mean). Dividing by the batch's own weight sum instead would
+        # each text. Weights were scaled to mean 1 over the texts given to fit (about 1 on
+        # the part trained on), so the batch's sum over its rows estimates the weighted
+        # mean loss of the whole set without bias (unweighted fits get the plain mean) and
+        # the lr keeps its meaning. Dividing by the batch's own weight sum instead would
         # scale light batches up to full strength and give 0/0 on a batch of zero weights.
         from skorch.utils import to_tensor
 

@@ -131,7 +131,8 @@ class TokenStateStore:
         """Those of ``keys`` that have no row; with ``verify``, or a damaged one.
 
         Without ``verify`` this is an index-only query (no payload is read); with it each
-        row's payload is read and checked, one row at a time, and none is kept.
+        row is read and checked as :meth:`get_many` would serve it, one row at a time, and
+        none is kept.
         """
         keys = list(keys)
         present: set[str] = set()
@@ -145,7 +146,8 @@ class TokenStateStore:
                 rows = connection.execute(
                     f"SELECT {columns} FROM states WHERE key IN ({','.join('?' * len(chunk))})",
                     chunk)
-                present.update(row[0] for row in rows if not verify or _intact(*row[1:]))
+                present.update(row[0] for row in rows
+                               if not verify or _decode(*row[1:]) is not None)
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot read {self.path}: {error}") from error
         finally:

@@ -174,13 +174,14 @@ def test_no_warning_when_the_store_works(tiny_llama, tmp_path):
 
 
 # -- featurize_to_store without a cluster: the pre-fill a fit then reads --------------
-def test_a_prefill_repairs_damaged_rows(tiny_llama, tmp_path):
+def test_a_verifying_prefill_repairs_damaged_rows(tiny_llama, tmp_path):
     featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama)
     with sqlite3.connect(tmp_path / FILENAME) as connection:  # one row's bytes flipped
         key, payload = connection.execute("SELECT key, payload FROM states").fetchone()
         connection.execute("UPDATE states SET payload = ? WHERE key = ?",
                            (bytes(b ^ 0xFF for b in payload[:4]) + payload[4:], key))
-    again = featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama)
+    assert featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama)["computed"] == 0  # index
+    again = featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama, verify=True)
     assert again["computed"] == 1
     clear_cache()
     small_regressor(tiny_llama, cache_dir=str(tmp_path)).fit(TEXTS, TARGETS)
