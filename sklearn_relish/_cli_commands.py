@@ -149,7 +149,8 @@ def evaluate(args: argparse.Namespace) -> int:
     targets = args.target or list(getattr(model, "target_names_", []))
     if not targets:
         raise CommandError(f"{args.model} does not record its target column; pass --target")
-    outputs = _outputs_for(targets, _target_names(model), args.model)
+    outputs = _outputs_for(targets, getattr(model, "target_names_", None),
+                           len(_target_names(model)), args.model)
     truth = columns(table, targets, args.data, "target").to_numpy(dtype=float)
     plot = refuse_to_overwrite(args.plot or f"{Path(args.data).stem}_predicted_vs_true.png",
                                args.force)
@@ -164,20 +165,25 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _outputs_for(targets: list[str], fitted: list[str], model_path: str) -> list[int]:
+def _outputs_for(targets: list[str], fitted: Any, n_outputs: int, model_path: str) -> list[int]:
     """Which of the model's outputs each ``--target`` column is compared with.
 
-    By name when every column is one the model was fitted on (any subset, any order); by
-    position when none is and there is one column per output (the same targets under new
-    column names). A mix, or another count, is ambiguous: pairing by position would
-    silently score one target's predictions against another's truth.
+    By name when the model records its target names and every column is one of them (any
+    subset, any order); by position when none is and there is one column per output (the
+    same targets under new column names), or when the model records no names. Anything
+    else is ambiguous: pairing by position would silently score one target's predictions
+    against another's truth.
     """
-    if all(name in fitted for name in targets):
-        return [fitted.index(name) for name in targets]
-    if len(targets) == len(fitted) and not any(name in fitted for name in targets):
-        return list(range(len(fitted)))
+    if len(set(targets)) != len(targets):
+        raise CommandError(f"--target names a column twice: {targets}")
+    named = [] if fitted is None else list(fitted)
+    if named and all(name in named for name in targets):
+        return [named.index(name) for name in targets]
+    if len(targets) == n_outputs and not any(name in named for name in targets):
+        return list(range(n_outputs))
+    what = f", {named}" if named else " (its target columns are not recorded)"
     raise CommandError(
-        f"{model_path} predicts {len(fitted)} target(s), {fitted}; pass --target with "
+        f"{model_path} predicts {n_outputs} target(s){what}; pass --target with "
         f"names among those, or one column per target in that order (got {targets})"
     )
 

@@ -45,8 +45,9 @@ def _format(path: Path) -> str:
 def read_table(path: str | os.PathLike, text_columns: Iterable[str] = ()) -> Any:
     """A non-empty DataFrame read from ``path``; text columns stay text (no NA guessing).
 
-    In CSV and TSV, ``text_columns`` are read as strings even where every cell looks like a
-    number (codes, years, ratings written out): "007" stays "007", not the integer 7.
+    ``text_columns`` are text even where every cell looks like a number (codes, years):
+    CSV and TSV read them as strings ("007" stays "007", not the integer 7), and numbers in
+    JSON Lines or Parquet become their decimal strings.
     """
     pandas = _pandas()
     path = Path(path)
@@ -73,7 +74,19 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = ()) -> Any
         raise CommandError(f"{path}: cannot be read as {kind}: {reason}") from None
     if table.empty:
         raise CommandError(f"{path}: the file has no rows")
+    for name in text_columns:
+        # JSON numbers and typed Parquet columns: a code or a year is still text here.
+        if name in table.columns and not _is_string_column(table[name]):
+            table[name] = table[name].map(lambda cell: cell if _missing(cell) else str(cell))
     return table
+
+
+def _is_string_column(column: Any) -> bool:
+    return column.map(lambda cell: isinstance(cell, str) or _missing(cell)).all()
+
+
+def _missing(cell: Any) -> bool:
+    return cell is None or (isinstance(cell, float) and cell != cell)
 
 
 def columns(table: Any, names: list[str], path: str | os.PathLike, role: str) -> Any:

@@ -65,10 +65,12 @@ def publish(tmp: str | os.PathLike, path: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise FileExistsError(f"{path} exists") from None
+        # NFSv3 can answer a retried LINK with EEXIST although the first one made it.
+        if not os.path.samefile(tmp, path):
+            raise FileExistsError(f"{path} exists") from None
     except OSError:  # a file system without hard links: check, then move
         if os.path.exists(path):
             raise FileExistsError(f"{path} exists") from None
         os.replace(tmp, path)
-    else:
-        os.unlink(tmp)
+        return
+    os.unlink(tmp)

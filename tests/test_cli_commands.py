@@ -198,3 +198,39 @@ def test_a_text_column_of_digits_is_read_as_text(tmp_path):
     table = read_table(tmp_path / "codes.csv", text_columns=["code", "absent"])
     assert list(table["code"]) == ["007", "12", "300"]
     assert table["y"].dtype == np.float64
+
+
+def test_numbers_in_a_json_lines_text_column_become_text(tmp_path):
+    from sklearn_relish._cli_tables import read_table
+
+    (tmp_path / "codes.jsonl").write_text('{"code": 7, "y": 1}\n{"code": "abc", "y": 2}\n'
+                                          '{"code": null, "y": 3}\n')
+    table = read_table(tmp_path / "codes.jsonl", text_columns=["code"])
+    assert list(table["code"][:2]) == ["7", "abc"] and pd.isna(table["code"][2])
+
+
+@pytest.mark.parametrize("targets, fitted, n_outputs, expected", [
+    (["negated"], ["score", "negated"], 2, [1]),
+    (["negated", "score"], ["score", "negated"], 2, [1, 0]),
+    (["a", "b"], ["score", "negated"], 2, [0, 1]),  # renamed columns: by position
+    (["target"], None, 1, [0]),  # no names recorded: by position
+    (["x", "y"], None, 2, [0, 1]),
+])
+def test_outputs_are_paired_by_name_or_by_position(targets, fitted, n_outputs, expected):
+    from sklearn_relish._cli_commands import _outputs_for
+
+    assert _outputs_for(targets, fitted, n_outputs, "m.joblib") == expected
+
+
+@pytest.mark.parametrize("targets, fitted, n_outputs", [
+    (["score", "score"], ["score", "negated"], 2),  # twice the same column
+    (["score", "other"], ["score", "negated"], 2),  # a mix of names
+    (["other"], ["score", "negated"], 2),
+    (["x"], None, 2),
+])
+def test_ambiguous_target_pairings_are_refused(targets, fitted, n_outputs):
+    from sklearn_relish._cli_commands import _outputs_for
+    from sklearn_relish._cli_tables import CommandError
+
+    with pytest.raises(CommandError):
+        _outputs_for(targets, fitted, n_outputs, "m.joblib")
