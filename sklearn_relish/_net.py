@@ -158,6 +158,22 @@ class RelishNet(NeuralNetRegressor):
         except _Interrupted as carried:
             raise carried.interrupt from None
 
+    def get_split_datasets(self, X, y=None, **fit_params):
+        # A part whose texts all weigh 0 measures nothing: its loss is 0 whatever the head
+        # does, so early stopping would keep the first epoch (or nothing would train).
+        train, valid = super().get_split_datasets(X, y, **fit_params)
+        for part, dataset in (("trained on", train), ("held out for early stopping", valid)):
+            if not isinstance(dataset, Subset) or not isinstance(dataset.dataset,
+                                                                  TokenStateDataset):
+                continue
+            if not bool(dataset.dataset.weights[list(dataset.indices)].sum() > 0):
+                raise ValueError(
+                    f"sample_weight is 0 on every one of the {len(dataset)} texts "
+                    f"{part} (validation_fraction={self.train_split.cv}); give some of them "
+                    "weight, or set early_stopping=False."
+                )
+        return train, valid
+
     def get_iterator(self, dataset, training=False):
         # Training: shuffled batches of similar lengths. Inference: the given order, cut
         # into batches of a padded-size budget (much larger than a training batch).

@@ -107,6 +107,28 @@ def test_a_light_batch_counts_less_than_a_heavy_one(tiny_llama, monkeypatch):
         assert loss == pytest.approx(weighted_mean, rel=1e-5)
 
 
+def test_a_hold_out_of_zero_weights_is_refused(tiny_llama, monkeypatch):
+    # Its loss would be 0 every epoch: early stopping would keep the first epoch, silently.
+    held_out = []
+    original = _net.RelishNet.get_split_datasets
+
+    def spy(self, X, y=None, **fit_params):
+        train, valid = original(self, X, y, **fit_params)
+        held_out.append(list(valid.indices))
+        return train, valid
+
+    monkeypatch.setattr(_net.RelishNet, "get_split_datasets", spy)
+    params = dict(early_stopping=True, validation_fraction=0.25, max_epochs=2)
+    small_regressor(tiny_llama, **params).fit(TEXTS, Y)  # the same split, found out
+    weights = np.ones(len(TEXTS))
+    weights[held_out[0]] = 0.0
+    with pytest.raises(ValueError, match="sample_weight is 0 on every one of the 4 texts held"):
+        small_regressor(tiny_llama, **params).fit(TEXTS, Y, sample_weight=weights)
+    # Zero weights on the other texts instead: nothing is trained on.
+    with pytest.raises(ValueError, match="12 texts trained on"):
+        small_regressor(tiny_llama, **params).fit(TEXTS, Y, sample_weight=1.0 - weights)
+
+
 def test_weights_scale_the_loss_per_text(tiny_llama, monkeypatch):
     seen = []
     original = _net.RelishNet.get_loss
