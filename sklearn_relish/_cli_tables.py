@@ -7,6 +7,7 @@ temporary file and renamed into place, so an existing file is never half-overwri
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -76,17 +77,12 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = ()) -> Any
         raise CommandError(f"{path}: the file has no rows")
     for name in text_columns:
         # JSON numbers and typed Parquet columns: a code or a year is still text here.
-        if name in table.columns and not _is_string_column(table[name]):
-            table[name] = table[name].map(lambda cell: cell if _missing(cell) else str(cell))
+        if name in table.columns:
+            # Numbers only: anything else (a list, a dict) is left for the fit to refuse.
+            table[name] = table[name].map(
+                lambda cell: str(cell) if isinstance(cell, numbers.Number)
+                and not pandas.isna(cell) else cell)
     return table
-
-
-def _is_string_column(column: Any) -> bool:
-    return column.map(lambda cell: isinstance(cell, str) or _missing(cell)).all()
-
-
-def _missing(cell: Any) -> bool:
-    return cell is None or (isinstance(cell, float) and cell != cell)
 
 
 def columns(table: Any, names: list[str], path: str | os.PathLike, role: str) -> Any:

@@ -92,19 +92,6 @@ def _package_folder(entry: EmbeddedBackbone, package: str | None = None) -> Path
     return Path(next(iter(spec.submodule_search_locations))) / entry.subfolder
 
 
-def _content_tag(path: Path) -> str:
-    """The first 12 hex digits of a file's SHA-256, memoised like the fingerprint's digests."""
-    from ._fingerprint import _MEMO_LOCK, _read_memo, _write_memo, file_digest
-
-    with _MEMO_LOCK:
-        memo = _read_memo()
-        before = dict(memo)
-        digest = file_digest(path, memo)
-        if memo != before:
-            _write_memo(memo)
-    return digest[:12]
-
-
 def _convert_gguf(folder: Path, gguf_file: str) -> Path:
     """Dequantise a GGUF file once into a safetensors folder that loads in a fraction of the time.
 
@@ -120,7 +107,10 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
 
     source = folder / gguf_file
     stem = Path(gguf_file).stem
-    target = relish_home() / "backbones" / f"{stem}-{_content_tag(source)}"
+    from ._fingerprint import memoised_digests
+
+    [digest] = memoised_digests([source])  # memoised: a stat per load after the first
+    target = relish_home() / "backbones" / f"{stem}-{digest[:12]}"
     if (target / "model.safetensors").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -117,15 +117,22 @@ def checkpoint_fingerprint(folder: str | os.PathLike, config: Any,
     for :func:`earlier_fingerprints`.
     """
     digest = _config_digest(config)
+    files = checkpoint_files(folder, skipped)
+    for path, file_hash in zip(files, memoised_digests(files), strict=True):
+        file_hash = (replaced or {}).get(path.name) or file_hash
+        digest.update(f"{path.name}:{file_hash}".encode())
+    return PREFIX + digest.hexdigest()[:32]
+
+
+def memoised_digests(paths: list[Path]) -> list[str]:
+    """SHA-256 of each file, through the digest memo (read once, written if it grew)."""
     with _MEMO_LOCK:
         memo = _read_memo()
         before = dict(memo)
-        for path in checkpoint_files(folder, skipped):
-            file_hash = (replaced or {}).get(path.name) or file_digest(path, memo)
-            digest.update(f"{path.name}:{file_hash}".encode())
+        digests = [file_digest(path, memo) for path in paths]
         if memo != before:
             _write_memo(memo)
-    return PREFIX + digest.hexdigest()[:32]
+    return digests
 
 
 def earlier_fingerprints(folder: str | os.PathLike, config: Any) -> set[str]:
