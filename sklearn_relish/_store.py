@@ -11,8 +11,9 @@ Why SQLite rows rather than per-text files or hand-made shards (measured in
   transaction is atomic: a writer killed midway leaves no row, never half a row.
 - **Bounded memory when read**: a lookup reads the rows asked for through the primary-key
   index, nothing else; there is no shard to load whole.
-- **Damage detected**: every row carries a CRC-32 of its shape, flag and payload; a row whose
-  checksum or length does not match, or a file SQLite cannot read, is a miss, never served.
+- **Damage detected**: every row carries a CRC-32 of its key, shape, flags and payload; a row
+  whose checksum or length does not match (a payload changed, or states filed under another
+  text's key), or a file SQLite cannot read, is a miss, never served.
 - Standard library only: nothing to install, nothing compiled.
 
 Limit: SQLite needs working POSIX file locks, so a store shared by several machines must sit
@@ -51,18 +52,27 @@ class StoreUnavailable(Exception):
     """The store cannot be used (not a folder, not writable, damaged, disk full)."""
 
 
-# The ``truncated`` column is a set of flags: bit 0 truncated, bit 1 bfloat16 payload.
+# The ``truncated`` column is a set of flags: bit 0 truncated, bit 1 bfloat16 payload,
+# bit 2 the checksum covers the key.
 _BFLOAT16 = 2
+_KEYED = 4
 
 
 def _checksum(n_tokens: int, dim: int, truncated: bool, payload: bytes,
-              bfloat16: bool = False) -> int:
+              bfloat16: bool = False, key: str | None = None) -> int:
     header = struct.pack("<qq?", n_tokens, dim, truncated)
     # bfloat16 rows checksum a longer header, so a reader that only knows float16 payloads
     # (sklearn_relish before this format) finds a mismatch and recomputes the text rather
     # than reading bfloat16 bits as float16.
     if bfloat16:
         header += b"bfloat16"
+    # Covering the key makes a row whose key changed (a damaged page, a hand-merged store)
+    # a miss instead of another text's states. Rows written before carry no _KEYED flag and
+    # are still served, so a large existing store is not recomputed; readers from before
+    # this flag see a mismatch on new rows and recompute them.
+    if key is not None:
+        encoded = key.encode()
+        header += struct.pack("<q", len(encoded)) + encoded
     return zlib.crc32(payload, zlib.crc32(header))
 
 
@@ -117,10 +127,10 @@ class TokenStateStore:
                 rows = connection.execute(
                     "SELECT key, n_tokens, dim, truncated, checksum, payload FROM states "
                     f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-                for key, n_tokens, dim, truncated, checksum, payload in rows:
-                    entry = _decode(n_tokens, dim, truncated, checksum, payload)
+                for row in rows:
+                    entry = _decode(*row)
                     if entry is not None:
-                        found[key] = entry
+                        found[row[0]] = entry
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot read {self.path}: {error}") from error
         finally:
@@ -147,7 +157,7 @@ class TokenStateStore:
                     f"SELECT {columns} FROM states WHERE key IN ({','.join('?' * len(chunk))})",
                     chunk)
                 present.update(row[0] for row in rows
-                               if not verify or _decode(*row[1:]) is not None)
+                               if not verify or _decode(*row) is not None)
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot read {self.path}: {error}") from error
         finally:
@@ -185,22 +195,24 @@ def _encode(key: str, entry: CachedStates) -> tuple:
     # numpy has no bfloat16: its bits travel as int16.
     payload = (states.view(torch.int16) if bfloat16 else states).numpy().tobytes()
     truncated = bool(entry.truncated)
-    flags = int(truncated) | (_BFLOAT16 if bfloat16 else 0)
-    return key, n_tokens, dim, flags, _checksum(n_tokens, dim, truncated, payload, bfloat16), \
-        payload
+    flags = int(truncated) | (_BFLOAT16 if bfloat16 else 0) | _KEYED
+    checksum = _checksum(n_tokens, dim, truncated, payload, bfloat16, key)
+    return key, n_tokens, dim, flags, checksum, payload
 
 
-def _intact(n_tokens: int, dim: int, flags: int, checksum: int, payload: bytes) -> bool:
-    """Whether a row's payload has its length and checksum (written whole, unchanged)."""
+def _intact(key: str, n_tokens: int, dim: int, flags: int, checksum: int,
+            payload: bytes) -> bool:
+    """Whether a row has its length and checksum (written whole, unchanged, under its key)."""
     truncated, bfloat16 = bool(flags & 1), bool(flags & _BFLOAT16)
     if not isinstance(payload, bytes) or len(payload) != 2 * n_tokens * dim:
         return False
-    return _checksum(n_tokens, dim, truncated, payload, bfloat16) == checksum
+    covered_key = key if flags & _KEYED else None
+    return _checksum(n_tokens, dim, truncated, payload, bfloat16, covered_key) == checksum
 
 
-def _decode(n_tokens: int, dim: int, flags: int, checksum: int,
+def _decode(key: str, n_tokens: int, dim: int, flags: int, checksum: int,
             payload: bytes) -> CachedStates | None:
-    if not _intact(n_tokens, dim, flags, checksum, payload):
+    if not _intact(key, n_tokens, dim, flags, checksum, payload):
         return None
     truncated, bfloat16 = bool(flags & 1), bool(flags & _BFLOAT16)
     # One copy into memory the tensor owns (frombuffer on bytes would be read-only).

@@ -16,7 +16,7 @@ from conftest import TARGETS, TEXTS, small_regressor
 from sklearn_relish import cache_info, clear_cache, featurize_to_store
 from sklearn_relish._cache import CachedStates
 from sklearn_relish._featurizer import LLMFeaturizer
-from sklearn_relish._store import FILENAME, StoreUnavailable, TokenStateStore
+from sklearn_relish._store import FILENAME, StoreUnavailable, TokenStateStore, _checksum
 
 
 def entry_for(i: int, n_tokens: int = 3, dim: int = 8) -> CachedStates:
@@ -79,6 +79,31 @@ def test_missing_with_verify_counts_a_damaged_row_as_missing(tmp_path):
                            (bytes([payload[0] ^ 1]) + payload[1:],))
     assert store.missing(["a", "b", "c"]) == ["c"]  # the index alone cannot tell
     assert store.missing(["a", "b", "c"], verify=True) == ["b", "c"]
+
+
+def test_states_filed_under_another_key_are_not_served(tmp_path):
+    store = TokenStateStore(tmp_path)
+    store.put_many([("a", entry_for(1)), ("b", entry_for(2)), ("c", entry_for(3))])
+    with sqlite3.connect(tmp_path / FILENAME) as connection:  # swap a's and b's keys
+        connection.execute("UPDATE states SET key = 'tmp' WHERE key = 'a'")
+        connection.execute("UPDATE states SET key = 'a' WHERE key = 'b'")
+        connection.execute("UPDATE states SET key = 'b' WHERE key = 'tmp'")
+    assert set(store.get_many(["a", "b", "c"])) == {"c"}
+    assert store.missing(["a", "b", "c"], verify=True) == ["a", "b"]
+
+
+def test_rows_written_before_keyed_checksums_are_still_served(tmp_path):
+    # Rows of earlier versions carry no key flag and a checksum without the key: a large
+    # existing store must not be recomputed because of the newer format.
+    from sklearn_relish._store import _KEYED, _encode
+    store = TokenStateStore(tmp_path)
+    store.put_many([("old", entry_for(2))])
+    key, n_tokens, dim, flags, _, payload = _encode("old", entry_for(2))
+    legacy = _checksum(n_tokens, dim, bool(flags & 1), payload)
+    with sqlite3.connect(tmp_path / FILENAME) as connection:
+        connection.execute("UPDATE states SET truncated = ?, checksum = ?",
+                           (flags & ~_KEYED, legacy))
+    assert torch.equal(store.get_many(["old"])["old"].states, entry_for(2).states)
 
 
 def test_a_cut_store_file_warns_once_and_featurizes_without_it(tiny_llama, tmp_path):
