@@ -89,6 +89,8 @@ class LLMFeaturizer:
         self.cache_dir = cache_dir
         self.verbose = verbose
         self.fingerprint: str | None = None  # set on first load, checked on every later one
+        # The transformers that made the fingerprinted files, named if a later load differs.
+        self.transformers_version: str | None = None
         self._loaded: LoadedBackbone | None = None
 
     # -- pickling: identity only, never weights -------------------------------------------
@@ -100,6 +102,7 @@ class LLMFeaturizer:
     def __setstate__(self, state: dict[str, Any]) -> None:
         rename_legacy_backbone(state)
         state.setdefault("backbone_kwargs", None)  # added after 0.1.x
+        state.setdefault("transformers_version", None)  # not recorded before 0.1.x
         self.__dict__.update(state)
 
     # -- the backbone ---------------------------------------------------------------------
@@ -119,8 +122,12 @@ class LLMFeaturizer:
                     f"The backbone {self.backbone!r} found here (fingerprint "
                     f"{loaded.fingerprint}) is not the one this model was trained on "
                     f"(fingerprint {self.fingerprint}); its predictions would be meaningless. "
-                    "Install the original backbone, or refit on this one."
+                    "Install the original backbone, or refit on this one." + self._version_hint()
                 )
+            if self.fingerprint is None:
+                import transformers
+
+                self.transformers_version = transformers.__version__
             self.fingerprint = loaded.fingerprint
             self.layer_index(loaded)  # an out-of-range layer fails here, before any forward
             self._loaded = loaded
@@ -135,6 +142,18 @@ class LLMFeaturizer:
                 loaded.folder, loaded.model.config)
         # A model pickled by sklearn_relish 0.1.0 holds the older, sampled fingerprint.
         return legacy_fingerprint(loaded.model) == self.fingerprint
+
+    def _version_hint(self) -> str:
+        import transformers
+
+        if self.transformers_version in (None, transformers.__version__):
+            return ""
+        # An embedded backbone is converted from its GGUF by the installed transformers,
+        # which writes its version (and may change its conversion) into the files.
+        return (f" The model was fitted with transformers {self.transformers_version} and this "
+                f"environment has {transformers.__version__}: an embedded backbone converted by "
+                f"another version differs in its files; with transformers=="
+                f"{self.transformers_version} installed it loads.")
 
     def layer_index(self, loaded: LoadedBackbone) -> int:
         """The hidden-state index ``layer`` names: a whole number as is, a fraction as a share.

@@ -129,6 +129,20 @@ def test_changed_backbone_weights_are_refused(tmp_path):
     assert str(tmp_path / "A") in str(e.value)  # names the backbone
 
 
+def test_a_refusal_names_the_transformers_version_the_model_was_fitted_with(tmp_path):
+    import transformers
+
+    restored, _ = _fit_dump_rebuild(tmp_path / "A", seed_after=1)
+    featurizer = restored.featurizer_
+    assert featurizer.transformers_version == transformers.__version__
+    with pytest.raises(BackboneMismatchError) as same_version:
+        restored.predict(PROBE)
+    assert "transformers" not in str(same_version.value)  # no false lead when they agree
+    featurizer.transformers_version = "4.99.0"
+    with pytest.raises(BackboneMismatchError, match=r"fitted with transformers 4\.99\.0"):
+        restored.predict(PROBE)
+
+
 def test_identical_backbone_rebuilt_is_accepted(tmp_path):
     restored, expected = _fit_dump_rebuild(tmp_path / "A", seed_after=0)
     np.testing.assert_allclose(restored.predict(PROBE), expected, rtol=0, atol=1e-6)
