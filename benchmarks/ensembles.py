@@ -25,16 +25,14 @@ import argparse
 import datetime
 import itertools
 import json
-import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from _machine import cpu_model
 from quality_data import DEFAULT_CACHE_DIR, load_corpus, split
-from quality_report import replace_section
+from quality_report import machine_info, replace_section
 from scipy.stats import pearsonr
 from sklearn.model_selection import train_test_split
 
@@ -73,6 +71,7 @@ def fit_member(corpus_name: str, seed: int, member: str, n_texts: int | None) ->
             "valid_index": [int(i) for i in valid], "fit_s": fit_s,
             "valid_pred": [round(float(v), 5) for v in model.predict([texts[i] for i in valid])],
             "test_pred": [round(float(v), 5) for v in model.predict([texts[i] for i in test])],
+            "machine": machine_info(),
             "command": shlex.join(["python", "benchmarks/ensembles.py", *sys.argv[1:]]),
             "finished": datetime.datetime.now().isoformat(timespec="seconds")}
 
@@ -114,11 +113,13 @@ def score(combo: tuple[str, ...], rows: dict[str, dict], y_valid: np.ndarray,
 def summarise(runs: Path) -> str:
     rows = read_rows(runs)
     commands = sorted({r["command"] for r in rows})
+    # The machines that fitted the rows, not the one that summarises them.
+    machines = sorted({r.get("machine", "not recorded") for r in rows})
     out = ["## Ensembles", "",
            f"Rows: {', '.join(f'`{c}`' for c in commands)}. Table: `python "
-           f"benchmarks/ensembles.py --summarise`. Machine: {cpu_model()}, "
-           f"{os.cpu_count()} cores, CPU only. Members are RELISH with package defaults "
-           "but the backbone and random_state, each fitted on 90% of the seed's training "
+           f"benchmarks/ensembles.py --summarise`. Fitted on: {'; '.join(machines)}. "
+           "Members are RELISH with package defaults but the backbone and random_state, "
+           "each fitted on 90% of the seed's training "
            "split; the other 10% is the validation part that scores ensembles (never "
            "trained on). An ensemble is the mean of its members' predictions, as "
            "`VotingRegressor` computes it. Head fit seconds exclude featurization (states "
