@@ -10,6 +10,7 @@ hold as many texts as a budget of padded elements allows, in the order given, so
 
 from __future__ import annotations
 
+import threading
 import warnings
 from numbers import Integral, Real
 from typing import Any
@@ -25,6 +26,11 @@ from ._batching import BucketBatchSampler, fill_batches, inference_budget, longe
 from ._head import RelishHead
 from ._intervals import PointAndQuantileLoss, outputs_per_target
 from ._sklearn_compat import Interval, StrOptions
+
+# torch has one random stream per process: fits that overlap in threads would seed and
+# restore it over each other (another fit's initialisation, batch order and dropout), so
+# they take turns. Each already uses torch's intra-op threads; processes still run at once.
+_TRAINING_LOCK = threading.RLock()
 
 LOSSES = {"huber": torch.nn.HuberLoss, "mse": torch.nn.MSELoss}
 
@@ -282,11 +288,11 @@ def train_head(params: Any, input_dim: int, states: list[torch.Tensor], scaled: 
     A ``constant`` target (scale 0 over the whole training set) is not trained: the
     estimator predicts its value exactly whatever the head outputs. The user's global
     torch seed is neither used nor disturbed: training draws from a private stream
-    seeded with ``seed``.
+    seeded with ``seed``, which fits in other threads wait to share (``_TRAINING_LOCK``).
     """
     net = build_net(params, input_dim, len(states), seed, device, n_outputs, featurizer)
     cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with _TRAINING_LOCK, torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         if not constant:
             net.fit(TokenStateDataset(states_for_training(states, device), scaled, weights),

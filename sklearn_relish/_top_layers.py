@@ -21,6 +21,7 @@ which the fingerprint check guarantees is the one trained on.
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 import torch
@@ -29,6 +30,9 @@ from torch import nn
 from ._early_exit import _blocks
 from ._head import RelishHead
 
+# An unpickled model rebuilds its blocks on its first forward; predicts in several threads
+# must rebuild them once, not each (the first to finish drops the weights the others read).
+_RESTORE_LOCK = threading.Lock()
 # Two texts of different lengths, so the check covers padding as well.
 _PROBE = ["The film was a delight from the first scene to the very last one.", "Awful."]
 
@@ -128,7 +132,11 @@ def checked_top(loaded: Any, first: int, n_blocks: int, device: torch.device) ->
     tolerance = 1e-2 if loaded.dtype == torch.float32 else 5e-2
     errors = []
     for final_norm in guesses:
-        top = copy_top(loaded.model, first, n_blocks, final_norm).to(device)
+        # Under the backbone's lock: the featurizer hangs an early-exit hook on a block while
+        # it holds it, and a copy taken then would stop at that block on every forward.
+        with loaded.lock:
+            top = copy_top(loaded.model, first, n_blocks, final_norm)
+        top = top.to(device)
         errors.append(_mismatch(top, loaded, first, n_blocks))
         if errors[-1] <= tolerance:
             return top
@@ -165,7 +173,9 @@ class TopLayersHead(nn.Module):
     def forward(self, token_states: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self._modules.get("top") is None:
-            self._restore_top()
+            with _RESTORE_LOCK:
+                if self._modules.get("top") is None:  # another thread may have restored it
+                    self._restore_top()
         if attention_mask is None:
             attention_mask = torch.ones(token_states.shape[:2], dtype=torch.bool,
                                         device=token_states.device)
