@@ -172,6 +172,8 @@ trust_remote_code, backbone_kwargs, verbose
         self._validate_params()
         layers = self._layer_list()
         texts, kind = self._check_texts(X, reset=True)
+        if not texts:
+            raise ValueError("X has no texts: LLMTextEncoder needs at least one to fit.")
         check_prompt(self.prompt, kind)
         featurizers = [self._make_featurizer(layer) for layer in layers]
         features = self._encode(featurizers, texts, kind)
@@ -216,6 +218,8 @@ trust_remote_code, backbone_kwargs, verbose
         featurizers = [self._sync_inference_settings(f) for f in self.featurizers_]
         features = self._encode(featurizers, texts, kind)
         if hasattr(self, "pca_"):
+            if not texts:  # PCA refuses 0 samples; no texts have no components either
+                return np.zeros((0, self.pca_.n_components_), np.float32)
             features = self.pca_.transform(features).astype(np.float32)
         return features
 

@@ -61,6 +61,9 @@ class LLMParamsMixin:
         has succeeded, so a failed refit leaves the fitted model's columns as they were.
         """
         texts, kind = check_texts(X)
+        if not reset and not texts and isinstance(X, list | tuple):
+            # An empty list has no columns to tell texts from pairs: it is the fitted kind.
+            kind = PAIR if self.n_features_in_ == 2 else kind
         if not reset:
             # Column names of a DataFrame are checked against fit's, so swapped pair
             # columns are an error rather than silently reversed pairs.

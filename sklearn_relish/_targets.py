@@ -146,7 +146,9 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
             f"sample_weight must be finite and non-negative; sample_weight[{bad[0]}] is "
             f"{weights[bad[0]]}."
         )
-    total = weights.sum()
-    if not total > 0:
+    if not weights.max(initial=0.0) > 0:
         raise ValueError("sample_weight sums to 0: at least one text needs a positive weight.")
+    # Scaled by the largest first: the sum of weights near float64's maximum overflows to
+    # inf, and dividing by it would make every weight 0.
+    weights = weights / weights.max()
     return weights / weights.mean()

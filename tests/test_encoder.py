@@ -75,6 +75,14 @@ def test_pca_needs_enough_texts(tiny_llama):
         LLMTextEncoder(tiny_llama, n_components=8).fit(TEXTS[:5])
 
 
+def test_no_texts_fit_is_refused_and_transform_is_empty(tiny_llama):
+    with pytest.raises(ValueError, match="X has no texts"):
+        LLMTextEncoder(tiny_llama).fit([])
+    assert LLMTextEncoder(tiny_llama).fit(TEXTS).transform([]).shape == (0, 32)
+    reduced = LLMTextEncoder(tiny_llama, n_components=2).fit(TEXTS)
+    assert reduced.transform([]).shape == (0, 2)  # PCA itself refuses 0 samples
+
+
 def test_pickles_without_weights_and_transforms_the_same(tiny_llama):
     encoder = LLMTextEncoder(tiny_llama, layer=[0.5, -1]).fit(TEXTS)
     buffer = io.BytesIO()

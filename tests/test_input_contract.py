@@ -234,6 +234,8 @@ def test_two_column_frame_is_pairs(tiny_llama):
     np.testing.assert_allclose(model.predict(frame.head(4)), model.predict(tuples), atol=1e-6)
     with pytest.raises(ValueError, match=r"X has 1 column\(s\) but .* on text pairs"):
         model.predict(TEXTS[:2])
+    # An empty list has no columns to disagree with: no pairs, no predictions.
+    assert model.predict([]).shape == (0,)
 
 
 def test_no_warnings_for_clean_input(fitted):

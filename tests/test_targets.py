@@ -191,6 +191,13 @@ def test_weights_are_normalised_to_mean_one():
     np.testing.assert_array_equal(check_sample_weight(None, 3), [1.0, 1.0, 1.0])
 
 
+def test_huge_and_tiny_finite_weights_keep_their_ratios():
+    # Their sum overflowed to inf, and every weight became 0 (then a ZeroDivisionError).
+    np.testing.assert_allclose(check_sample_weight([1e308] * 3, 3), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(check_sample_weight([1.5e308, 0.5e308], 2), [1.5, 0.5])
+    np.testing.assert_allclose(check_sample_weight([3e-320, 1e-320], 2), [1.5, 0.5], rtol=1e-3)
+
+
 def test_weights_of_the_user_are_not_changed_and_series_work(tiny_llama):
     import pandas as pd
 
