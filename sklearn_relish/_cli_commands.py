@@ -18,6 +18,8 @@ from ._cli_tables import (
     read_table,
     refuse_to_overwrite,
     row_error,
+    text_columns,
+    write_new_file,
     write_table,
 )
 
@@ -71,7 +73,7 @@ def fit(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     names = [args.text] + ([args.text_pair] if args.text_pair else [])
     table = read_table(args.data, text_columns=names)
-    texts = columns(table, names, args.data, "text")
+    texts = text_columns(table, names, args.data)
     targets = _numeric(columns(table, args.target, args.data, "target"), args.data)
     y = targets.iloc[:, 0] if len(args.target) == 1 else targets
     weights = (columns(table, [args.sample_weight], args.data, "sample-weight").iloc[:, 0]
@@ -91,7 +93,8 @@ def fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_and_texts(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+def _model_and_texts(args: argparse.Namespace,
+                     verbatim: bool = False) -> tuple[Any, Any, Any]:
     from . import load_model
 
     model = load_model(args.model)
@@ -102,8 +105,8 @@ def _model_and_texts(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         names = [args.text] + ([args.text_pair] if args.text_pair else [])
     if not names:
         raise CommandError(f"{args.model} does not record its text columns; pass --text")
-    table = read_table(args.data, text_columns=names)
-    return model, table, columns(table, names, args.data, "text")
+    table = read_table(args.data, text_columns=names, verbatim=verbatim)
+    return model, table, text_columns(table, names, args.data)
 
 
 def _predict(model: Any, texts: Any, path: str, coverage: float | None = None):
@@ -124,7 +127,8 @@ def _target_names(model: Any) -> list[str]:
 
 
 def predict(args: argparse.Namespace) -> int:
-    model, table, texts = _model_and_texts(args)
+    # Verbatim: the table is written back with the predictions, its cells as they were.
+    model, table, texts = _model_and_texts(args, verbatim=True)
     output = refuse_to_overwrite(args.output, args.force)
     predictions = _predict(model, texts, args.data).reshape(len(table), -1)
     result = table.copy()
@@ -151,7 +155,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.model} does not record its target column; pass --target")
     outputs = _outputs_for(targets, getattr(model, "target_names_", None),
                            len(_target_names(model)), args.model)
-    truth = columns(table, targets, args.data, "target").to_numpy(dtype=float)
+    truth = _numeric(columns(table, targets, args.data, "target"), args.data).to_numpy(float)
     plot = refuse_to_overwrite(args.plot or f"{Path(args.data).stem}_predicted_vs_true.png",
                                args.force)
     predictions = _predict(model, texts, args.data).reshape(len(table), -1)[:, outputs]
@@ -160,7 +164,7 @@ def evaluate(args: argparse.Namespace) -> int:
         report = regression_report(truth[:, j], predictions[:, j])
         print(f"{name:<16} {100 * report['pearson']:8.1f} {100 * report['spearman']:9.1f} "
               f"{100 * report['nrmse']:7.1f} {report['r2']:7.3f}")
-    _scatter(truth, predictions, targets, plot)
+    _scatter(truth, predictions, targets, plot, args.force)
     print(f"predicted against true values: {plot}")
     return 0
 
@@ -188,7 +192,7 @@ def _outputs_for(targets: list[str], fitted: Any, n_outputs: int, model_path: st
     )
 
 
-def _scatter(truth, predictions, names: list[str], path: Path) -> None:
+def _scatter(truth, predictions, names: list[str], path: Path, force: bool) -> None:
     try:
         import matplotlib
 
@@ -204,10 +208,11 @@ def _scatter(truth, predictions, names: list[str], path: Path) -> None:
         axis.plot([low, high], [low, high], color="grey", linewidth=1)
         axis.set(xlabel=f"true {name}", ylabel=f"predicted {name}")
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    tmp.replace(path)
+    try:
+        # Checked again at the end: a plot that appeared during the predictions is kept.
+        write_new_file(path, force, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(figure)
 
 
 def add_commands(commands: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,14 @@ def _format(path: Path) -> str:
         ) from None
 
 
-def read_table(path: str | os.PathLike, text_columns: Iterable[str] = ()) -> Any:
-    """A non-empty DataFrame read from ``path``; text columns stay text (no NA guessing).
+def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
+               verbatim: bool = False) -> Any:
+    """A non-empty DataFrame read from ``path``, with no NA guessing in CSV and TSV.
 
-    ``text_columns`` are text even where every cell looks like a number (codes, years):
-    CSV and TSV read them as strings ("007" stays "007", not the integer 7), and numbers in
-    JSON Lines or Parquet become their decimal strings.
+    ``text_columns`` of a CSV or TSV are read as strings even where every cell looks like a
+    number (codes, years: "007" stays "007", not the integer 7); with ``verbatim`` every
+    column is, so a table written back (``relish predict``) keeps the user's cells as they
+    were ("02139" and "1.10" unchanged). An empty cell is missing either way.
     """
     pandas = _pandas()
     path = Path(path)
@@ -61,7 +63,7 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = ()) -> Any
             # missing, so a fit names its row rather than learning from "".
             table = pandas.read_csv(path, sep="\t" if kind == "tsv" else ",",
                                     keep_default_na=False, na_values=[""],
-                                    dtype=dict.fromkeys(text_columns, str))
+                                    dtype=str if verbatim else dict.fromkeys(text_columns, str))
         elif kind == "parquet":
             table = pandas.read_parquet(path)
         else:
@@ -75,17 +77,11 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = ()) -> Any
         raise CommandError(f"{path}: cannot be read as {kind}: {reason}") from None
     if table.empty:
         raise CommandError(f"{path}: the file has no rows")
-    for name in text_columns:
-        # JSON numbers and typed Parquet columns: a code or a year is still text here.
-        if name in table.columns:
-            # Numbers only: anything else (a list, a dict) is left for the fit to refuse.
-            table[name] = table[name].map(
-                lambda cell: str(cell) if isinstance(cell, numbers.Number)
-                and not pandas.isna(cell) else cell)
     return table
 
 
 def columns(table: Any, names: list[str], path: str | os.PathLike, role: str) -> Any:
+    """A copy of ``table``'s ``names`` columns; a missing one is named."""
     missing = [name for name in names if name not in table.columns]
     if missing:
         raise CommandError(
@@ -93,6 +89,20 @@ def columns(table: Any, names: list[str], path: str | os.PathLike, role: str) ->
             f"{', '.join(map(repr, table.columns))}"
         )
     return table[names]
+
+
+def text_columns(table: Any, names: list[str], path: str | os.PathLike) -> Any:
+    """The ``names`` columns as the model's texts: numbers (JSON numbers, typed Parquet
+    columns: a code or a year) become their decimal strings, in a copy, so the table
+    itself is written back unchanged."""
+    pandas = _pandas()
+    texts = columns(table, names, path, "text").copy()
+    for name in names:
+        # Numbers only: anything else (a list, a dict) is left for the fit to refuse.
+        texts[name] = texts[name].map(
+            lambda cell: str(cell) if isinstance(cell, numbers.Number)
+            and not pandas.isna(cell) else cell)
+    return texts
 
 
 def refuse_to_overwrite(path: str | os.PathLike, force: bool) -> Path:
@@ -106,20 +116,30 @@ def refuse_to_overwrite(path: str | os.PathLike, force: bool) -> Path:
 
 def write_table(table: Any, path: str | os.PathLike, force: bool) -> Path:
     """Write ``table`` in the format its suffix names, atomically."""
-    path = refuse_to_overwrite(path, force)
-    kind = _format(path)
-    handle, tmp = new_temp_file(path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    try:
+    kind = _format(Path(path))
+
+    def write(tmp: str) -> None:
         if kind in ("csv", "tsv"):
             table.to_csv(tmp, sep="\t" if kind == "tsv" else ",", index=False)
         elif kind == "parquet":
             table.to_parquet(tmp, index=False)
         else:
             table.to_json(tmp, orient="records", lines=True, force_ascii=False)
+
+    return write_new_file(path, force, write)
+
+
+def write_new_file(path: str | os.PathLike, force: bool, write: Callable[[str], Any]) -> Path:
+    """``write(tmp)`` to a new temporary file beside ``path``, then move it into place;
+    without ``force`` a file found at ``path``, even one that appeared meanwhile, is kept."""
+    path = refuse_to_overwrite(path, force)
+    handle, tmp = new_temp_file(path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        write(tmp)
         try:
             publish(tmp, path, force)
-        except FileExistsError:  # it appeared while the table was being written
+        except FileExistsError:  # it appeared while the file was being written
             raise CommandError(f"{path} exists; pass --force to replace it") from None
     finally:
         if os.path.exists(tmp):

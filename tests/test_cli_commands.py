@@ -201,12 +201,42 @@ def test_a_text_column_of_digits_is_read_as_text(tmp_path):
 
 
 def test_numbers_in_a_json_lines_text_column_become_text(tmp_path):
-    from sklearn_relish._cli_tables import read_table
+    from sklearn_relish._cli_tables import read_table, text_columns
 
     (tmp_path / "codes.jsonl").write_text('{"code": 7, "y": 1}\n{"code": "abc", "y": 2}\n'
                                           '{"code": null, "y": 3}\n')
     table = read_table(tmp_path / "codes.jsonl", text_columns=["code"])
-    assert list(table["code"][:2]) == ["7", "abc"] and pd.isna(table["code"][2])
+    texts = text_columns(table, ["code"], "codes.jsonl")
+    assert list(texts["code"][:2]) == ["7", "abc"] and pd.isna(texts["code"][2])
+    assert table["code"][0] == 7  # the table itself, written back by predict, is unchanged
+
+
+def test_predict_writes_the_other_columns_back_as_they_were(data, fitted, tmp_path):
+    # Codes, zip codes and prices: a reader that guesses types wrote 2139, 7.0, 1000.0, 1.1.
+    lines = ["review,zip,sku,price,note", "good film,02139,007,1.10,NA",
+             "dull,10001,1e3,2.50,"]
+    (tmp_path / "new.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scored.csv"
+    done = relish("predict", fitted, tmp_path / "new.csv", "-o", out)
+    assert done.returncode == 0, done.stderr
+    written = out.read_text().splitlines()
+    assert written[0] == "review,zip,sku,price,note,prediction"
+    assert [row.rsplit(",", 1)[0] for row in written[1:]] == lines[1:]
+
+
+def test_a_plot_that_appears_during_evaluate_is_kept(tmp_path):
+    from sklearn_relish._cli_commands import _scatter
+    from sklearn_relish._cli_tables import CommandError
+
+    plot = tmp_path / "plot.png"
+    plot.write_bytes(b"the user's own")  # written after evaluate's first check
+    values = np.arange(6.0).reshape(-1, 1)
+    with pytest.raises(CommandError, match="exists; pass --force"):
+        _scatter(values, values, ["score"], plot, force=False)
+    assert plot.read_bytes() == b"the user's own"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]  # no temporary left
+    _scatter(values, values, ["score"], plot, force=True)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("targets, fitted, n_outputs, expected", [
