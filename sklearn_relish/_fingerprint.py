@@ -8,9 +8,9 @@ backbone's output can: any weight, any tokenizer setting (lower-casing, added to
 So the checkpoint's files are hashed whole, once. Measured on this 2-core machine, a
 2.5 GB file (a 1B-parameter bf16 checkpoint) took 2.5 s from the page cache, where the
 weights just loaded usually are, and 8.7 s from a cold disk; an 8B checkpoint (16 GB)
-takes about 16 s warm. Each file's digest is then memoised by its path, size and
-modification time under ``relish_home()``, so later loads cost a ``stat`` per file
-(0.3 ms). Hashing files rather than tensors also makes the fingerprint the same
+takes about 16 s warm. Each file's digest is then memoised by its path, size,
+modification time, ctime and inode under ``relish_home()``, so later loads cost a ``stat``
+per file (0.3 ms). Hashing files rather than tensors also makes the fingerprint the same
 whatever dtype or device the weights are loaded in.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -74,30 +73,46 @@ def _read_memo() -> dict[str, Any]:
 
 
 def _write_memo(memo: dict[str, Any]) -> None:
+    from ._files import new_temp_file
+
     path = _memo_path()
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".digests-", suffix=".tmp")
+        handle, tmp = new_temp_file(path.parent, prefix=".digests-")
         with os.fdopen(handle, "w") as stream:
             json.dump(memo, stream)
         os.replace(tmp, path)
+        tmp = None
     except OSError:
-        pass  # a read-only home only costs re-hashing next time
+        pass  # a read-only home or a full disk only costs re-hashing next time
+    finally:
+        if tmp is not None:  # never a stray temporary file per load
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def file_digest(path: Path, memo: dict[str, Any]) -> str:
-    """SHA-256 of a file, reused from ``memo`` while its size and mtime are unchanged."""
+    """SHA-256 of a file, reused from ``memo`` while its stat is unchanged.
+
+    Size and mtime alone are not enough: ``cp -p``, ``rsync -a``, ``tar x`` and fixed build
+    timestamps put the old mtime on new weights of the same size. The inode, device and
+    ctime (which no tool can set back) change whenever the file is rewritten or replaced.
+    """
     stat = path.stat()
     key = str(path.resolve())
+    identity = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
     seen = memo.get(key)
-    if seen and seen[0] == stat.st_size and seen[1] == stat.st_mtime_ns:
-        return seen[2]
+    if seen and seen[:-1] == identity:  # entries of the older [size, mtime, sha] form miss
+        return seen[-1]
     sha = hashlib.sha256()
     with open(path, "rb") as stream:
         while chunk := stream.read(_CHUNK):
             sha.update(chunk)
-    memo[key] = [stat.st_size, stat.st_mtime_ns, sha.hexdigest()]
-    return memo[key][2]
+    memo[key] = [*identity, sha.hexdigest()]
+    return memo[key][-1]
 
 
 def _config_digest(config: Any) -> Any:

@@ -115,10 +115,40 @@ def test_a_damaged_memo_is_recomputed_not_trusted(tmp_path):
     memo = _fingerprint._memo_path()
     entries = json.loads(memo.read_text())
     for entry in entries.values():
-        entry[2] = "0" * 64  # a lying memo whose size and mtime still match
+        entry[-1] = "0" * 64  # a lying memo whose stat still matches
     memo.write_text("{not json")
     clear_backbones()
     assert fingerprint(folder) == good
+
+
+def test_new_weights_with_the_old_size_and_mtime_are_hashed_again(tmp_path):
+    # cp -p, rsync -a, tar x or a fixed build timestamp: same size, same mtime, new bytes.
+    import os
+
+    folder = tmp_path / "a"
+    build_tiny_llama(folder)
+    first = fingerprint(folder)
+    weights = folder / "model.safetensors"
+    before = weights.stat()
+    edit_weight(folder, "embed_tokens", row=2)  # += 0.5 in place: the same size
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert weights.stat().st_size == before.st_size
+    assert weights.stat().st_mtime_ns == before.st_mtime_ns
+    clear_backbones()
+    assert fingerprint(folder) != first
+
+
+def test_a_memo_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_fingerprint.json, "dump", full_disk)
+    folder = build_tiny_llama(tmp_path / "a")
+    fingerprint(folder)  # hashed, not memoised: no error either
+    home = _fingerprint._memo_path().parent
+    assert not list(home.glob(".digests-*"))
 
 
 def test_model_refuses_a_backbone_edited_in_place(tmp_path):
