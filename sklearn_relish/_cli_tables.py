@@ -107,7 +107,7 @@ def text_columns(table: Any, names: list[str], path: str | os.PathLike) -> Any:
 
 def refuse_to_overwrite(path: str | os.PathLike, force: bool) -> Path:
     path = Path(path)
-    if path.exists() and not force:
+    if os.path.lexists(path) and not force:
         raise CommandError(f"{path} exists; pass --force to replace it")
     if not path.parent.exists():
         raise CommandError(f"{path}: the folder {path.parent} does not exist")

@@ -66,10 +66,11 @@ def publish(tmp: str | os.PathLike, path: Path, overwrite: bool) -> None:
         os.link(tmp, path)
     except FileExistsError:
         # NFSv3 can answer a retried LINK with EEXIST although the first one made it.
-        if not os.path.samefile(tmp, path):
+        # (A link to nothing at ``path`` exists too, and is not our file.)
+        if not (os.path.exists(path) and os.path.samefile(tmp, path)):
             raise FileExistsError(f"{path} exists") from None
     except OSError:  # a file system without hard links: check, then move
-        if os.path.exists(path):
+        if os.path.lexists(path):
             raise FileExistsError(f"{path} exists") from None
         os.replace(tmp, path)
         return

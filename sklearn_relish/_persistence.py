@@ -82,8 +82,11 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     path : Path
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    # lexists: a link to nothing is still something of the user's at that name.
+    if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot save to {path}: the folder {path.parent} does not exist.")
     handle, tmp = new_temp_file(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w+b") as stream:

@@ -166,6 +166,16 @@ def test_save_refuses_to_overwrite(fitted, tmp_path):
     np.testing.assert_array_equal(load_model(path).predict(PROBE), fitted.predict(PROBE))
 
 
+def test_save_names_a_missing_folder_and_keeps_a_dangling_link(fitted, tmp_path):
+    with pytest.raises(FileNotFoundError, match="the folder .*nowhere does not exist"):
+        save_model(fitted, tmp_path / "nowhere" / "model.joblib")
+    link = tmp_path / "model.joblib"
+    link.symlink_to(tmp_path / "not-there-yet.joblib")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_model(fitted, link)
+    assert link.is_symlink() and sorted(os.listdir(tmp_path)) == ["model.joblib"]
+
+
 def test_a_file_that_appears_during_the_save_is_kept(fitted, tmp_path, monkeypatch):
     # Another process writes the path while the model is being pickled: checking first and
     # renaming after would replace its file.
