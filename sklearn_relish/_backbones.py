@@ -273,8 +273,11 @@ def load_backbone(
             model = model.to(device=device)
         model = model.eval().requires_grad_(False)
         if tokenizer.pad_token is None:
-            # Decoder tokenizers often have none; padded positions are masked anyway.
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+            # Decoder tokenizers often have none; padded positions are masked anyway, so
+            # any token will do: EOS, UNK, else the vocabulary's first (a bare word-level
+            # tokenizer has neither, and transformers refuses to pad without one).
+            tokenizer.pad_token = (tokenizer.eos_token or tokenizer.unk_token
+                                   or tokenizer.convert_ids_to_tokens(0))
         # Right padding keeps each text's real tokens at positions 0..n-1, which is what
         # slicing the states back out of a padded batch relies on.
         tokenizer.padding_side = "right"

@@ -258,3 +258,22 @@ def test_every_install_of_one_gguf_shares_one_conversion(tmp_path, monkeypatch):
     offline = _convert_gguf(venv2, gguf_file)  # converted again, offline this time
     assert offline == online
     assert (offline / "tokenizer_config.json").read_bytes() == written_online
+
+
+def test_a_tokenizer_without_pad_eos_or_unk_still_pads(tmp_path):
+    # A bare word-level tokenizer: transformers refused to pad two texts of different lengths.
+    from conftest import build_tiny_llama
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(build_tiny_llama(tmp_path / "bare"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    words = Tokenizer(models.WordLevel({w: i for i, w in enumerate("good bad film".split())}))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words).save_pretrained(folder)
+    featurizer = LLMFeaturizer(str(folder), device="cpu", dtype="float32", cache=False)
+    together = featurizer.transform(["good film", "bad"], "single")
+    assert [s.shape[0] for s in together] == [2, 1]
+    alone = featurizer.transform(["bad"], "single")[0]
+    torch.testing.assert_close(together[1], alone)  # the padding is masked
