@@ -179,8 +179,18 @@ class LLMFeaturizer:
 
     def _effective_max_length(self) -> int:
         # Never ask for more positions than the model has.
-        positions = getattr(self.loaded.model.config, "max_position_embeddings", None)
-        return min(self.max_length, positions) if positions else self.max_length
+        model = self.loaded.model
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if not positions:
+            return self.max_length
+        embeddings = getattr(model, "embeddings", None)
+        padding_idx = getattr(embeddings, "padding_idx", None)
+        if hasattr(embeddings, "create_position_ids_from_input_ids") and \
+                isinstance(padding_idx, int):
+            # RoBERTa, XLM-R, CamemBERT...: positions start after the padding index, so
+            # 514 position embeddings hold 512 tokens.
+            positions -= padding_idx + 1
+        return min(self.max_length, positions)
 
     def _check_room_for_text(self, loaded: LoadedBackbone, max_length: int,
                              native_pairs: bool) -> None:

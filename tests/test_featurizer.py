@@ -109,6 +109,26 @@ def test_max_length_never_exceeds_the_models_positions(tiny_llama):
     assert states[0].shape[0] == 64
 
 
+def test_roberta_like_positions_after_the_padding_index_are_not_overrun(tmp_path):
+    # RoBERTa's positions start at pad_token_id + 1: 12 position embeddings hold 10 tokens.
+    # A 12-token text failed inside torch ("index 12 is out of bounds").
+    from conftest import _train_tokenizer
+    from transformers import RobertaConfig, RobertaModel
+
+    folder = str(tmp_path / "roberta")
+    tokenizer = _train_tokenizer()
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=32,
+                           max_position_embeddings=12, pad_token_id=1)
+    torch.manual_seed(0)
+    RobertaModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    featurizer = LLMFeaturizer(folder, max_length=512, device="cpu", dtype="float32")
+    with pytest.warns(UserWarning, match="max_length=10"):
+        states = featurizer.transform([" ".join(["good"] * 30)], "single")
+    assert states[0].shape[0] == 10
+
+
 def test_empty_text_gives_zero_tokens(tiny_llama):
     states = LLMFeaturizer(tiny_llama).transform(["", "good"], "single")
     assert states[0].shape == (0, 32)
