@@ -216,14 +216,16 @@ def _placement(device: torch.device, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"device_map": {"": str(device)}}
 
 
-def _run_tag(dtype: torch.dtype, kwargs: dict[str, Any]) -> str:
-    """How the backbone computes, for cache keys: the dtype, and any quantisation (whose
-    states differ from the unquantised weights' although the files are the same)."""
+def _run_tag(dtype: torch.dtype, kwargs: dict[str, Any], trust_remote_code: bool) -> str:
+    """How the backbone computes, for cache keys: the dtype, any quantisation (whose
+    states differ from the unquantised weights' although the files are the same), and
+    whether the folder's own code runs it rather than transformers' implementation."""
+    tag = str(dtype) + ("+remote-code" if trust_remote_code else "")
     quantization = kwargs.get("quantization_config")
     if quantization is None:
-        return str(dtype)
+        return tag
     described = json.dumps(_describe(quantization), sort_keys=True, default=str)
-    return f"{dtype}+quantized-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
+    return f"{tag}+quantized-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
 
 
 def load_backbone(
@@ -266,8 +268,8 @@ def load_backbone(
         folder = _checkpoint_folder(source, kwargs)
         # Hashing the files names the weights and the tokenizer, not how they are run;
         # a model without files (none known) gets its full tensors hashed instead.
-        fingerprint = (checkpoint_fingerprint(folder, model.config) if folder is not None
-                       else tensor_fingerprint(model))
+        fingerprint = (checkpoint_fingerprint(folder, model.config, trust_remote_code)
+                       if folder is not None else tensor_fingerprint(model))
         # Quantised or user-placed (device_map) models stay where transformers put them.
         if "device_map" not in kwargs and not getattr(model, "is_quantized", False):
             model = model.to(device=device)
@@ -281,8 +283,9 @@ def load_backbone(
         # Right padding keeps each text's real tokens at positions 0..n-1, which is what
         # slicing the states back out of a padded batch relies on.
         tokenizer.padding_side = "right"
+        run_tag = _run_tag(dtype, kwargs, trust_remote_code)
         loaded = LoadedBackbone(name, model, tokenizer, fingerprint, device, dtype,
-                                threading.Lock(), run_tag=_run_tag(dtype, kwargs),
+                                threading.Lock(), run_tag=run_tag,
                                 folder=None if folder is None else str(folder))
         _REGISTRY[key] = loaded
         return loaded

@@ -47,16 +47,37 @@ _MEMO_LOCK = threading.Lock()
 PREFIX = "sha256:"  # new fingerprints; older pickles hold 16 hex digits (legacy_fingerprint)
 
 
-def checkpoint_files(folder: str | os.PathLike, skipped: frozenset = _SKIPPED) -> list[Path]:
-    """The files of a checkpoint folder that determine the backbone's output."""
+def checkpoint_files(folder: str | os.PathLike, skipped: frozenset = _SKIPPED,
+                     narrow: bool = True, code: bool = False) -> list[Path]:
+    """The files of a checkpoint folder that determine the backbone's output.
+
+    With ``narrow``, only the weights transformers loads: the shards a ``*.index.json``
+    lists, else ``model.safetensors`` (or ``pytorch_model.bin``) when present, so a
+    duplicate such as Mistral's ``consolidated.safetensors``, there or not depending on how
+    the folder was downloaded, neither changes the fingerprint nor costs a hash. With
+    ``code`` (``trust_remote_code``), the modeling code (``*.py``) too: it decides the states.
+    """
     files = [p for p in sorted(Path(folder).iterdir())
              if p.is_file() and p.name not in skipped and not p.name.startswith(".")]
-    chosen = [p for p in files if p.suffix in _OTHER_SUFFIXES]
+    chosen = [p for p in files if p.suffix in _OTHER_SUFFIXES or (code and p.suffix == ".py")]
     for suffixes in _WEIGHT_SUFFIXES:
         weights = [p for p in files if p.suffix in suffixes]
         if weights:
-            return sorted(chosen + weights)
+            return sorted(chosen + (_loaded_weights(weights, files) if narrow else weights))
     return chosen
+
+
+def _loaded_weights(weights: list[Path], files: list[Path]) -> list[Path]:
+    for index in (p for p in files if p.name.endswith(".index.json")):
+        try:
+            listed = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            continue  # not an index of shards: hash every weight file as before
+        shards = [p for p in weights if p.name in listed]
+        if shards:
+            return shards
+    single = [p for p in weights if p.name in ("model.safetensors", "pytorch_model.bin")]
+    return single or weights
 
 
 def _memo_path() -> Path:
@@ -123,16 +144,17 @@ def _config_digest(config: Any) -> Any:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
 
 
-def checkpoint_fingerprint(folder: str | os.PathLike, config: Any,
+def checkpoint_fingerprint(folder: str | os.PathLike, config: Any, code: bool = False,
                            skipped: frozenset = _SKIPPED,
-                           replaced: dict[str, str] | None = None) -> str:
+                           replaced: dict[str, str] | None = None, narrow: bool = True) -> str:
     """Fingerprint of the checkpoint in ``folder``: its files' digests and its config.
 
-    ``skipped`` and ``replaced`` (file name -> digest to use instead of the file's) exist
-    for :func:`earlier_fingerprints`.
+    ``code``: the backbone runs the folder's own modeling code (``trust_remote_code``).
+    ``skipped``, ``replaced`` (file name -> digest to use instead of the file's) and
+    ``narrow`` exist for :func:`earlier_fingerprints`.
     """
     digest = _config_digest(config)
-    files = checkpoint_files(folder, skipped)
+    files = checkpoint_files(folder, skipped, narrow, code)
     for path, file_hash in zip(files, memoised_digests(files), strict=True):
         file_hash = (replaced or {}).get(path.name) or file_hash
         digest.update(f"{path.name}:{file_hash}".encode())
@@ -153,9 +175,10 @@ def memoised_digests(paths: list[Path]) -> list[str]:
 def earlier_fingerprints(folder: str | os.PathLike, config: Any) -> set[str]:
     """What earlier rules of this package made of the same files, so models fitted then load.
 
-    Two rules changed without the backbone changing: Trainer files beside the weights were
-    hashed, and the embedded conversions wrote ``local_files_only`` as whatever
-    HF_HUB_OFFLINE said. Computed only when a stored fingerprint does not match.
+    Rules that changed without the backbone changing: Trainer files beside the weights
+    were hashed, the embedded conversions wrote ``local_files_only`` as whatever
+    HF_HUB_OFFLINE said, every weight file was hashed (not only those loaded), and remote
+    code was not. Computed only when a stored fingerprint does not match.
     """
     replacements: list[dict[str, str]] = [{}]
     tokenizer_config = Path(folder) / "tokenizer_config.json"
@@ -165,8 +188,9 @@ def earlier_fingerprints(folder: str | os.PathLike, config: Any) -> set[str]:
             if flag in text:
                 flipped = hashlib.sha256(text.replace(flag, other)).hexdigest()
                 replacements.append({tokenizer_config.name: flipped})
-    return {checkpoint_fingerprint(folder, config, skipped, replaced)
-            for skipped in (_SKIPPED, _EARLIER_SKIPPED) for replaced in replacements}
+    return {checkpoint_fingerprint(folder, config, False, skipped, replaced, narrow)
+            for skipped in (_SKIPPED, _EARLIER_SKIPPED) for replaced in replacements
+            for narrow in (True, False)}
 
 
 def legacy_fingerprint(model: Any) -> str:

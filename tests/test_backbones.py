@@ -116,11 +116,13 @@ def test_quantisation_keys_the_cache_apart():
         def to_dict(self):
             return {"bits": self.bits}
 
-    tags = {_backbones._run_tag(torch.bfloat16, kwargs) for kwargs in (
+    tags = {_backbones._run_tag(torch.bfloat16, kwargs, False) for kwargs in (
         {}, {"quantization_config": Config(4)}, {"quantization_config": Config(8)})}
     assert len(tags) == 3
-    assert _backbones._run_tag(torch.bfloat16, {"attn_implementation": "sdpa"}) == str(
+    assert _backbones._run_tag(torch.bfloat16, {"attn_implementation": "sdpa"}, False) == str(
         torch.bfloat16)
+    # The folder's own modeling code computes other states than transformers' class.
+    assert _backbones._run_tag(torch.bfloat16, {}, True) != str(torch.bfloat16)
 
 
 @given(st.lists(st.integers(0, 300), max_size=60),

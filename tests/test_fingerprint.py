@@ -138,6 +138,46 @@ def test_new_weights_with_the_old_size_and_mtime_are_hashed_again(tmp_path):
     assert fingerprint(folder) != first
 
 
+def test_only_the_weights_transformers_loads_are_hashed(tmp_path):
+    folder = Path(build_tiny_llama(tmp_path / "a"))
+    before = fingerprint(folder)
+    # A duplicate of the weights that from_pretrained never reads (Mistral's
+    # consolidated.safetensors): present or not depending on how the folder was fetched.
+    shutil.copy(folder / "model.safetensors", folder / "consolidated.safetensors")
+    clear_backbones()
+    assert fingerprint(folder) == before
+    # Sharded: the shards its index lists, not a stray file beside them.
+    sharded = tmp_path / "sharded"
+    shutil.copytree(folder, sharded)
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00001.safetensors")
+    names = load_file(sharded / "model-00001-of-00001.safetensors")
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": dict.fromkeys(names, "model-00001-of-00001.safetensors")}))
+    hashed = [p.name for p in _fingerprint.checkpoint_files(sharded)]
+    assert "model-00001-of-00001.safetensors" in hashed
+    assert "consolidated.safetensors" not in hashed
+
+
+def test_remote_code_is_part_of_the_fingerprint_when_it_runs(tmp_path):
+    folder = Path(build_tiny_llama(tmp_path / "a"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "modeling_custom.py").write_text("# the model's own code\n")
+    with_code = _fingerprint.checkpoint_fingerprint(folder, _Config(config), code=True)
+    (folder / "modeling_custom.py").write_text("# edited code\n")
+    assert _fingerprint.checkpoint_fingerprint(folder, _Config(config), code=True) != with_code
+    without = _fingerprint.checkpoint_fingerprint(folder, _Config(config))
+    (folder / "modeling_custom.py").write_text("# edited again\n")
+    assert _fingerprint.checkpoint_fingerprint(folder, _Config(config)) == without
+
+
+class _Config:
+    def __init__(self, settings):
+        self.settings = settings
+
+    def to_dict(self):
+        return dict(self.settings)
+
+
 def test_a_memo_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
     import errno
 
@@ -179,7 +219,8 @@ def test_models_fitted_under_earlier_fingerprint_rules_still_load(tmp_path, fitt
     model = small_regressor(str(folder)).fit(TEXTS, TARGETS)
     expected = model.predict(TEXTS[:2])
     config = model.featurizer_.loaded.model.config
-    earlier = _fingerprint.checkpoint_fingerprint(folder, config, _fingerprint._EARLIER_SKIPPED)
+    earlier = _fingerprint.checkpoint_fingerprint(folder, config,
+                                                  skipped=_fingerprint._EARLIER_SKIPPED)
     assert earlier != model.featurizer_.fingerprint
     model.featurizer_.fingerprint = earlier  # what the earlier rule stored in the pickle
     saved = pickled(model)
