@@ -216,6 +216,21 @@ def _placement(device: torch.device, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"device_map": {"": str(device)}}
 
 
+def position_limit(model: Any) -> int | None:
+    """How many tokens ``model`` can take in one text, if its config says."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if not positions:
+        return None
+    embeddings = getattr(model, "embeddings", None)
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    if hasattr(embeddings, "create_position_ids_from_input_ids") and \
+            isinstance(padding_idx, int):
+        # RoBERTa, XLM-R, CamemBERT...: positions start after the padding index, so 514
+        # position embeddings hold 512 tokens.
+        positions -= padding_idx + 1
+    return positions
+
+
 def _run_tag(dtype: torch.dtype, kwargs: dict[str, Any], trust_remote_code: bool) -> str:
     """How the backbone computes, for cache keys: the dtype, any quantisation (whose
     states differ from the unquantised weights' although the files are the same), and

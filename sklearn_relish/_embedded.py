@@ -214,3 +214,19 @@ def resolve_backbone(name: str) -> str:
     if entry.gguf_file is not None:
         return str(_convert_gguf(folder, entry.gguf_file))
     return str(folder)
+
+
+def transformers_version_hint(fitted_with: str | None) -> str:
+    """A sentence for a refused backbone when the model was fitted under another transformers.
+
+    An embedded backbone is converted from its GGUF by the installed transformers, which
+    writes its version (and may change its conversion) into the files.
+    """
+    import transformers
+
+    if fitted_with in (None, transformers.__version__):
+        return ""
+    return (f" The model was fitted with transformers {fitted_with} and this environment "
+            f"has {transformers.__version__}: an embedded backbone converted by another "
+            f"version differs in its files; with transformers=={fitted_with} installed it "
+            "loads.")

@@ -18,11 +18,17 @@ from typing import Any
 
 import torch
 
-from ._backbones import LoadedBackbone, load_backbone, resolve_device, resolve_dtype
+from ._backbones import (
+    LoadedBackbone,
+    load_backbone,
+    position_limit,
+    resolve_device,
+    resolve_dtype,
+)
 from ._batching import fill_batches, longest_first
 from ._cache import CachedStates, cache_key, count_forward, memory_cache
 from ._early_exit import hidden_states_at
-from ._embedded import rename_legacy_backbone
+from ._embedded import rename_legacy_backbone, transformers_version_hint
 from ._fingerprint import PREFIX, earlier_fingerprints, legacy_fingerprint
 from ._inputs import PAIR, PAIR_MARK, check_layer, format_texts
 from ._store import StoreUnavailable, TokenStateStore, warn_once
@@ -122,7 +128,8 @@ class LLMFeaturizer:
                     f"The backbone {self.backbone!r} found here (fingerprint "
                     f"{loaded.fingerprint}) is not the one this model was trained on "
                     f"(fingerprint {self.fingerprint}); its predictions would be meaningless. "
-                    "Install the original backbone, or refit on this one." + self._version_hint()
+                    "Install the original backbone, or refit on this one."
+                    + transformers_version_hint(self.transformers_version)
                 )
             if self.fingerprint is None:
                 import transformers
@@ -142,18 +149,6 @@ class LLMFeaturizer:
                 loaded.folder, loaded.model.config)
         # A model pickled by sklearn_relish 0.1.0 holds the older, sampled fingerprint.
         return legacy_fingerprint(loaded.model) == self.fingerprint
-
-    def _version_hint(self) -> str:
-        import transformers
-
-        if self.transformers_version in (None, transformers.__version__):
-            return ""
-        # An embedded backbone is converted from its GGUF by the installed transformers,
-        # which writes its version (and may change its conversion) into the files.
-        return (f" The model was fitted with transformers {self.transformers_version} and this "
-                f"environment has {transformers.__version__}: an embedded backbone converted by "
-                f"another version differs in its files; with transformers=="
-                f"{self.transformers_version} installed it loads.")
 
     def layer_index(self, loaded: LoadedBackbone) -> int:
         """The hidden-state index ``layer`` names: a whole number as is, a fraction as a share.
@@ -179,18 +174,8 @@ class LLMFeaturizer:
 
     def _effective_max_length(self) -> int:
         # Never ask for more positions than the model has.
-        model = self.loaded.model
-        positions = getattr(model.config, "max_position_embeddings", None)
-        if not positions:
-            return self.max_length
-        embeddings = getattr(model, "embeddings", None)
-        padding_idx = getattr(embeddings, "padding_idx", None)
-        if hasattr(embeddings, "create_position_ids_from_input_ids") and \
-                isinstance(padding_idx, int):
-            # RoBERTa, XLM-R, CamemBERT...: positions start after the padding index, so
-            # 514 position embeddings hold 512 tokens.
-            positions -= padding_idx + 1
-        return min(self.max_length, positions)
+        positions = position_limit(self.loaded.model)
+        return min(self.max_length, positions) if positions else self.max_length
 
     def _check_room_for_text(self, loaded: LoadedBackbone, max_length: int,
                              native_pairs: bool) -> None:
