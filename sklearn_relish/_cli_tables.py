@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ._files import new_temp_file, publish
+from ._files import write_atomically
 
 READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
            ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -133,18 +133,10 @@ def write_new_file(path: str | os.PathLike, force: bool, write: Callable[[str], 
     """``write(tmp)`` to a new temporary file beside ``path``, then move it into place;
     without ``force`` a file found at ``path``, even one that appeared meanwhile, is kept."""
     path = refuse_to_overwrite(path, force)
-    handle, tmp = new_temp_file(path.parent, prefix=f".{path.name}.")
-    os.close(handle)
     try:
-        write(tmp)
-        try:
-            publish(tmp, path, force)
-        except FileExistsError:  # it appeared while the file was being written
-            raise CommandError(f"{path} exists; pass --force to replace it") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        return write_atomically(path, write, force)
+    except FileExistsError:  # it appeared while the file was being written
+        raise CommandError(f"{path} exists; pass --force to replace it") from None
 
 
 def row_error(error: Exception, path: str | os.PathLike, kind: str) -> CommandError:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def new_temp_file(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> tuple[int, str]:
@@ -75,3 +77,22 @@ def publish(tmp: str | os.PathLike, path: Path, overwrite: bool) -> None:
         os.replace(tmp, path)
         return
     os.unlink(tmp)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], Any],
+                     overwrite: bool) -> Path:
+    """``write(tmp)`` into a new temporary file beside ``path``, then :func:`publish` it.
+
+    A crash, a full disk or an interrupt leaves ``path`` as it was, and the temporary file
+    never outlives the call. ``FileExistsError`` as :func:`publish` raises it.
+    """
+    path = Path(path)
+    handle, tmp = new_temp_file(path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        write(tmp)
+        publish(tmp, path, overwrite)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -94,25 +94,18 @@ def _read_memo() -> dict[str, Any]:
 
 
 def _write_memo(memo: dict[str, Any]) -> None:
-    from ._files import new_temp_file
+    from ._files import write_atomically
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as stream:
+            json.dump(memo, stream)
 
     path = _memo_path()
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = new_temp_file(path.parent, prefix=".digests-")
-        with os.fdopen(handle, "w") as stream:
-            json.dump(memo, stream)
-        os.replace(tmp, path)
-        tmp = None
+        write_atomically(path, write, overwrite=True)
     except OSError:
         pass  # a read-only home or a full disk only costs re-hashing next time
-    finally:
-        if tmp is not None:  # never a stray temporary file per load
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def file_digest(path: Path, memo: dict[str, Any]) -> str:
@@ -188,7 +181,8 @@ def earlier_fingerprints(folder: str | os.PathLike, config: Any) -> set[str]:
             if flag in text:
                 flipped = hashlib.sha256(text.replace(flag, other)).hexdigest()
                 replacements.append({tokenizer_config.name: flipped})
-    return {checkpoint_fingerprint(folder, config, False, skipped, replaced, narrow)
+    return {checkpoint_fingerprint(folder, config, code=False, skipped=skipped,
+                                   replaced=replaced, narrow=narrow)
             for skipped in (_SKIPPED, _EARLIER_SKIPPED) for replaced in replacements
             for narrow in (True, False)}
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 import joblib
 
 from ._embedded import rename_legacy_backbone
-from ._files import new_temp_file, publish
+from ._files import write_atomically
 
 
 class PickleFormatMixin:
@@ -87,9 +87,9 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot save to {path}: the folder {path.parent} does not exist.")
-    handle, tmp = new_temp_file(path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w+b") as stream:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "r+b") as stream:
             header = _header(b"0" * 64)
             stream.write(header)  # a placeholder of the same length, filled in below
             joblib.dump(model, stream)
@@ -98,13 +98,11 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
             stream.write(_header(digest.encode()))
             stream.flush()
             os.fsync(stream.fileno())
-        try:
-            publish(tmp, path, overwrite)
-        except FileExistsError:  # it appeared while the model was being written
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    try:
+        write_atomically(path, write, overwrite)
+    except FileExistsError:  # it appeared while the model was being written
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.") from None
     return path
 
 
