@@ -27,6 +27,7 @@ import os
 import sqlite3
 import struct
 import threading
+import time
 import warnings
 import zlib
 from collections.abc import Iterable
@@ -96,14 +97,23 @@ class TokenStateStore:
                                          isolation_level=None)  # we open transactions ourselves
         except (OSError, sqlite3.Error) as error:
             raise StoreUnavailable(f"cannot open {self.path}: {error}") from error
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
-            connection.execute("PRAGMA synchronous=NORMAL")  # atomic; last commits may be lost
-            connection.execute(_SCHEMA)
-        except sqlite3.Error as error:
-            connection.close()
-            raise StoreUnavailable(f"cannot use {self.path}: {error}") from error
-        return connection
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+                connection.execute("PRAGMA synchronous=NORMAL")  # atomic; last commits may be lost
+                connection.execute(_SCHEMA)
+                return connection
+            except sqlite3.OperationalError as error:
+                # Processes opening a new store at once: switching it to WAL can answer
+                # "locked" at once, without SQLite's busy wait. Wait here instead.
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    connection.close()
+                    raise StoreUnavailable(f"cannot use {self.path}: {error}") from error
+                time.sleep(0.05)
+            except sqlite3.Error as error:
+                connection.close()
+                raise StoreUnavailable(f"cannot use {self.path}: {error}") from error
 
     def __len__(self) -> int:
         connection = self._connect()
