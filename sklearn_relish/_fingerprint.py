@@ -30,12 +30,17 @@ import torch
 _WEIGHT_SUFFIXES = ((".safetensors",), (".bin", ".pt", ".pth", ".gguf"))
 # Config and tokenizer files (tokenizer.json, vocab.txt, merges.txt, tokenizer.model...).
 _OTHER_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
+# Files that never change a token state, each set what one rule of this package skipped
+# (earlier_fingerprints recomputes the older ones so models fitted under them still load).
 _EARLIER_SKIPPED = frozenset({"README.md", "README.txt", "LICENSE", "LICENSE.txt"})
-_SKIPPED = _EARLIER_SKIPPED | {
+_TRAINER_SKIPPED = _EARLIER_SKIPPED | {
     # What transformers' Trainer writes beside a checkpoint: its log and metrics, which a
     # later evaluate() rewrites without touching a weight.
     "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json",
     "test_results.json", "predict_results.json"}
+# Sampling settings for generate(): a folder gains or edits this file (a hub update, a
+# save_pretrained of a causal LM) without any hidden state changing.
+_SKIPPED = _TRAINER_SKIPPED | {"generation_config.json"}
 # A loader setting that tokenizer.save_pretrained writes into tokenizer_config.json; it
 # changes nothing the tokenizer does (earlier conversions of the embedded GGUFs hold either).
 _LOADER_FLAGS = (b'"local_files_only": true', b'"local_files_only": false')
@@ -168,10 +173,11 @@ def memoised_digests(paths: list[Path]) -> list[str]:
 def earlier_fingerprints(folder: str | os.PathLike, config: Any) -> set[str]:
     """What earlier rules of this package made of the same files, so models fitted then load.
 
-    Rules that changed without the backbone changing: Trainer files beside the weights
-    were hashed, the embedded conversions wrote ``local_files_only`` as whatever
-    HF_HUB_OFFLINE said, every weight file was hashed (not only those loaded), and remote
-    code was not. Computed only when a stored fingerprint does not match.
+    Rules that changed without the backbone changing: Trainer files and
+    ``generation_config.json`` beside the weights were hashed, the embedded conversions
+    wrote ``local_files_only`` as whatever HF_HUB_OFFLINE said, every weight file was
+    hashed (not only those loaded), and remote code was not. Computed only when a stored
+    fingerprint does not match.
     """
     replacements: list[dict[str, str]] = [{}]
     tokenizer_config = Path(folder) / "tokenizer_config.json"
@@ -183,7 +189,8 @@ def earlier_fingerprints(folder: str | os.PathLike, config: Any) -> set[str]:
                 replacements.append({tokenizer_config.name: flipped})
     return {checkpoint_fingerprint(folder, config, code=False, skipped=skipped,
                                    replaced=replaced, narrow=narrow)
-            for skipped in (_SKIPPED, _EARLIER_SKIPPED) for replaced in replacements
+            for skipped in (_SKIPPED, _TRAINER_SKIPPED, _EARLIER_SKIPPED)
+            for replaced in replacements
             for narrow in (True, False)}
 
 

@@ -90,6 +90,19 @@ def test_trainer_metrics_written_beside_a_checkpoint_do_not_change_it(tmp_path):
     assert fingerprint(folder) == before
 
 
+def test_generation_settings_do_not_change_it(tmp_path):
+    # A hub update or a causal LM's save_pretrained adds or edits generation_config.json;
+    # generate() reads it, no hidden state does, so the same model must still predict.
+    folder = Path(build_tiny_llama(tmp_path / "a"))
+    before = fingerprint(folder)
+    clear_backbones()
+    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.7}))
+    assert fingerprint(folder) == before
+    clear_backbones()
+    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.2}))
+    assert fingerprint(folder) == before
+
+
 def test_digests_are_memoised_and_recomputed_when_a_file_changes(tmp_path, monkeypatch):
     folder = tmp_path / "a"
     build_tiny_llama(folder)
@@ -207,6 +220,27 @@ def set_tokenizer_flag(folder, value: bool) -> None:
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config["local_files_only"] = value
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def test_a_model_fitted_when_generation_settings_were_hashed_still_loads(tmp_path):
+    folder = Path(build_tiny_llama(tmp_path / "a"))
+    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.7}))
+    model = small_regressor(str(folder)).fit(TEXTS, TARGETS)
+    expected = model.predict(TEXTS[:2])
+    config = model.featurizer_.loaded.model.config
+    earlier = _fingerprint.checkpoint_fingerprint(folder, config,
+                                                  skipped=_fingerprint._TRAINER_SKIPPED)
+    assert earlier != model.featurizer_.fingerprint
+    model.featurizer_.fingerprint = earlier  # what the previous rule stored in the pickle
+    saved = pickled(model)
+    clear_backbones()
+    np.testing.assert_allclose(joblib.load(io.BytesIO(saved)).predict(TEXTS[:2]), expected,
+                               rtol=1e-6)
+    # A weight edited under it is still another backbone.
+    edit_weight(folder, "embed_tokens", row=7)
+    clear_backbones()
+    with pytest.raises(BackboneMismatchError):
+        joblib.load(io.BytesIO(saved)).predict(TEXTS[:2])
 
 
 @pytest.mark.parametrize("fitted_with", [False, True])
