@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE
 from ._inputs import check_layer, check_prompt
@@ -70,6 +70,9 @@ trust_remote_code, backbone_kwargs, verbose
         The hidden-state indices read, once the backbone's depth is known.
     hidden_size_ : int
         Width of the backbone's hidden states.
+    pooling_ : str
+        The pooling fitted; ``transform`` keeps it until the next ``fit``, like the layers
+        and the PCA (a ``set_params(pooling=...)`` alone would change the features' meaning).
     pca_ : sklearn.decomposition.PCA
         The fitted PCA, when ``n_components`` is set.
     n_features_in_ : int
@@ -176,13 +179,22 @@ trust_remote_code, backbone_kwargs, verbose
             raise ValueError("X has no texts: LLMTextEncoder needs at least one to fit.")
         check_prompt(self.prompt, kind)
         featurizers = [self._make_featurizer(layer) for layer in layers]
-        features = self._encode(featurizers, texts, kind)
+        indices = [f.layer_index(f.loaded) for f in featurizers]
+        for i, index in enumerate(indices):
+            if index in indices[:i]:
+                first = layers[indices.index(index)]
+                raise ValueError(
+                    f"layer={self.layer!r}: {first!r} and {layers[i]!r} are both hidden "
+                    f"state {index} of this backbone, so its features would appear twice; "
+                    "name each layer once.")
+        features = self._encode(featurizers, texts, kind, self.pooling)
         pca = None
         if self.n_components is not None:
             pca, features = self._fit_pca(features)
         self._record_columns(X, kind)
         self.featurizers_ = featurizers
-        self.layers_ = [f.layer_index(f.loaded) for f in featurizers]
+        self.layers_ = indices
+        self.pooling_ = self.pooling
         self.hidden_size_ = featurizers[0].hidden_size
         if pca is not None:
             self.pca_ = pca
@@ -216,19 +228,23 @@ trust_remote_code, backbone_kwargs, verbose
         check_is_fitted(self, "featurizers_")
         texts, kind = self._check_texts(X, reset=False)
         featurizers = [self._sync_inference_settings(f) for f in self.featurizers_]
-        features = self._encode(featurizers, texts, kind)
+        features = self._encode(featurizers, texts, kind, self._fitted_pooling())
         if hasattr(self, "pca_"):
             if not texts:  # PCA refuses 0 samples; no texts have no components either
                 return np.zeros((0, self.pca_.n_components_), np.float32)
             features = self.pca_.transform(features).astype(np.float32)
         return features
 
-    def _encode(self, featurizers: list, texts: list, kind: str) -> np.ndarray:
+    def _fitted_pooling(self) -> str:
+        return getattr(self, "pooling_", self.pooling)  # encoders pickled before pooling_
+
+    @staticmethod
+    def _encode(featurizers: list, texts: list, kind: str, pooling: str) -> np.ndarray:
         blocks = []
         for featurizer in featurizers:
             states = featurizer.transform(texts, kind) if texts else []
             width = featurizer.hidden_size
-            for how in _POOLINGS[self.pooling]:
+            for how in _POOLINGS[pooling]:
                 blocks.append(pool(states, how) if texts else np.zeros((0, width), np.float32))
         return np.hstack(blocks)
 
@@ -241,8 +257,10 @@ trust_remote_code, backbone_kwargs, verbose
         feature_names_out : ndarray of str
         """
         check_is_fitted(self, "featurizers_")
+        _check_feature_names_in(self, input_features)
         if hasattr(self, "pca_"):
             return np.asarray([f"pc{i}" for i in range(self.pca_.n_components_)], dtype=object)
         names = [f"{how}_layer{layer}_{i}" for layer in self.layers_
-                 for how in _POOLINGS[self.pooling] for i in range(self.hidden_size_)]
+                 for how in _POOLINGS[self._fitted_pooling()]
+                 for i in range(self.hidden_size_)]
         return np.asarray(names, dtype=object)

@@ -45,6 +45,30 @@ def test_several_layers_are_concatenated_with_names(tiny_llama):
     np.testing.assert_allclose(features[0, 32:64], middle, rtol=1e-6)
 
 
+def test_two_names_of_one_layer_are_refused(tiny_llama):
+    # 0.5 and 1 are both hidden state 1 of the 2-layer backbone: its columns twice.
+    with pytest.raises(ValueError, match="0.5 and 1 are both hidden state 1"):
+        LLMTextEncoder(tiny_llama, layer=[0.5, 1]).fit(TEXTS)
+
+
+def test_pooling_changed_after_fit_waits_for_the_next_fit(tiny_llama):
+    # The layers and the PCA are fitted; so is the pooling: set_params alone must not
+    # feed a fitted Ridge other features under the same names.
+    encoder = LLMTextEncoder(tiny_llama, layer=-1, pooling="mean").fit(TEXTS)
+    before, names = encoder.transform(TEXTS[:3]), encoder.get_feature_names_out()
+    encoder.set_params(pooling="last")
+    np.testing.assert_array_equal(encoder.transform(TEXTS[:3]), before)
+    np.testing.assert_array_equal(encoder.get_feature_names_out(), names)
+    assert encoder.fit(TEXTS).get_feature_names_out()[0].startswith("last_")
+
+
+def test_feature_names_refuse_other_input_names(tiny_llama):
+    encoder = LLMTextEncoder(tiny_llama).fit(pd.DataFrame({"review": TEXTS}))
+    assert len(encoder.get_feature_names_out(["review"])) == encoder.hidden_size_
+    with pytest.raises(ValueError, match="input_features is not equal to feature_names_in_"):
+        encoder.get_feature_names_out(["zzz"])
+
+
 def test_pipeline_with_ridge_shares_the_regressors_cache(tiny_llama):
     small_regressor(tiny_llama, layer=0.5).fit(TEXTS, TARGETS)
     ran = cache_info()["llm_texts"]
