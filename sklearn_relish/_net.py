@@ -190,6 +190,11 @@ class RelishNet(NeuralNetRegressor):
             budget = inference_budget(self.module__input_dim, self.batch_size,
                                       max(lengths, default=1))
             batches = fill_batches(range(len(lengths)), lengths, budget)
+            # Every DataLoader draws a seed when iterated, from torch's global stream
+            # unless given a generator: a predict (or a fit's calibration pass) would move
+            # the user's stream and the stream a fit in another thread is seeded on.
+            return DataLoader(dataset, batch_sampler=batches, collate_fn=pad_collate,
+                              generator=torch.Generator())
         return DataLoader(dataset, batch_sampler=batches, collate_fn=pad_collate)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):

@@ -89,13 +89,18 @@ def test_same_random_state_same_predictions(tiny_llama):
     assert not np.allclose(a, c)
 
 
-def test_fit_leaves_the_global_torch_seed_alone(tiny_llama):
+@pytest.mark.parametrize("settings", [{}, {"early_stopping": True, "validation_fraction": 0.25},
+                                      {"intervals": "cv", "interval_folds": 2}])
+def test_fit_and_predict_leave_the_global_torch_seed_alone(tiny_llama, settings):
+    # Early stopping and intervals predict inside fit (calibration); every DataLoader
+    # iterated without a generator draws from torch's global stream.
     import torch
 
     torch.manual_seed(123)
     expected = torch.rand(1)
     torch.manual_seed(123)
-    small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+    model = small_regressor(tiny_llama, **settings).fit(TEXTS, TARGETS)
+    model.predict(TEXTS[:3])
     assert torch.equal(torch.rand(1), expected)
 
 
