@@ -114,8 +114,15 @@ def _mismatch(top: nn.Module, loaded: Any, first: int, n_blocks: int) -> float:
         hidden = loaded.model(**encoded, output_hidden_states=True).hidden_states
     mask = encoded["attention_mask"].bool()
     device = next(top.parameters()).device
-    # The cache keeps float16 states: check the copy on what it will be fed.
-    inputs = hidden[first].to(torch.float16).to(device)
+    # Check the copy on what it will be fed: each text's states as the cache keeps them
+    # (float16, or bfloat16 where they exceed float16's range, as Gemma 3's do).
+    from ._featurizer import _half
+
+    source = hidden[first]
+    inputs = torch.zeros(source.shape, dtype=torch.float32, device=source.device)
+    for row, real in enumerate(mask):
+        inputs[row, real] = _half(source[row, real]).float()
+    inputs = inputs.to(device)
     reference = hidden[first + n_blocks].float().to(device)
     was_training = top.training
     output = run_top(top.eval(), inputs, mask.to(device))

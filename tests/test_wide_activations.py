@@ -91,3 +91,19 @@ def test_float16_rows_with_inf_from_older_versions_are_recomputed(tmp_path):
     store.put_many([("old", CachedStates(overflowed, False)),
                     ("fine", CachedStates(overflowed.nan_to_num(posinf=4.0), False))])
     assert set(store.get_many(["old", "fine"])) == {"fine"}
+
+
+def test_blocks_are_trained_above_states_beyond_float16(tmp_path):
+    # The check that copied blocks reproduce the backbone fed them float16 states: inf
+    # for such a backbone, so train_top_layers refused it ("relative error nan") although
+    # the cache keeps those states in bfloat16 and training on them works.
+    from transformers import LlamaModel
+
+    folder = build_tiny_llama(tmp_path / "loud-everywhere")
+    model = LlamaModel.from_pretrained(folder)
+    with torch.no_grad():
+        model.embed_tokens.weight *= 1e7
+    model.save_pretrained(folder)
+    regressor = small_regressor(folder, layer=1, train_top_layers=1).fit(TEXTS, TARGETS)
+    assert np.isfinite(regressor.predict(TEXTS)).all()
+    assert regressor.score(TEXTS, TARGETS) > 0  # it learnt something, not a constant
