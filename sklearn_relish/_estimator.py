@@ -26,7 +26,7 @@ from ._net import (
 )
 from ._persistence import PickleFormatMixin
 from ._sklearn_compat import Interval, StrOptions
-from ._targets import check_sample_weight, check_target, target_names, target_scale
+from ._targets import check_sample_weight, check_target, target_mean, target_names, target_scale
 
 
 class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleFormatMixin,
@@ -343,7 +343,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         # Standardised targets keep one learning rate and one Huber delta sensible for
         # any target scale; a constant target gets scale 1 and is learned as zero. Both
         # are weighted, so a text of weight 0 has no influence at all.
-        y_mean = np.average(target, axis=0, weights=weights)
+        y_mean = target_mean(target, weights)
         spread = target_scale(target, weights)
         scaled = (target - y_mean) / np.where(spread > 0, spread, 1.0)
         n_outputs = 1 if target.ndim == 1 else target.shape[1]

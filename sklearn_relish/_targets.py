@@ -101,6 +101,20 @@ def target_names(y: Any) -> np.ndarray | None:
     return None
 
 
+def target_mean(values: np.ndarray, weights: np.ndarray | None = None) -> float | np.ndarray:
+    """Weighted mean, per column for 2-D ``values``; exactly the value of a constant column.
+
+    A weighted mean of equal values can miss them by an ulp (sixteen 1/3s at uneven
+    weights average to 0.33333333333333326), and a constant target is predicted as its mean.
+    """
+    if values.ndim == 2:
+        return np.array([target_mean(column, weights) for column in values.T])
+    kept = values if weights is None else values[weights > 0]
+    if kept.size and np.all(kept == kept[0]):
+        return float(kept[0])
+    return float(np.average(values, weights=weights))
+
+
 def target_scale(values: np.ndarray, weights: np.ndarray | None = None) -> float | np.ndarray:
     """(Weighted) standard deviation, per column for 2-D ``values``, that does not underflow.
 
@@ -111,6 +125,11 @@ def target_scale(values: np.ndarray, weights: np.ndarray | None = None) -> float
     """
     if values.ndim == 2:
         return np.array([target_scale(column, weights) for column in values.T])
+    if weights is not None:  # a text of weight 0 (a huge sentinel, say) must not count
+        kept = weights > 0
+        values, weights = values[kept], weights[kept]
+    if values.size == 0 or np.all(values == values[0]):
+        return 0.0  # exactly: a weighted mean of equal values can differ from them by an ulp
     with np.errstate(over="ignore", invalid="ignore"):
         deviations = values - np.average(values, weights=weights)
         largest = float(np.max(np.abs(deviations)))

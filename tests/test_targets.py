@@ -56,18 +56,30 @@ def test_grid_search_scores_several_targets(tiny_llama):
 
 
 # -- sample weights ------------------------------------------------------------------------
-def test_zero_weight_texts_do_not_count(tiny_llama):
+@pytest.mark.parametrize("unweighted_value", [None, 1e300])
+def test_zero_weight_texts_do_not_count(tiny_llama, unweighted_value):
     # Texts of weight 0 have no influence at all (standardisation included): changing
-    # their targets changes no prediction, while the same change at weight 1 does.
+    # their targets changes no prediction, while the same change at weight 1 does. A huge
+    # sentinel at weight 0 made every other deviation round to 0: "constant" y, one value.
     weights = np.r_[np.ones(10), np.zeros(6)]
     changed = Y.copy()
-    changed[10:] *= -5
+    changed[10:] = changed[10:] * -5 if unweighted_value is None else unweighted_value
     a = small_regressor(tiny_llama).fit(TEXTS, Y, sample_weight=weights)
     b = small_regressor(tiny_llama).fit(TEXTS, changed, sample_weight=weights)
     np.testing.assert_allclose(a.predict(TEXTS), b.predict(TEXTS), rtol=1e-6, atol=1e-6)
     c = small_regressor(tiny_llama).fit(TEXTS, changed)
     assert not np.allclose(a.predict(TEXTS), c.predict(TEXTS), atol=1e-3)
     assert a.y_mean_ == pytest.approx(Y[:10].mean())
+
+
+def test_a_constant_weighted_target_is_predicted_exactly(tiny_llama):
+    # The weighted mean of sixteen 1/3s is not 1/3 to the last bit: the spread came out
+    # 6e-17, not 0, and a head was trained on rounding noise.
+    y = np.full(len(TEXTS), 1 / 3)
+    weights = np.random.RandomState(3).uniform(0.1, 3, len(TEXTS))
+    model = small_regressor(tiny_llama).fit(TEXTS, y, sample_weight=weights)
+    assert model.y_scale_ == 0.0
+    np.testing.assert_array_equal(model.predict(["anything", ""]), [1 / 3, 1 / 3])
 
 
 def test_batches_of_zero_weight_texts_train_without_diverging(tiny_llama):
