@@ -35,6 +35,10 @@ def _as_floats(values: np.ndarray) -> np.ndarray:
             )
         try:
             floats[index] = float(value)
+        except OverflowError:
+            raise ValueError(
+                f"y must fit float64; {_where(index)} ({value!r:.50}) is too large for it."
+            ) from None
         except (TypeError, ValueError):
             raise ValueError(
                 f"y must be real numbers; {_where(index)} is a {type(value).__name__} "

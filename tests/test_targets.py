@@ -38,6 +38,11 @@ def test_a_constant_column_is_predicted_exactly(tiny_llama):
     np.testing.assert_array_equal(pred[:, 1], [4.25, 4.25])
 
 
+def test_an_int_beyond_float64_is_named():
+    with pytest.raises(ValueError, match=r"y\[1\] \(1000.*\) is too large"):
+        check_target([1, 10**400], 2)
+
+
 def test_bad_entry_in_a_two_column_target_is_named():
     y = TWO.astype(object)
     y[5, 1] = "n/a"
