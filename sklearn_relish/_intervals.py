@@ -127,8 +127,15 @@ def intervals(method: str, outputs: tuple[np.ndarray, ...], scores: np.ndarray,
         _, low, high = outputs
         # The trained quantiles can cross on a text; order them before widening.
         low, high = np.minimum(low, high), np.maximum(low, high)
-    lower, upper = low - margin, high + margin
-    # A negative CQR margin can narrow an interval past its middle: it shrinks to a point.
+    return _uncrossed(low - margin, high + margin)
+
+
+def _uncrossed(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """``(..., 2)`` bounds, where an interval narrowed past its middle is that middle.
+
+    A negative CQR margin, or CV+ at a coverage below one half, can put the lower bound
+    above the upper one: such an interval shrinks to a point rather than inverting.
+    """
     crossed = lower > upper
     with np.errstate(invalid="ignore"):  # inf - inf where the bounds are infinite
         middle = np.where(crossed, (lower + upper) / 2, 0.0)
@@ -167,40 +174,57 @@ def cv_plus_intervals(fold_points: np.ndarray, scores: np.ndarray, folds: np.nda
     for target in range(n_targets):
         per_fold = [np.sort(scores[folds == f, target]) for f in range(n_folds)]
         points = fold_points[:, :, target]
-        bounds[:, target, 1] = _rank_in_union(per_fold, points, rank)
-        bounds[:, target, 0] = -_rank_in_union(per_fold, -points, rank)
+        bounds[:, target] = _uncrossed(-_rank_in_union(per_fold, -points, rank),
+                                       _rank_in_union(per_fold, points, rank))
     return bounds
 
 
 def _rank_in_union(sorted_scores: list[np.ndarray], shifts: np.ndarray, rank: int) -> np.ndarray:
     """Per column of ``shifts`` ``(K, m)``: the ``rank``-th smallest of the union over folds
-    f of ``shifts[f] + sorted_scores[f]``.
+    f of ``shifts[f] + sorted_scores[f]`` (each sum rounded as float64 rounds it).
 
-    Bisection on the value, counting with ``searchsorted``: O(m K log n) per step, so a
-    million training texts never meet a million new ones in one (m, n) matrix.
+    Bisection on the value, counting exactly (:func:`_count_at_most`): O(m K log n) per
+    step, so a million training texts never meet a million new ones in one (m, n) matrix.
+    It runs until ``low`` and ``high`` are neighbouring floats: no value lies between them,
+    so ``high``, where the count first reaches ``rank``, is that candidate itself.
     """
     folds = [f for f, scores in enumerate(sorted_scores) if len(scores)]
 
     def count_at_most(value: np.ndarray) -> np.ndarray:
-        return sum(np.searchsorted(sorted_scores[f], value - shifts[f], side="right")
-                   for f in folds)
+        return sum(_count_at_most(sorted_scores[f], shifts[f], value) for f in folds)
 
-    # Brackets one unit outside every candidate, so rounding in ``value - shift`` cannot
-    # put the largest one out of reach.
-    low = np.min([shifts[f] + sorted_scores[f][0] for f in folds], axis=0) - 1.0
-    high = np.max([shifts[f] + sorted_scores[f][-1] for f in folds], axis=0) + 1.0
-    for _ in range(100):  # far past float64's resolution for any sane range
-        middle = (low + high) / 2
+    smallest = np.min([shifts[f] + sorted_scores[f][0] for f in folds], axis=0)
+    low = np.nextafter(smallest, -np.inf)  # no candidate at or below: count 0 < rank
+    high = np.max([shifts[f] + sorted_scores[f][-1] for f in folds], axis=0)  # all of them
+    for _ in range(4200):  # bisection by value ends within ~2,100 steps for any float64s
+        with np.errstate(over="ignore"):
+            middle = (low + high) / 2
+        middle = np.where(np.isfinite(middle), middle, low / 2 + high / 2)
+        between = (low < middle) & (middle < high)
+        if not between.any():
+            break
         enough = count_at_most(middle) >= rank
-        high, low = np.where(enough, middle, high), np.where(enough, low, middle)
-    # The answer is the largest candidate at or below ``high``: snap to it exactly.
-    best = np.full(shifts.shape[1], -np.inf)
-    for f in folds:
-        below = np.searchsorted(sorted_scores[f], high - shifts[f], side="right")
-        found = below > 0
-        candidate = shifts[f] + sorted_scores[f][np.maximum(below - 1, 0)]
-        best = np.where(found, np.maximum(best, candidate), best)
-    return best
+        high = np.where(between & enough, middle, high)
+        low = np.where(between & ~enough, middle, low)
+    return high
+
+
+def _count_at_most(scores: np.ndarray, shift: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Per column, how many ``shift + s`` (float64 sums) over sorted ``scores`` are <= value.
+
+    A binary search on the sums themselves: ``searchsorted(scores, value - shift)`` rounds
+    where ``|shift|`` dwarfs the scores (targets of 1e15 and more), and counted the largest
+    candidate out, which made CV+ intervals too narrow.
+    """
+    low = np.zeros(value.shape, dtype=np.intp)
+    high = np.full(value.shape, len(scores), dtype=np.intp)
+    while np.any(low < high):
+        middle = (low + high) // 2
+        within = shift + scores[np.minimum(middle, len(scores) - 1)] <= value
+        active = low < high
+        low = np.where(active & within, middle + 1, low)
+        high = np.where(active & ~within, middle, high)
+    return low
 
 
 def unscale(outputs: tuple[np.ndarray, ...], y_mean, y_scale) -> tuple[np.ndarray, ...]:
