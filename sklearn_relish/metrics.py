@@ -7,29 +7,48 @@ rather than scipy's warning, as the paper's tables would show it.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from scipy import stats
 from sklearn.metrics import r2_score
-from sklearn.utils import check_consistent_length
 
 __all__ = ["nrmse", "pearson_r", "regression_report", "spearman_r"]
 
 
-def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
-    y_true = np.asarray(y_true, dtype=np.float64).ravel()
-    y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
-    try:
-        check_consistent_length(y_true, y_pred)
-    except ValueError:
-        raise ValueError(
-            f"y_true has {y_true.size} values but y_pred has {y_pred.size}."
-        ) from None
-    return y_true, y_pred
+def _columns(y_true, y_pred) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Matching (truth, prediction) columns: one for 1-D input, one per target for 2-D.
+
+    Several targets are scored one by one and averaged (scikit-learn's
+    ``multioutput="uniform_average"``, what ``score`` reports): pooled into one column,
+    a target in other units would dominate every metric.
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if y_true.ndim > 2 or y_pred.ndim > 2:
+        raise ValueError(f"y_true and y_pred must be 1-D or 2-D (one column per target); "
+                         f"got shapes {y_true.shape} and {y_pred.shape}.")
+    y_true, y_pred = (a[:, 0] if a.ndim == 2 and a.shape[1] == 1 else a
+                      for a in (y_true, y_pred))
+    if y_true.shape[:1] != y_pred.shape[:1]:
+        raise ValueError(f"y_true has {len(y_true)} values but y_pred has {len(y_pred)}.")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has shape {y_true.shape} but y_pred has {y_pred.shape}: "
+                         "one prediction column per target.")
+    if y_true.ndim == 1:
+        return [(y_true, y_pred)]
+    return [(y_true[:, j], y_pred[:, j]) for j in range(y_true.shape[1])]
 
 
-def _correlation(function, y_true, y_pred) -> float:
-    y_true, y_pred = _pair(y_true, y_pred)
+def _averaged(metric: Callable) -> Callable:
+    def over_targets(y_true, y_pred) -> float:
+        return float(np.mean([metric(t, p) for t, p in _columns(y_true, y_pred)]))
+
+    over_targets.__name__, over_targets.__doc__ = metric.__name__, metric.__doc__
+    return over_targets
+
+
+def _correlation(function, y_true: np.ndarray, y_pred: np.ndarray) -> float:
     if y_true.size < 2 or np.ptp(y_true) == 0 or np.ptp(y_pred) == 0:
         return float("nan")  # undefined; scipy would warn and return NaN too
     with warnings.catch_warnings():
@@ -37,29 +56,41 @@ def _correlation(function, y_true, y_pred) -> float:
         return float(function(y_true, y_pred).statistic)
 
 
+@_averaged
 def pearson_r(y_true, y_pred) -> float:
-    """Pearson correlation; NaN when either side is constant."""
+    """Pearson correlation; NaN when either side is constant. Averaged over targets."""
     return _correlation(stats.pearsonr, y_true, y_pred)
 
 
+@_averaged
 def spearman_r(y_true, y_pred) -> float:
-    """Spearman rank correlation (tied values share their average rank); NaN if constant."""
+    """Spearman rank correlation (tied values share their average rank); NaN if constant.
+    Averaged over targets."""
     return _correlation(stats.spearmanr, y_true, y_pred)
 
 
+@_averaged
 def nrmse(y_true, y_pred) -> float:
-    """Root mean squared error divided by ``max(y_true) - min(y_true)``."""
-    y_true, y_pred = _pair(y_true, y_pred)
+    """Root mean squared error divided by ``max(y_true) - min(y_true)``; NaN without a
+    range (no values, or a constant truth). Averaged over targets."""
+    if y_true.size == 0:
+        return float("nan")
     spread = y_true.max() - y_true.min()
     rmse = np.sqrt(np.mean((y_true - y_pred) ** 2))
     return float(rmse / spread) if spread > 0 else float("nan")
 
 
+@_averaged
+def _r2(y_true, y_pred) -> float:
+    return float(r2_score(y_true, y_pred)) if y_true.size >= 2 else float("nan")
+
+
 def regression_report(y_true, y_pred) -> dict[str, float]:
-    """Pearson, Spearman, NRMSE and R² in one dict (raw values, not x100)."""
+    """Pearson, Spearman, NRMSE and R² in one dict (raw values, not x100), each averaged
+    over targets for 2-D ``y``."""
     return {
         "pearson": pearson_r(y_true, y_pred),
         "spearman": spearman_r(y_true, y_pred),
         "nrmse": nrmse(y_true, y_pred),
-        "r2": float(r2_score(*_pair(y_true, y_pred))),
+        "r2": _r2(y_true, y_pred),
     }

@@ -33,3 +33,31 @@ def test_report_and_length_check():
     assert report == pytest.approx({"pearson": 1.0, "spearman": 1.0, "nrmse": 0.0, "r2": 1.0})
     with pytest.raises(ValueError, match="3 values but y_pred has 2"):
         pearson_r([1, 2, 3], [1, 2])
+
+
+def test_several_targets_are_scored_one_by_one_and_averaged():
+    # Pooled into one column, the target in larger units decided every metric: the
+    # report said r2 0.9996 where score() (scikit-learn's r2_score) said 0.37.
+    rng = np.random.RandomState(0)
+    truth = np.column_stack([rng.randn(200), 100 + 10 * rng.randn(200)])
+    pred = truth + rng.randn(200, 2)
+    from sklearn.metrics import r2_score
+
+    report = regression_report(truth, pred)
+    assert report["r2"] == pytest.approx(r2_score(truth, pred))
+    per_column = [pearson_r(truth[:, j], pred[:, j]) for j in range(2)]
+    assert report["pearson"] == pytest.approx(np.mean(per_column))
+    assert nrmse(truth, pred) == pytest.approx(np.mean([nrmse(truth[:, j], pred[:, j])
+                                                        for j in range(2)]))
+    # A column vector is one target, like a 1-D array.
+    assert pearson_r(truth[:, :1], pred[:, 0]) == pytest.approx(per_column[0])
+
+
+@pytest.mark.parametrize("y_pred", [np.zeros((3, 2)), np.zeros((2, 3, 1))])
+def test_other_shapes_of_the_same_size_are_refused(y_pred):
+    with pytest.raises(ValueError, match="y_pred has"):
+        regression_report(np.zeros((2, 3)), y_pred)
+
+
+def test_no_values_give_nan_not_a_numpy_error():
+    assert all(np.isnan(value) for value in regression_report([], []).values())
