@@ -55,7 +55,7 @@ def test_several_targets_are_scored_one_by_one_and_averaged():
 
 @pytest.mark.parametrize("y_pred", [np.zeros((3, 2)), np.zeros((2, 3, 1))])
 def test_other_shapes_of_the_same_size_are_refused(y_pred):
-    with pytest.raises(ValueError, match="y_pred has"):
+    with pytest.raises(ValueError, match=r"y_pred (has|must)"):
         regression_report(np.zeros((2, 3)), y_pred)
 
 
