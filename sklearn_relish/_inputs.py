@@ -142,6 +142,7 @@ def check_prompt(prompt: str | None, kind: str) -> None:
     """A template must name exactly the fields of its input kind, ``{text}`` or both pair fields."""
     if prompt is None:
         return
+    _check_text(prompt, "prompt")  # a lone surrogate: \udc00 is the pair mark itself
     try:
         fields = {name for _, name, _, _ in string.Formatter().parse(prompt) if name is not None}
     except ValueError as error:

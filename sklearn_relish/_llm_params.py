@@ -15,6 +15,7 @@ import os
 from numbers import Integral, Real
 from typing import Any
 
+from sklearn.base import BaseEstimator
 from sklearn.utils.validation import validate_data
 
 from ._featurizer import LLMFeaturizer
@@ -61,6 +62,11 @@ class LLMParamsMixin:
         has succeeded, so a failed refit leaves the fitted model's columns as they were.
         """
         texts, kind = check_texts(X)
+        if reset:
+            # DataFrame column names (all strings, or none) are checked before any model
+            # loads, on a stand-in: this estimator records them only once fit succeeds.
+            validate_data(BaseEstimator(), X, skip_check_array=True, reset=True,
+                          ensure_2d=False)
         if not reset and not texts and isinstance(X, list | tuple):
             # An empty list has no columns to tell texts from pairs: it is the fitted kind.
             kind = PAIR if self.n_features_in_ == 2 else kind

@@ -188,6 +188,21 @@ def test_lone_surrogate_names_the_row(tiny_llama, fitted):
     predict_fails(fitted, ValueError, r"X\[1\] contains invalid Unicode", ["ok", "\ud800"])
 
 
+def test_lone_surrogate_in_the_prompt_is_refused(tiny_llama):
+    # \ud800 failed deep in the tokenizer; \udc00, the pair mark, silently split every
+    # single text into a tokenizer pair.
+    for bad in ("Review \ud800 {text}", "Review \udc00 {text}"):
+        fit_fails(tiny_llama, ValueError, "prompt contains invalid Unicode", TEXTS, TARGETS,
+                  prompt=bad)
+
+
+def test_mixed_column_names_are_refused_before_loading(tiny_llama):
+    # scikit-learn's feature-name check ran only when fit published its attributes.
+    frame = pd.DataFrame({"review": TEXTS, 1: TEXTS[::-1]})
+    fit_fails(tiny_llama, TypeError, "Feature names are only supported if all input "
+              "features have string names", frame, TARGETS)
+
+
 def test_truncation_warning_counts_the_texts(fitted):
     long = "the plot was great but the acting was awful " * 20  # > 64 tokens
     X = ["good", long, "bad", long + "!", "fine"]
