@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -189,3 +191,17 @@ def test_real_sdist_copy(tmp_path):
         pytest.skip(f"no real sdist at {sdist}; `make install` downloads it there")
     shutil.copy(sdist, tmp_path / _vader._SDIST_NAME)
     _check_real(tmp_path)
+
+
+def test_the_data_needs_neither_torch_nor_skorch():
+    # ``make install`` prepares the data with ``python -m sklearn_relish.datasets``, also
+    # under -OO (no docstrings); importing the package's estimators there was 4 s of torch.
+    code = ("import sys, sklearn_relish.datasets.__main__ as m; m.main(['--help'])")
+    result = subprocess.run([sys.executable, "-OO", "-c", code + "\n"], capture_output=True,
+                            text=True)
+    assert "--data-home" in result.stdout, result.stderr
+    code = ("import sys, sklearn_relish.datasets, sklearn_relish.metrics; "
+            "print(sorted({'torch', 'skorch', 'transformers'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
+

@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     status : int
         The exit status, 0 on success (errors are raised).
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m sklearn_relish.datasets", description=main.__doc__.splitlines()[0]
-    )
+    summary = (main.__doc__ or "").partition("\n")[0]  # no docstrings under python -OO
+    parser = argparse.ArgumentParser(prog="python -m sklearn_relish.datasets",
+                                     description=summary)
     parser.add_argument(
         "--data-home",
         default=None,
