@@ -6,9 +6,10 @@ A forward hook on the last block needed raises with that block's output, which e
 the pass; nothing in the model is changed.
 
 Architectures differ in what ``hidden_states[i]`` holds (most: the output of block
-``i - 1``; the last entry often has the final norm applied, so it always takes the
-full pass). Rather than trust that per architecture, the first batch at each layer is
-run both ways and early exit is used only if the states agree.
+``i - 1``, and entry 0 the first block's input; the last entry often has the final norm
+applied, so it always takes the full pass). Rather than trust that per architecture,
+the first batch at each layer is run both ways and early exit is used only if the states
+agree.
 """
 
 from __future__ import annotations
@@ -39,13 +40,18 @@ def _full_pass(loaded: LoadedBackbone, inputs: dict, layer: int) -> torch.Tensor
     return loaded.model(**inputs, output_hidden_states=True).hidden_states[layer]
 
 
-def _early_exit(block: torch.nn.Module, loaded: LoadedBackbone,
-                inputs: dict) -> torch.Tensor | None:
-    """The block's output, or None if the forward pass never ran that block."""
+def _early_exit(block: torch.nn.Module, loaded: LoadedBackbone, inputs: dict,
+                before: bool = False) -> torch.Tensor | None:
+    """The block's output (its input with ``before``), or None if the forward pass never
+    ran that block."""
     def stop(module, args, output):
         raise _ReachedLayer(output[0] if isinstance(output, tuple) else output)
 
-    handle = block.register_forward_hook(stop)
+    def stop_before(module, args, kwargs):
+        raise _ReachedLayer(args[0] if args else kwargs.get("hidden_states"))
+
+    handle = (block.register_forward_pre_hook(stop_before, with_kwargs=True) if before
+              else block.register_forward_hook(stop))
     try:
         loaded.model(**inputs)
     except _ReachedLayer as reached:
@@ -60,12 +66,15 @@ def hidden_states_at(loaded: LoadedBackbone, inputs: dict, layer: int) -> torch.
     as deep as needed. The caller holds ``loaded.lock`` (hooks are per model)."""
     n_layers = loaded.n_hidden_states - 1
     blocks = _blocks(loaded.model, n_layers)
-    if blocks is None or not 1 <= layer < n_layers:  # embeddings or the (normed) last layer
+    if blocks is None or not 0 <= layer < n_layers:  # the last layer is often normed
         return _full_pass(loaded, inputs, layer)
     verdict = loaded.early_exit_ok.get(layer)
     if verdict is False:
         return _full_pass(loaded, inputs, layer)
-    hidden = _early_exit(blocks[layer - 1], loaded, inputs)
+    # Layer 0, the embeddings, is what the first block is given: stop before it runs
+    # (train_top_layers over every block of MiniLM reads it).
+    hidden = (_early_exit(blocks[layer - 1], loaded, inputs) if layer
+              else _early_exit(blocks[0], loaded, inputs, before=True))
     if verdict is None:
         reference = _full_pass(loaded, inputs, layer)
         agrees = (hidden is not None and hidden.shape == reference.shape

@@ -33,7 +33,7 @@ def count_calls(module):
     return calls, handle
 
 
-@pytest.mark.parametrize("layer", [1, 3, 5])
+@pytest.mark.parametrize("layer", [0, 1, 3, 5])
 def test_minilm_states_match_the_full_pass(minilm, layer):
     featurizer = LLMFeaturizer(minilm, layer=layer, cache=False)
     got = featurizer.transform(TEXTS, "single")
@@ -57,6 +57,21 @@ def test_blocks_above_the_layer_do_not_run(backbone, request):
         h1.remove()
         h2.remove()
     assert first and not last
+
+
+@pytest.mark.parametrize("backbone", ["tiny_llama", "minilm"])
+def test_the_embeddings_run_no_block(backbone, request):
+    featurizer = LLMFeaturizer(request.getfixturevalue(backbone), layer=0, cache=False)
+    got = featurizer.transform(TEXTS, "single")
+    assert featurizer.loaded.early_exit_ok[0] is True
+    first, handle = count_calls(blocks_of(featurizer)[0])
+    try:
+        featurizer.transform(["a new text", "and another one"], "single")
+    finally:
+        handle.remove()
+    assert not first
+    for a, b in zip(got, full_pass_states(featurizer, TEXTS, 0), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
 
 
 def test_the_last_layer_takes_the_full_pass(tiny_llama):
