@@ -166,7 +166,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
     input_kind_ : {"single", "pair"}
         Whether the model was fitted on texts or text pairs.
     n_train_tokens_ : int
-        Tokens the head was trained on.
+        Tokens in the texts given to fit, the early-stopping hold-out included.
     n_features_in_ : int
         1 when fitted on texts, 2 on text pairs.
     feature_names_in_ : ndarray of str

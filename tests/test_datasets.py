@@ -133,6 +133,14 @@ def test_extracted_cache_is_used_without_sdist(fake_sdist):
     np.testing.assert_array_equal(second.target, first.target)
 
 
+def test_damaged_cache_without_sdist_is_called_damaged_not_missing(fake_sdist):
+    load_vader("amazon", data_home=fake_sdist)
+    (fake_sdist / _vader._SDIST_NAME).unlink()
+    (fake_sdist / "vader" / _vader._CORPORA["amazon"][0]).write_bytes(b"1_1\t4\ttampered")
+    with pytest.raises(OSError, match="is damaged"):
+        load_vader("amazon", data_home=fake_sdist, download_if_missing=False)
+
+
 def test_corrupted_cache_is_reextracted(fake_sdist):
     load_vader("amazon", data_home=fake_sdist)
     cached = fake_sdist / "vader" / _vader._CORPORA["amazon"][0]

@@ -248,8 +248,9 @@ def _prepare(data_home: Path, download_if_missing: bool) -> Path:
 
     sdist = data_home / _SDIST_NAME
     if not sdist.is_file() and not download_if_missing:
+        found = ("damaged (it fails its checksums)" if vader_dir.exists() else "not found")
         raise OSError(
-            f"VADER data not found in {data_home} and download_if_missing=False. "
+            f"VADER data in {data_home} is {found} and download_if_missing=False. "
             "Prepare it while PyPI is reachable with `make install` or "
             "`python -m sklearn_relish.datasets`, or put "
             f"{_SDIST_NAME} (sha256 {_SDIST_SHA256}) in {data_home}."
