@@ -10,6 +10,7 @@ hold as many texts as a budget of padded elements allows, in the order given, so
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from numbers import Integral, Real
@@ -225,6 +226,11 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
     from skorch.dataset import ValidSplit
 
     early_stopping = params.early_stopping
+    if early_stopping and math.ceil(n_samples * params.validation_fraction) >= n_samples:
+        raise ValueError(
+            f"validation_fraction={params.validation_fraction} of {n_samples} texts holds "
+            "out every one of them for early stopping, leaving none to train on; lower it "
+            "or set early_stopping=False.")
     if early_stopping and int(n_samples * params.validation_fraction) < 2:
         warnings.warn(
             f"early_stopping needs at least 2 validation texts, but "

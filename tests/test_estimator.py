@@ -104,6 +104,13 @@ def test_fit_and_predict_leave_the_global_torch_seed_alone(tiny_llama, settings)
     assert torch.equal(torch.rand(1), expected)
 
 
+def test_a_hold_out_of_every_text_names_validation_fraction(tiny_llama):
+    # scikit-learn's splitter named its own test_size instead.
+    with pytest.raises(ValueError, match="validation_fraction=0.97 of 16 texts holds out"):
+        small_regressor(tiny_llama, early_stopping=True,
+                        validation_fraction=0.97).fit(TEXTS, TARGETS)
+
+
 def test_early_stopping_holds_out_and_restores_best(tiny_llama):
     texts = TEXTS * 2
     estimator = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.25,
