@@ -11,7 +11,7 @@ from sklearn.ensemble import VotingRegressor
 from sklearn.model_selection import GridSearchCV, KFold
 
 from sklearn_relish import cache_info, clear_cache, set_cache_max_bytes
-from sklearn_relish._cache import CachedStates, TokenStateCache
+from sklearn_relish._cache import ENTRY_OVERHEAD, CachedStates, TokenStateCache
 from sklearn_relish._featurizer import LLMFeaturizer
 
 
@@ -20,7 +20,7 @@ def entry(n_tokens, dim=4):
 
 
 def test_lru_evicts_least_recently_used_under_a_byte_bound():
-    cache = TokenStateCache(max_bytes=3 * 8 * 2)  # room for three 2x4 fp16 entries
+    cache = TokenStateCache(max_bytes=3 * (8 * 2 + ENTRY_OVERHEAD))  # three 2x4 fp16 entries
     for key in "abc":
         cache.put(key, entry(2))
     cache.get("a")  # a is now the most recent
@@ -30,24 +30,32 @@ def test_lru_evicts_least_recently_used_under_a_byte_bound():
     assert cache.nbytes <= cache.max_bytes
 
 
+def test_the_bound_counts_what_each_entry_costs_beyond_its_states():
+    # 100 one-token texts hold 800 bytes of states but about 100 KB of objects and keys.
+    cache = TokenStateCache(max_bytes=100 * 8 + 10 * ENTRY_OVERHEAD)
+    for i in range(100):
+        cache.put(str(i), entry(1))
+    assert len(cache) <= 11 and cache.nbytes <= cache.max_bytes
+
+
 def test_entry_larger_than_the_bound_is_not_kept():
-    cache = TokenStateCache(max_bytes=10)
+    cache = TokenStateCache(max_bytes=ENTRY_OVERHEAD + 10)
     cache.put("big", entry(100))
     assert len(cache) == 0 and cache.nbytes == 0
 
 
 def test_memory_cache_stays_within_a_tiny_bound(tiny_llama):
-    set_cache_max_bytes(3 * 1024)
+    set_cache_max_bytes(3 * 1024 + 3 * ENTRY_OVERHEAD)
     LLMFeaturizer(tiny_llama).transform(TEXTS, "single")
     info = cache_info()
-    assert 0 < info["bytes"] <= 3 * 1024
+    assert 0 < info["bytes"] <= 3 * 1024 + 3 * ENTRY_OVERHEAD
     assert info["entries"] < len(TEXTS)
 
 
 def test_storage_is_unpadded_half_precision(tiny_llama):
     states = LLMFeaturizer(tiny_llama).transform(TEXTS, "single")
     n_tokens = sum(s.shape[0] for s in states)
-    assert cache_info()["bytes"] == n_tokens * 32 * 2
+    assert cache_info()["bytes"] == n_tokens * 32 * 2 + len(set(TEXTS)) * ENTRY_OVERHEAD
 
 
 def test_duplicates_are_featurized_once(tiny_llama):
