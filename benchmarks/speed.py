@@ -52,6 +52,7 @@ from speed_report import (  # benchmarks/ is on sys.path when run as a script
 import sklearn_relish
 from sklearn_relish import RelishTextRegressor
 from sklearn_relish._backbones import MINILM, SMOLLM2, LoadedBackbone, resolve_backbone
+from sklearn_relish._cache import ENTRY_OVERHEAD
 from sklearn_relish._featurizer import LLMFeaturizer
 from sklearn_relish.datasets import load_vader
 
@@ -197,15 +198,17 @@ def cache_memory(report: BackboneReport, texts: list[str]) -> None:
     # A second pass finds every text in the cache: what a grid-search fold pays.
     warm = timed(lambda: featurizer.transform(texts, "single"), device)
     info = sklearn_relish.cache_info()
-    # The cache counts numel x 2 bytes per entry; check that against the storage really held,
-    # which would be a whole padded batch if an entry were a view instead of a copy.
+    # The cache counts numel x 2 bytes per entry plus a fixed overhead for its objects;
+    # check the states' part against the storage really held, which would be a whole
+    # padded batch if an entry were a view instead of a copy.
     states = featurizer.transform(texts, "single")
     held = sum({s.untyped_storage().data_ptr(): s.untyped_storage().nbytes()
                 for s in states}.values())
-    if abs(held - info["bytes"]) > 0.01 * info["bytes"]:
-        log(f"{short(report.backbone)}: cache claims {info['bytes']} bytes but its tensors "
-            f"hold {held}")
-    entries, n_bytes = info["entries"], info["bytes"]
+    entries = info["entries"]
+    n_bytes = info["bytes"] - entries * ENTRY_OVERHEAD
+    if abs(held - n_bytes) > 0.01 * n_bytes:
+        log(f"{short(report.backbone)}: cache claims {n_bytes} bytes of states but its "
+            f"tensors hold {held}")
     d = loaded.hidden_size
     tokens_per_text = n_bytes / (entries * d * 2)  # entries are unpadded float16
     padded = 1000 * PAPER_MAX_LENGTH * d * 4  # a float32 array padded to 256 tokens
