@@ -9,7 +9,10 @@ compiled wheel per platform (measured with ``pip download --no-deps``, 2026-11).
 from __future__ import annotations
 
 import os
+from numbers import Integral
 from typing import Any
+
+import numpy as np
 
 from ._allocator import large_tensors_on_the_heap
 from ._inputs import check_prompt, check_texts
@@ -70,8 +73,16 @@ def featurize_to_store(
     Returns
     -------
     counts : dict
-        ``texts`` (rows given), ``distinct`` (distinct rows) and ``computed`` (texts the LLM
-        ran on; the store already held the others).
+        ``texts`` (rows given), ``distinct`` (distinct rows) and ``computed`` (texts the
+        store lacked and now holds; empty texts among them need no LLM).
+
+    Raises
+    ------
+    ValueError
+        Before any text runs, if ``store_dir`` cannot be written (a file, read-only, a
+        store of a newer format, locked past the busy timeout).
+    OSError
+        If the store fails midway (a full disk): what was committed before stays.
 
     Examples
     --------
@@ -81,12 +92,14 @@ def featurize_to_store(
     """
     from ._estimator import RelishTextRegressor
 
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if not _positive_int(chunk_size):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
-    if max_in_flight is not None and (not isinstance(max_in_flight, int) or max_in_flight < 1):
+    if max_in_flight is not None and not _positive_int(max_in_flight):
         raise ValueError(f"max_in_flight must be a positive int or None, got {max_in_flight!r}.")
-    if not isinstance(verify, bool):
+    if not isinstance(verify, bool | np.bool_):
         raise TypeError(f"verify must be True or False, got {verify!r}.")
+    chunk_size, verify = int(chunk_size), bool(verify)
+    max_in_flight = None if max_in_flight is None else int(max_in_flight)
     unknown = sorted(set(params) - _FEATURIZATION_PARAMS)
     if unknown:
         raise TypeError(
@@ -98,8 +111,8 @@ def featurize_to_store(
     estimator._validate_params()
     texts, kind = check_texts(X)
     check_prompt(estimator.prompt, kind)
-    try:  # fail here, clearly, rather than on every worker
-        len(TokenStateStore(store_dir))
+    try:  # fail here, clearly, rather than on every worker after its first chunk
+        TokenStateStore(store_dir).check_writable()
     except StoreUnavailable as error:
         raise ValueError(f"store_dir={str(store_dir)!r} cannot be used: {error}") from error
 
@@ -111,6 +124,11 @@ def featurize_to_store(
     else:
         computed = _run_on_cluster(client, featurizer, chunks, kind, max_in_flight, verify)
     return {"texts": len(texts), "distinct": len(distinct), "computed": computed}
+
+
+def _positive_int(value: Any) -> bool:
+    # numbers.Integral takes numpy's ints; bool is an int to Python but never a count.
+    return isinstance(value, Integral) and not isinstance(value, bool | np.bool_) and value >= 1
 
 
 def _run_on_cluster(client, featurizer, chunks: list[list], kind: str,

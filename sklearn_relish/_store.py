@@ -49,14 +49,19 @@ _WARNED: set[str] = set()  # one warning per store folder and process
 _WARNED_LOCK = threading.Lock()
 
 
-class StoreUnavailable(Exception):
-    """The store cannot be used (not a folder, not writable, damaged, disk full)."""
+class StoreUnavailable(OSError):
+    """The store cannot be used (not a folder, not writable, damaged, disk full, newer)."""
 
 
 # The ``truncated`` column is a set of flags: bit 0 truncated, bit 1 bfloat16 payload,
-# bit 2 the checksum covers the key.
+# bit 2 the checksum covers the key. A row with any other bit comes from a later format.
 _BFLOAT16 = 2
 _KEYED = 4
+_KNOWN_FLAGS = 1 | _BFLOAT16 | _KEYED
+# PRAGMA user_version of the stores this version writes (0: written before it was set,
+# the same layout). A store stamped higher is refused rather than half used.
+FORMAT = 1
+_COLUMNS = "key, n_tokens, dim, truncated, checksum, payload"
 
 
 def _checksum(n_tokens: int, dim: int, truncated: bool, payload: bytes,
@@ -103,6 +108,7 @@ class TokenStateStore:
                 connection.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
                 connection.execute("PRAGMA synchronous=NORMAL")  # atomic; last commits may be lost
                 connection.execute(_SCHEMA)
+                _check_format(connection, self.path)
                 return connection
             except sqlite3.OperationalError as error:
                 # Processes opening a new store at once: switching it to WAL can answer
@@ -114,6 +120,26 @@ class TokenStateStore:
             except sqlite3.Error as error:
                 connection.close()
                 raise StoreUnavailable(f"cannot use {self.path}: {error}") from error
+            except StoreUnavailable:
+                connection.close()
+                raise
+
+    def check_writable(self) -> None:
+        """Raise :class:`StoreUnavailable` unless a row can be written (none is kept).
+
+        Opening and reading succeed on a read-only file or under another writer's lock;
+        only an insert, rolled back, shows that writes will work.
+        """
+        connection = self._connect()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute(f"INSERT OR REPLACE INTO states ({_COLUMNS}) "
+                               "VALUES ('', 0, 0, 0, 0, x'')")
+            connection.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"cannot write {self.path}: {error}") from error
+        finally:
+            connection.close()
 
     def __len__(self) -> int:
         connection = self._connect()
@@ -134,9 +160,9 @@ class TokenStateStore:
         try:
             for start in range(0, len(keys), _CHUNK):
                 chunk = keys[start:start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
                 rows = connection.execute(
-                    "SELECT key, n_tokens, dim, truncated, checksum, payload FROM states "
-                    f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                    f"SELECT {_COLUMNS} FROM states WHERE key IN ({marks})", chunk)
                 for row in rows:
                     entry = _decode(*row)
                     if entry is not None:
@@ -158,7 +184,7 @@ class TokenStateStore:
         present: set[str] = set()
         if not keys:
             return []
-        columns = "key, n_tokens, dim, truncated, checksum, payload" if verify else "key"
+        columns = _COLUMNS if verify else "key"
         connection = self._connect()
         try:
             for start in range(0, len(keys), _CHUNK):
@@ -183,7 +209,7 @@ class TokenStateStore:
         try:
             connection.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlock
             connection.executemany(
-                "INSERT OR REPLACE INTO states VALUES (?, ?, ?, ?, ?, ?)", rows)
+                f"INSERT OR REPLACE INTO states ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
             connection.execute("COMMIT")
         except sqlite3.Error as error:
             if connection.in_transaction:
@@ -214,6 +240,8 @@ def _intact(key: str, n_tokens: int, dim: int, flags: int, checksum: int,
             payload: bytes) -> bool:
     """Whether a row has its length and checksum (written whole, unchanged, under its key)."""
     truncated, bfloat16 = bool(flags & 1), bool(flags & _BFLOAT16)
+    if flags & ~_KNOWN_FLAGS:
+        return False  # a later format's row: recomputed, not misread
     if not isinstance(payload, bytes) or len(payload) != 2 * n_tokens * dim:
         return False
     covered_key = key if flags & _KEYED else None
@@ -233,6 +261,19 @@ def _decode(key: str, n_tokens: int, dim: int, flags: int, checksum: int,
         return None
     states = torch.from_numpy(array.reshape(n_tokens, dim).copy())
     return CachedStates(states.view(torch.bfloat16) if bfloat16 else states, truncated)
+
+
+def _check_format(connection: sqlite3.Connection, path: Path) -> None:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > FORMAT:
+        raise StoreUnavailable(
+            f"{path} was written by a newer sklearn_relish (store format {version}; this "
+            f"version reads format {FORMAT} and below); upgrade, or use another cache_dir")
+    if version < FORMAT:
+        try:
+            connection.execute(f"PRAGMA user_version={FORMAT}")
+        except sqlite3.Error:
+            pass  # a read-only store: stamped by its next writer
 
 
 def warn_once(store: TokenStateStore, error: Exception) -> None:

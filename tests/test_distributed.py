@@ -136,8 +136,34 @@ def test_bad_arguments_fail_before_any_work(tiny_llama, tmp_path):
         featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama, lr=0.1)
     with pytest.raises(ValueError, match="chunk_size"):
         featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama, chunk_size=0)
+    for bad in (True, 2.0, np.int64(0)):
+        with pytest.raises(ValueError, match="chunk_size"):
+            featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama, chunk_size=bad)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ValueError, match="cannot be used"):
         featurize_to_store(TEXTS, blocker, backbone=tiny_llama)
     assert cache_info()["llm_texts"] == 0
+
+
+def test_a_store_that_reads_but_cannot_be_written_fails_before_any_text(tiny_llama, tmp_path):
+    # Reading the store up front passed a read-only one; the first chunk's LLM work was
+    # then lost to an internal error, on every worker of a cluster.
+    import sqlite3
+
+    from sklearn_relish._store import FILENAME, TokenStateStore
+
+    assert len(TokenStateStore(tmp_path)) == 0
+    with sqlite3.connect(tmp_path / FILENAME) as connection:
+        connection.execute("CREATE TRIGGER read_only BEFORE INSERT ON states "
+                           "BEGIN SELECT RAISE(ABORT, 'read-only store'); END")
+    with pytest.raises(ValueError, match="cannot be used.*read-only store"):
+        featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama, chunk_size=4)
+    assert cache_info()["llm_texts"] == 0
+
+
+def test_numpy_counts_are_taken(tiny_llama, tmp_path):
+    counts = featurize_to_store(TEXTS[:5], tmp_path, backbone=tiny_llama,
+                                chunk_size=np.int64(2), max_in_flight=np.int32(1),
+                                verify=np.bool_(True))
+    assert counts == {"texts": 5, "distinct": 5, "computed": 5}

@@ -106,6 +106,26 @@ def test_rows_written_before_keyed_checksums_are_still_served(tmp_path):
     assert torch.equal(store.get_many(["old"])["old"].states, entry_for(2).states)
 
 
+def test_a_store_of_a_newer_format_is_refused_by_name_and_never_read(tiny_llama, tmp_path):
+    LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS[:3], "single")
+    with sqlite3.connect(tmp_path / FILENAME) as connection:
+        connection.execute("PRAGMA user_version = 99")
+    clear_cache()
+    with pytest.warns(UserWarning, match="newer sklearn_relish"):
+        LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS[:3], "single")
+    assert cache_info()["llm_texts"] == 3  # its rows were not served
+
+
+def test_a_row_with_flags_of_a_later_format_is_a_miss(tmp_path):
+    from sklearn_relish._store import _encode
+    store = TokenStateStore(tmp_path)
+    store.put_many([("later", entry_for(1))])
+    with sqlite3.connect(tmp_path / FILENAME) as connection:
+        connection.execute("UPDATE states SET truncated = truncated | 64")
+    assert store.get_many(["later"]) == {} and store.missing(["later"], verify=True)
+    assert _encode("x", entry_for(1))[3] < 8  # what this version writes stays readable
+
+
 def test_a_cut_store_file_warns_once_and_featurizes_without_it(tiny_llama, tmp_path):
     expected = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS, "single")
     path = tmp_path / FILENAME
