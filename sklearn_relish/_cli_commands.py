@@ -15,6 +15,7 @@ from ._cli_tables import (
     READERS,
     CommandError,
     columns,
+    file_kind,
     read_table,
     refuse_to_overwrite,
     row_error,
@@ -44,8 +45,9 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-def _numeric(targets: Any, path: str) -> Any:
-    """Target columns as numbers; a cell that is not one is named by its row and column.
+def _numeric(targets: Any, path: str, role: str = "target") -> Any:
+    """Columns as finite numbers; a cell that is not one (or is empty) is named by its row
+    and column.
 
     A CSV column with one word in it is read as text throughout, so the check is done
     here, per cell, rather than left to the estimator (which would see only strings).
@@ -53,13 +55,14 @@ def _numeric(targets: Any, path: str) -> Any:
     import pandas
 
     numbers = targets.apply(pandas.to_numeric, errors="coerce")
-    bad = numbers.isna() & targets.notna()
-    if bad.to_numpy().any():
-        row, col = np.argwhere(bad.to_numpy())[0]
+    bad = ~np.isfinite(numbers.to_numpy(float))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        cell = targets.iat[row, col]
+        what = "empty" if pandas.isna(cell) else f"{cell!r}, not a finite number"
         line = f" (line {row + 2})" if _kind(path) in ("csv", "tsv") else ""
         raise CommandError(
-            f"{path}: data row {row + 1}{line}: target {targets.columns[col]!r} is "
-            f"{targets.iat[row, col]!r}, not a number")
+            f"{path}: data row {row + 1}{line}: {role} {targets.columns[col]!r} is {what}")
     return numbers
 
 
@@ -76,9 +79,11 @@ def fit(args: argparse.Namespace) -> int:
     texts = text_columns(table, names, args.data)
     targets = _numeric(columns(table, args.target, args.data, "target"), args.data)
     y = targets.iloc[:, 0] if len(args.target) == 1 else targets
-    weights = (columns(table, [args.sample_weight], args.data, "sample-weight").iloc[:, 0]
+    weights = (_numeric(columns(table, [args.sample_weight], args.data, "sample-weight"),
+                        args.data, "sample weight").iloc[:, 0]
                if args.sample_weight else None)
-    output = refuse_to_overwrite(args.output, args.force)  # before hours of fitting
+    # Before hours of fitting; --force never replaces the training data itself.
+    output = refuse_to_overwrite(args.output, args.force, inputs=[args.data])
     params.setdefault("verbose", 0 if args.quiet else 1)
     try:
         model = RelishTextRegressor(**params).fit(texts, y, sample_weight=weights)
@@ -128,18 +133,33 @@ def _target_names(model: Any) -> list[str]:
 
 def predict(args: argparse.Namespace) -> int:
     # Verbatim: the table is written back with the predictions, its cells as they were.
+    from ._intervals import check_coverage
+
     model, table, texts = _model_and_texts(args, verbatim=True)
-    output = refuse_to_overwrite(args.output, args.force)
+    # Everything that can be refused is refused before the predictions are computed.
+    output = refuse_to_overwrite(args.output, args.force, inputs=[args.data, args.model])
+    file_kind(output)
+    if args.coverage is not None:
+        try:
+            check_coverage(args.coverage)
+        except (ValueError, TypeError) as error:
+            raise CommandError(f"--coverage: {error}") from None
+    names = _target_names(model)
+    suffixes = [""] if len(names) == 1 else [f"_{name}" for name in names]
+    added = [f"prediction{suffix}" for suffix in suffixes]
+    if args.coverage is not None:
+        added += [f"{bound}{suffix}" for suffix in suffixes for bound in ("lower", "upper")]
+    taken = [name for name in added if name in table.columns]
+    if taken:
+        raise CommandError(f"{args.data} already has a column {taken[0]!r}, which the "
+                           "predictions would overwrite; rename it")
     predictions = _predict(model, texts, args.data).reshape(len(table), -1)
     result = table.copy()
-    names = _target_names(model)
-    single = len(names) == 1
-    for j, name in enumerate(names):
-        result["prediction" if single else f"prediction_{name}"] = predictions[:, j]
+    for j, suffix in enumerate(suffixes):
+        result[f"prediction{suffix}"] = predictions[:, j]
     if args.coverage is not None:
         bounds = _predict(model, texts, args.data, args.coverage).reshape(len(table), -1, 2)
-        for j, name in enumerate(names):
-            suffix = "" if single else f"_{name}"
+        for j, suffix in enumerate(suffixes):
             result[f"lower{suffix}"], result[f"upper{suffix}"] = bounds[:, j, 0], bounds[:, j, 1]
     write_table(result, output, args.force)
     print(f"{len(result)} predictions written to {output}")
@@ -157,7 +177,7 @@ def evaluate(args: argparse.Namespace) -> int:
                            len(_target_names(model)), args.model)
     truth = _numeric(columns(table, targets, args.data, "target"), args.data).to_numpy(float)
     plot = refuse_to_overwrite(args.plot or f"{Path(args.data).stem}_predicted_vs_true.png",
-                               args.force)
+                               args.force, inputs=[args.data, args.model])
     predictions = _predict(model, texts, args.data).reshape(len(table), -1)[:, outputs]
     print(f"{'target':<16} {'Pearson':>8} {'Spearman':>9} {'NRMSE':>7} {'R2':>7}   (x100 but R2)")
     for j, name in enumerate(targets):

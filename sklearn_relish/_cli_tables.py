@@ -33,7 +33,8 @@ def _pandas():
     return pandas
 
 
-def _format(path: Path) -> str:
+def file_kind(path: Path) -> str:
+    """The reader for a path's suffix (csv, tsv, parquet, jsonl); an unknown one is named."""
     try:
         return READERS[path.suffix.lower()]
     except KeyError:
@@ -54,7 +55,7 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
     """
     pandas = _pandas()
     path = Path(path)
-    kind = _format(path)
+    kind = file_kind(path)
     if not path.is_file():
         raise CommandError(f"{path}: no such file")
     try:
@@ -75,9 +76,23 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
     except (ValueError, OSError, pandas.errors.ParserError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CommandError(f"{path}: cannot be read as {kind}: {reason}") from None
+    if kind in ("csv", "tsv") and not _is_default_index(table.index):
+        # pandas takes rows with more fields than the header for an index column and
+        # shifts every column left: the texts would be read from the wrong column.
+        raise CommandError(
+            f"{path}: its rows have more fields than its header names (a trailing "
+            f"separator?); give every row one field per column")
+    if kind == "parquet" and not _is_default_index(table.index):
+        table = table.reset_index()  # the stored row ids stay in the written-back table
     if table.empty:
         raise CommandError(f"{path}: the file has no rows")
     return table
+
+
+def _is_default_index(index: Any) -> bool:
+    pandas = _pandas()
+    return (isinstance(index, pandas.RangeIndex) and index.start == 0 and index.step == 1
+            and index.name is None)
 
 
 def columns(table: Any, names: list[str], path: str | os.PathLike, role: str) -> Any:
@@ -105,8 +120,14 @@ def text_columns(table: Any, names: list[str], path: str | os.PathLike) -> Any:
     return texts
 
 
-def refuse_to_overwrite(path: str | os.PathLike, force: bool) -> Path:
+def refuse_to_overwrite(path: str | os.PathLike, force: bool,
+                        inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """``path`` as an output; ``force`` replaces an old file, never one of ``inputs``."""
     path = Path(path)
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise CommandError(f"{path} is the command's input {source}; write elsewhere "
+                               "(--force only replaces earlier outputs)")
     if os.path.lexists(path) and not force:
         raise CommandError(f"{path} exists; pass --force to replace it")
     if not path.parent.exists():
@@ -114,9 +135,16 @@ def refuse_to_overwrite(path: str | os.PathLike, force: bool) -> Path:
     return path
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def write_table(table: Any, path: str | os.PathLike, force: bool) -> Path:
     """Write ``table`` in the format its suffix names, atomically."""
-    kind = _format(Path(path))
+    kind = file_kind(Path(path))
 
     def write(tmp: str) -> None:
         if kind in ("csv", "tsv"):

@@ -117,7 +117,7 @@ def test_empty_file_and_bad_row_are_named(tmp_path, tiny_llama):
     done = relish("fit", tmp_path / "bad.csv", "--text", "t", "--target", "y", "-o",
                   tmp_path / "m.joblib", "--param", f"backbone={tiny_llama}", "--quiet")
     assert done.returncode == 2, done.stderr
-    assert "data row 2 (line 3): target 'y' is 'high', not a number" in done.stderr
+    assert "data row 2 (line 3): target 'y' is 'high', not a finite number" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -264,3 +264,58 @@ def test_ambiguous_target_pairings_are_refused(targets, fitted, n_outputs):
 
     with pytest.raises(CommandError):
         _outputs_for(targets, fitted, n_outputs, "m.joblib")
+
+
+def test_rows_longer_than_the_header_are_refused_not_shifted(tmp_path):
+    # pandas took the extra field for an index and shifted every column left: predictions
+    # for the ids, and the texts dropped from the output.
+    from sklearn_relish._cli_tables import CommandError, read_table
+
+    (tmp_path / "extra.csv").write_text("review,id\ngood movie,17,\nawful plot,18,\n")
+    with pytest.raises(CommandError, match="more fields than its header"):
+        read_table(tmp_path / "extra.csv", verbatim=True)
+
+
+def test_a_parquet_index_is_kept_as_a_column(tmp_path):
+    from sklearn_relish._cli_tables import read_table
+
+    frame = pd.DataFrame({"doc_id": ["a1", "b2"], "review": ["good", "bad"]})
+    frame.set_index("doc_id").to_parquet(tmp_path / "ix.parquet")
+    assert list(read_table(tmp_path / "ix.parquet").columns) == ["doc_id", "review"]
+
+
+def test_force_never_replaces_an_input(tmp_path):
+    from sklearn_relish._cli_tables import CommandError, refuse_to_overwrite
+
+    data = tmp_path / "train.csv"
+    data.write_text("review,score\ngood,1\n")
+    for same in (data, tmp_path / "." / "train.csv"):
+        with pytest.raises(CommandError, match="is the command's input"):
+            refuse_to_overwrite(same, True, inputs=[data])
+    assert refuse_to_overwrite(tmp_path / "other.csv", True, inputs=[data])
+
+
+def test_an_empty_or_infinite_number_cell_is_named():
+    from sklearn_relish._cli_commands import _numeric
+    from sklearn_relish._cli_tables import CommandError
+
+    for cell, what in ((None, "is empty"), ("inf", "is 'inf', not a finite number")):
+        frame = pd.DataFrame({"score": ["1", cell, "2"]})
+        with pytest.raises(CommandError, match=f"data row 2 \\(line 3\\): weight 'score' {what}"):
+            _numeric(frame, "data.csv", "weight")
+
+
+def test_predict_refuses_before_predicting(data, fitted, tmp_path):
+    # A column the predictions would overwrite, a bad coverage, an unknown output type:
+    # each named at once, nothing written, the user's table intact.
+    (tmp_path / "own.csv").write_text("review,prediction\ngood film,my value\n")
+    cases = [(["own.csv", "-o", "o.csv"], "already has a column 'prediction'"),
+             ([data / "new.jsonl", "-o", "o.csv", "--coverage", "90"], "--coverage"),
+             ([data / "new.jsonl", "-o", "o.xlsx"], "unknown file type '.xlsx'"),
+             ([data / "new.jsonl", "-o", fitted, "--force"], "is the command's input")]
+    for args, message in cases:
+        done = relish("predict", fitted, *args, cwd=tmp_path)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["own.csv"]
+    assert fitted.read_bytes()[:20] == b"sklearn_relish-model"
