@@ -166,15 +166,18 @@ def _verify(stream: IO[bytes], path: Path) -> None:
     if not line.endswith(b"\n") or len(parts) != 3 or not parts[2].startswith(b"sha256="):
         raise _damaged(path, "its header is unreadable")
     expected = parts[2][len(b"sha256="):].decode("ascii", "replace")
-    if _digest(stream, len(line), _signed_part(parts[1])) == expected:
-        stream.seek(len(line))
-        return
+    intact = _digest(stream, len(line), _signed_part(parts[1])) == expected
     if parts[1].isdigit() and int(parts[1]) > _FORMAT:
+        # Refused whether or not its digest matches: an intact file of a later format
+        # must not be read as this one.
+        damaged = "" if intact else ", or it is damaged or truncated"
         raise ValueError(
             f"{path} was written by a newer sklearn_relish (model file format "
-            f"{int(parts[1])}), or it is damaged or truncated; upgrade sklearn_relish and "
-            "try again."
+            f"{int(parts[1])}){damaged}; upgrade sklearn_relish and try again."
         )
+    if intact:
+        stream.seek(len(line))
+        return
     raise _damaged(path, "its checksum does not match its contents")
 
 

@@ -262,6 +262,18 @@ def test_newer_file_format_asks_for_an_upgrade(fitted, tmp_path):
         load_model(path)
 
 
+def test_an_intact_file_of_a_newer_format_is_refused_too(fitted, tmp_path):
+    # Its digest matches (a later version signed it): it must not be read as format 1.
+    import hashlib
+
+    payload = save_model(fitted, tmp_path / "model.joblib").read_bytes().split(b"\n", 1)[1]
+    digest = hashlib.sha256(b"sklearn_relish-model 2 " + payload).hexdigest()
+    newer = tmp_path / "newer.joblib"
+    newer.write_bytes(b"sklearn_relish-model 2 sha256=%s\n%s" % (digest.encode(), payload))
+    with pytest.raises(ValueError, match=r"newer sklearn_relish \(model file format 2\); "):
+        load_model(newer)
+
+
 def test_intact_file_that_cannot_unpickle_says_so(tmp_path, monkeypatch):
     path = save_model(_Predictor(), tmp_path / "model.joblib")
     monkeypatch.delattr(__import__(__name__), "_Predictor")  # its class is gone here
