@@ -80,6 +80,10 @@ def kwargs_key(kwargs: dict[str, Any]) -> str:
     return json.dumps(kwargs, sort_keys=True, default=_describe)
 
 
+# from_pretrained settings that load another weights file than the folder's default.
+_OTHER_WEIGHTS = {"variant", "use_safetensors"}
+
+
 def _checkpoint_folder(source: str, kwargs: dict) -> Path | None:
     """The local folder the weights were read from: ``source`` itself, or the hub's cache."""
     subfolder = kwargs.get("subfolder") or ""
@@ -127,7 +131,9 @@ class LoadedBackbone:
     # states as the full pass (see _early_exit.py); unchecked layers are absent.
     early_exit_ok: dict[int, bool] = field(default_factory=dict)
     run_tag: str = ""  # dtype and quantisation: part of every cache key
-    folder: str | None = None  # the checkpoint's files, where known (fingerprinted)
+    # The checkpoint's files, where known and fingerprinted by the default weights file
+    # (what earlier_fingerprints recomputes); None otherwise.
+    folder: str | None = None
 
     @property
     def input_device(self) -> torch.device:
@@ -263,6 +269,8 @@ def load_backbone(
 
         source = resolve_backbone(name)
         _check_source(name, source)
+        if Path(source).expanduser().is_dir():  # transformers takes "~/models/x" for a hub id
+            source = str(Path(source).expanduser())
         file_kwargs = {k: kwargs[k] for k in _FILE_KWARGS if k in kwargs}
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a weight-loading bar per fit is noise
@@ -283,8 +291,14 @@ def load_backbone(
         folder = _checkpoint_folder(source, kwargs)
         # Hashing the files names the weights and the tokenizer, not how they are run;
         # a model without files (none known) gets its full tensors hashed instead.
-        fingerprint = (checkpoint_fingerprint(folder, model.config, trust_remote_code)
+        every_weight = bool(_OTHER_WEIGHTS & set(kwargs))
+        fingerprint = (checkpoint_fingerprint(folder, model.config, trust_remote_code,
+                                              every_weight=every_weight)
                        if folder is not None else tensor_fingerprint(model))
+        if every_weight:
+            # Earlier rules hashed the default weights file, not the one such a load reads:
+            # a model fitted under them must not be matched by them (see earlier_fingerprints).
+            folder = None
         # Quantised or user-placed (device_map) models stay where transformers put them.
         if "device_map" not in kwargs and not getattr(model, "is_quantized", False):
             model = model.to(device=device)

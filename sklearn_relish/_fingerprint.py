@@ -53,7 +53,8 @@ PREFIX = "sha256:"  # new fingerprints; older pickles hold 16 hex digits (legacy
 
 
 def checkpoint_files(folder: str | os.PathLike, skipped: frozenset = _SKIPPED,
-                     narrow: bool = True, code: bool = False) -> list[Path]:
+                     narrow: bool = True, code: bool = False,
+                     every_weight: bool = False) -> list[Path]:
     """The files of a checkpoint folder that determine the backbone's output.
 
     With ``narrow``, only the weights transformers loads: the shards a ``*.index.json``
@@ -61,10 +62,16 @@ def checkpoint_files(folder: str | os.PathLike, skipped: frozenset = _SKIPPED,
     duplicate such as Mistral's ``consolidated.safetensors``, there or not depending on how
     the folder was downloaded, neither changes the fingerprint nor costs a hash. With
     ``code`` (``trust_remote_code``), the modeling code (``*.py``) too: it decides the states.
+    ``every_weight``: every weight file of every format, for loads that pick another file
+    than the default (``variant="fp16"`` reads ``model.fp16.safetensors``,
+    ``use_safetensors=False`` the ``.bin``).
     """
     files = [p for p in sorted(Path(folder).iterdir())
              if p.is_file() and p.name not in skipped and not p.name.startswith(".")]
     chosen = [p for p in files if p.suffix in _OTHER_SUFFIXES or (code and p.suffix == ".py")]
+    if every_weight:
+        return sorted(chosen + [p for p in files
+                                if any(p.suffix in group for group in _WEIGHT_SUFFIXES)])
     for suffixes in _WEIGHT_SUFFIXES:
         weights = [p for p in files if p.suffix in suffixes]
         if weights:
@@ -144,15 +151,17 @@ def _config_digest(config: Any) -> Any:
 
 def checkpoint_fingerprint(folder: str | os.PathLike, config: Any, code: bool = False,
                            skipped: frozenset = _SKIPPED,
-                           replaced: dict[str, str] | None = None, narrow: bool = True) -> str:
+                           replaced: dict[str, str] | None = None, narrow: bool = True,
+                           every_weight: bool = False) -> str:
     """Fingerprint of the checkpoint in ``folder``: its files' digests and its config.
 
     ``code``: the backbone runs the folder's own modeling code (``trust_remote_code``).
-    ``skipped``, ``replaced`` (file name -> digest to use instead of the file's) and
-    ``narrow`` exist for :func:`earlier_fingerprints`.
+    ``every_weight``: see :func:`checkpoint_files`. ``skipped``, ``replaced`` (file name
+    -> digest to use instead of the file's) and ``narrow`` exist for
+    :func:`earlier_fingerprints`.
     """
     digest = _config_digest(config)
-    files = checkpoint_files(folder, skipped, narrow, code)
+    files = checkpoint_files(folder, skipped, narrow, code, every_weight)
     for path, file_hash in zip(files, memoised_digests(files), strict=True):
         file_hash = (replaced or {}).get(path.name) or file_hash
         digest.update(f"{path.name}:{file_hash}".encode())

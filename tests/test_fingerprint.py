@@ -171,6 +171,28 @@ def test_only_the_weights_transformers_loads_are_hashed(tmp_path):
     assert "consolidated.safetensors" not in hashed
 
 
+def test_a_variant_load_is_fingerprinted_by_the_file_it_reads(tmp_path):
+    # variant="fp16" reads model.fp16.safetensors, but the fingerprint hashed
+    # model.safetensors: other weights passed as the fitted ones (predictions moved by 1.5).
+    folder = Path(build_tiny_llama(tmp_path / "a", seed=0))
+    other = Path(build_tiny_llama(tmp_path / "b", seed=1))
+    shutil.copy(other / "model.safetensors", folder / "model.fp16.safetensors")
+    model = small_regressor(str(folder)).fit(TEXTS, TARGETS)
+    variant = small_regressor(str(folder), backbone_kwargs={"variant": "fp16"})
+    assert variant.fit(TEXTS, TARGETS).featurizer_.fingerprint != model.featurizer_.fingerprint
+    model.set_params(backbone_kwargs={"variant": "fp16"})
+    with pytest.raises(BackboneMismatchError):
+        model.predict(TEXTS[:2])
+
+
+def test_a_folder_under_home_is_loaded_as_a_folder(tmp_path, monkeypatch):
+    # "~/models/x" reached from_pretrained unexpanded: a repo-id error for a folder that exists.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    build_tiny_llama(tmp_path / "models" / "tiny")
+    model = small_regressor("~/models/tiny").fit(TEXTS, TARGETS)
+    assert model.predict(TEXTS[:2]).shape == (2,)
+
+
 def test_remote_code_is_part_of_the_fingerprint_when_it_runs(tmp_path):
     folder = Path(build_tiny_llama(tmp_path / "a"))
     config = json.loads((folder / "config.json").read_text())
