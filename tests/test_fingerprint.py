@@ -244,17 +244,21 @@ def set_tokenizer_flag(folder, value: bool) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def test_a_model_fitted_when_generation_settings_were_hashed_still_loads(tmp_path):
-    folder = Path(build_tiny_llama(tmp_path / "a"))
-    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.7}))
+def fitted_under_an_earlier_rule(folder: Path, skipped: frozenset) -> tuple:
+    """A model's pickle as a rule that skipped only ``skipped`` wrote it, and its predictions."""
     model = small_regressor(str(folder)).fit(TEXTS, TARGETS)
     expected = model.predict(TEXTS[:2])
     config = model.featurizer_.loaded.model.config
-    earlier = _fingerprint.checkpoint_fingerprint(folder, config,
-                                                  skipped=_fingerprint._TRAINER_SKIPPED)
+    earlier = _fingerprint.checkpoint_fingerprint(folder, config, skipped=skipped)
     assert earlier != model.featurizer_.fingerprint
-    model.featurizer_.fingerprint = earlier  # what the previous rule stored in the pickle
-    saved = pickled(model)
+    model.featurizer_.fingerprint = earlier  # what the earlier rule stored in the pickle
+    return pickled(model), expected
+
+
+def test_a_model_fitted_when_generation_settings_were_hashed_still_loads(tmp_path):
+    folder = Path(build_tiny_llama(tmp_path / "a"))
+    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.7}))
+    saved, expected = fitted_under_an_earlier_rule(folder, _fingerprint._TRAINER_SKIPPED)
     clear_backbones()
     np.testing.assert_allclose(joblib.load(io.BytesIO(saved)).predict(TEXTS[:2]), expected,
                                rtol=1e-6)
@@ -272,14 +276,7 @@ def test_models_fitted_under_earlier_fingerprint_rules_still_load(tmp_path, fitt
     folder = Path(build_tiny_llama(tmp_path / "a"))
     set_tokenizer_flag(folder, fitted_with)
     (folder / "eval_results.json").write_text(json.dumps({"eval_loss": 0.1}))
-    model = small_regressor(str(folder)).fit(TEXTS, TARGETS)
-    expected = model.predict(TEXTS[:2])
-    config = model.featurizer_.loaded.model.config
-    earlier = _fingerprint.checkpoint_fingerprint(folder, config,
-                                                  skipped=_fingerprint._EARLIER_SKIPPED)
-    assert earlier != model.featurizer_.fingerprint
-    model.featurizer_.fingerprint = earlier  # what the earlier rule stored in the pickle
-    saved = pickled(model)
+    saved, expected = fitted_under_an_earlier_rule(folder, _fingerprint._EARLIER_SKIPPED)
     set_tokenizer_flag(folder, not fitted_with)
     clear_backbones()
     restored = joblib.load(io.BytesIO(saved))
