@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +113,10 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
 
     [digest] = memoised_digests([source])  # memoised: a stat per load after the first
     target = relish_home() / "backbones" / f"{stem}-{digest[:12]}"
-    if (target / "model.safetensors").exists():
+    if _conversion_complete(target):
         return target
+    if target.exists():  # damaged (a file deleted or cut short): converted again
+        _move_aside_and_remove(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = new_temp_dir(target.parent, prefix=".converting-")
     print(f"sklearn_relish: converting {source.name} once into {target} ...", flush=True)
@@ -132,13 +136,50 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
         give_new_file_permissions(work)  # a shared home's other users must read it
         try:
             os.replace(work, target)
-        except OSError:  # another process finished first: keep its copy
-            shutil.rmtree(work, ignore_errors=True)
+        except OSError:
+            if _conversion_complete(target):  # another process finished first: keep its copy
+                shutil.rmtree(work, ignore_errors=True)
+            else:  # a damaged folder appeared under the name meanwhile
+                _move_aside_and_remove(target)
+                os.replace(work, target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     _remove_other_conversions(target, stem)
     return target
+
+
+def _conversion_complete(folder: Path) -> bool:
+    """Whether a conversion folder is whole: its config, tokenizer and every byte of the
+    weights that the safetensors header promises (a stat and an 8-byte-plus-header read).
+
+    Checking that ``model.safetensors`` merely existed trusted a folder whose tokenizer
+    was deleted or whose weights were cut short, on every load, with transformers' own
+    errors and no hint that deleting the folder fixes it.
+    """
+    weights = folder / "model.safetensors"
+    if not all((folder / name).is_file() for name in ("config.json", "tokenizer_config.json")):
+        return False
+    try:
+        with open(weights, "rb") as stream:
+            (header_size,) = struct.unpack("<Q", stream.read(8))
+            header = json.loads(stream.read(header_size))
+        end = max((entry["data_offsets"][1] for name, entry in header.items()
+                   if name != "__metadata__"), default=0)
+        return weights.stat().st_size == 8 + header_size + end
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return False
+
+
+def _move_aside_and_remove(folder: Path) -> None:
+    """Rename ``folder`` out of the loaders' way, then delete it (what cannot be deleted
+    stays hidden as ``.removing-*``)."""
+    doomed = folder.parent / f".removing-{folder.name}-{os.getpid()}"
+    try:
+        folder.rename(doomed)
+    except OSError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _remove_other_conversions(target: Path, stem: str) -> None:
@@ -153,12 +194,7 @@ def _remove_other_conversions(target: Path, stem: str) -> None:
     for other in target.parent.glob(f"{stem}-*"):
         if other == target or not other.is_dir() or len(other.name) != len(target.name):
             continue
-        doomed = target.parent / f".removing-{other.name}-{os.getpid()}"
-        try:
-            other.rename(doomed)
-        except OSError:
-            continue
-        shutil.rmtree(doomed, ignore_errors=True)
+        _move_aside_and_remove(other)
 
 
 def _assembled_gguf(entry: EmbeddedBackbone) -> Path:

