@@ -6,6 +6,7 @@ rather than scipy's warning, as the paper's tables would show it.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -23,8 +24,8 @@ def _columns(y_true, y_pred) -> list[tuple[np.ndarray, np.ndarray]]:
     ``multioutput="uniform_average"``, what ``score`` reports): pooled into one column,
     a target in other units would dominate every metric.
     """
-    y_true = np.asarray(y_true, dtype=np.float64)
-    y_pred = np.asarray(y_pred, dtype=np.float64)
+    y_true = np.atleast_1d(np.asarray(y_true, dtype=np.float64))
+    y_pred = np.atleast_1d(np.asarray(y_pred, dtype=np.float64))
     if y_true.ndim > 2 or y_pred.ndim > 2:
         raise ValueError(f"y_true and y_pred must be 1-D or 2-D (one column per target); "
                          f"got shapes {y_true.shape} and {y_pred.shape}.")
@@ -41,10 +42,10 @@ def _columns(y_true, y_pred) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _averaged(metric: Callable) -> Callable:
+    @functools.wraps(metric)
     def over_targets(y_true, y_pred) -> float:
         return float(np.mean([metric(t, p) for t, p in _columns(y_true, y_pred)]))
 
-    over_targets.__name__, over_targets.__doc__ = metric.__name__, metric.__doc__
     return over_targets
 
 
