@@ -254,7 +254,7 @@ class LLMFeaturizer:
                 try:
                     store.put_many(zip(todo, computed, strict=True))
                 except StoreUnavailable as error:
-                    warn_once(store, error)
+                    warn_once(store, error, writing=True)
         return keys, found, len(todo)
 
     @staticmethod
@@ -262,8 +262,9 @@ class LLMFeaturizer:
                     found: dict[str, CachedStates]) -> TokenStateStore | None:
         """Read what memory lacks from the store and write to it what memory alone holds.
 
-        A store that cannot be used (not a folder, not writable, damaged, disk full) is
-        skipped with one warning: the cache is an optimisation, never a reason to fail.
+        A store that cannot be read (not a folder, damaged, newer) is skipped with one
+        warning: the cache is an optimisation, never a reason to fail. One that is read but
+        cannot be written (read-only, disk full) is still read, and no longer written.
         """
         try:
             unwritten = store.missing([key for key in distinct if key in found])
@@ -271,10 +272,14 @@ class LLMFeaturizer:
                 found[key] = entry
                 if memory is not None:
                     memory.put(key, entry)
-            store.put_many((key, found[key]) for key in unwritten)
         except StoreUnavailable as error:
             warn_once(store, error)
             return None
+        try:
+            store.put_many((key, found[key]) for key in unwritten)
+        except StoreUnavailable as error:
+            warn_once(store, error, writing=True)
+            return None  # not written again in this call
         return store
 
     def fill_store(self, texts: list, kind: str, verify: bool = False) -> int:

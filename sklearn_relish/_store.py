@@ -95,6 +95,38 @@ class TokenStateStore:
         self.folder = Path(folder).expanduser()
         self.path = self.folder / FILENAME
 
+    def _connect_to_read(self) -> sqlite3.Connection:
+        """A connection for reading: read-write if possible, else read-only.
+
+        A store on a read-only share, or handed out read-only, cannot be opened read-write
+        (write-ahead logging creates files beside it), yet its rows are as good as any.
+        """
+        try:
+            return self._connect()
+        except StoreUnavailable as error:
+            if not self.path.is_file():
+                raise
+            first_error = error
+        # immutable=1 tells SQLite that nobody writes the file, so it creates no -shm file
+        # (which a folder nobody can write to cannot hold). Only claimed when the folder is
+        # not writable: no writer could then add the write-ahead log anyway. Rows read are
+        # still checksummed, so a wrong claim costs misses, never another text's states.
+        flags = "mode=ro" if os.access(self.folder, os.W_OK) else "mode=ro&immutable=1"
+        uri = f"{self.path.absolute().as_uri()}?{flags}"
+        try:
+            connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S,
+                                         isolation_level=None)
+        except sqlite3.Error:
+            raise first_error from None
+        try:
+            _check_format(connection, self.path)
+        except (sqlite3.Error, StoreUnavailable) as error:
+            connection.close()
+            if isinstance(error, StoreUnavailable):
+                raise
+            raise first_error from None
+        return connection
+
     def _connect(self) -> sqlite3.Connection:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -142,7 +174,7 @@ class TokenStateStore:
             connection.close()
 
     def __len__(self) -> int:
-        connection = self._connect()
+        connection = self._connect_to_read()
         try:
             return connection.execute("SELECT COUNT(*) FROM states").fetchone()[0]
         except sqlite3.Error as error:
@@ -156,7 +188,7 @@ class TokenStateStore:
         found: dict[str, CachedStates] = {}
         if not keys:
             return found
-        connection = self._connect()
+        connection = self._connect_to_read()
         try:
             for start in range(0, len(keys), _CHUNK):
                 chunk = keys[start:start + _CHUNK]
@@ -185,7 +217,7 @@ class TokenStateStore:
         if not keys:
             return []
         columns = _COLUMNS if verify else "key"
-        connection = self._connect()
+        connection = self._connect_to_read()
         try:
             for start in range(0, len(keys), _CHUNK):
                 chunk = keys[start:start + _CHUNK]
@@ -276,15 +308,16 @@ def _check_format(connection: sqlite3.Connection, path: Path) -> None:
             pass  # a read-only store: stamped by its next writer
 
 
-def warn_once(store: TokenStateStore, error: Exception) -> None:
-    """Say once per folder and process that the store is skipped, and why."""
+def warn_once(store: TokenStateStore, error: Exception, *, writing: bool = False) -> None:
+    """Say once per folder and process that the store is skipped (or not written), and why."""
     with _WARNED_LOCK:
         if str(store.folder) in _WARNED:
             return
         _WARNED.add(str(store.folder))
-    warnings.warn(
-        f"cache_dir={str(store.folder)!r} cannot be used ({error}); featurizing without it. "
-        "Token states are still cached in memory.",
-        UserWarning,
-        stacklevel=4,
-    )
+    if writing:
+        message = (f"cache_dir={str(store.folder)!r} cannot be written ({error}); the states "
+                   "it holds are still read, new ones are cached in memory only.")
+    else:
+        message = (f"cache_dir={str(store.folder)!r} cannot be used ({error}); featurizing "
+                   "without it. Token states are still cached in memory.")
+    warnings.warn(message, UserWarning, stacklevel=4)

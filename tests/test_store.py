@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import shutil
 import sqlite3
+import subprocess
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
@@ -154,17 +157,57 @@ def test_cache_dir_that_is_a_file_warns_and_predicts(tiny_llama, tmp_path):
     assert blocker.read_text() == "not a folder"  # nothing of the user's overwritten
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+@contextlib.contextmanager
+def read_only_folder(folder):
+    """Make ``folder`` and its files unwritable, as a read-only share would be, even for root."""
+    paths = [folder, *folder.iterdir()]
+    if os.geteuid() == 0:  # root ignores permission bits; the immutable attribute binds it
+        if shutil.which("chattr") is None or subprocess.run(
+                ["chattr", "+i", *map(str, paths)], capture_output=True).returncode:
+            pytest.skip("no way to make a folder read-only for root here")
+        undo = ["chattr", "-i", *map(str, paths)]
+    else:
+        for path in paths:
+            path.chmod(0o500 if path.is_dir() else 0o400)
+        undo = None
+    try:
+        yield
+    finally:
+        if undo:
+            subprocess.run(undo, check=True)
+        for path in paths:
+            path.chmod(0o700 if path.is_dir() else 0o600)
+
+
 def test_read_only_cache_dir_warns_and_carries_on(tiny_llama, tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        with pytest.warns(UserWarning, match="cannot be used"):
-            states = LLMFeaturizer(tiny_llama, cache_dir=str(folder)).transform(TEXTS, "single")
+    with read_only_folder(folder), pytest.warns(UserWarning, match="cannot be used"):
+        states = LLMFeaturizer(tiny_llama, cache_dir=str(folder)).transform(TEXTS, "single")
+    assert len(states) == len(TEXTS)
+    assert list(folder.iterdir()) == []
+
+
+def test_read_only_cache_dir_is_read_and_not_written(tiny_llama, tmp_path):
+    # A store shipped on a read-only share (or handed out read-only to a team) was skipped
+    # whole: every text went through the LLM again although its states were there.
+    folder = tmp_path / "shared"
+    LLMFeaturizer(tiny_llama, cache_dir=str(folder)).transform(TEXTS, "single")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    clear_cache()
+    with read_only_folder(folder):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing to write: no warning
+            LLMFeaturizer(tiny_llama, cache_dir=str(folder)).transform(TEXTS, "single")
+        assert cache_info()["llm_texts"] == 0  # every text read from the store
+        assert len(TokenStateStore(folder)) == len(set(TEXTS))
+        with pytest.warns(UserWarning, match="cannot be written"):
+            states = LLMFeaturizer(tiny_llama, cache_dir=str(folder)).transform(
+                [t + " again" for t in TEXTS], "single")
         assert len(states) == len(TEXTS)
-    finally:
-        folder.chmod(0o700)
+        with pytest.raises(StoreUnavailable):
+            TokenStateStore(folder).check_writable()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_full_disk_on_write_warns_and_carries_on(tiny_llama, tmp_path, monkeypatch):
@@ -182,7 +225,7 @@ def test_full_disk_on_write_warns_and_carries_on(tiny_llama, tmp_path, monkeypat
     monkeypatch.setattr(TokenStateStore, "_connect", capped)
     with pytest.raises(StoreUnavailable, match="full"):
         TokenStateStore(tmp_path).put_many([("big", entry_for(1, n_tokens=4000))])
-    with pytest.warns(UserWarning, match="cannot be used"):
+    with pytest.warns(UserWarning, match="cannot be written"):
         states = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(
             [t * 3 for t in TEXTS], "single")
     assert len(states) == len(TEXTS)
