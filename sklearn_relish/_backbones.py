@@ -212,6 +212,35 @@ def _unavailable(name: str, error: Exception) -> ValueError:
     return ValueError(message)
 
 
+def _check_device_map(device_map: Any) -> None:
+    """A ``device_map`` naming GPUs this process does not have is refused by name (torch
+    would stop with "Torch not compiled with CUDA enabled" from inside accelerate)."""
+    values = device_map.values() if isinstance(device_map, dict) else [device_map]
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for value in values:
+        if isinstance(value, bool):
+            continue  # not a device: left for transformers to judge
+        if isinstance(value, int):
+            index = value  # accelerate reads a bare integer as a GPU index
+        elif isinstance(value, (str, torch.device)):
+            try:
+                placed = torch.device(value)
+            except (RuntimeError, TypeError):
+                continue  # "auto", "balanced", "disk": placement strategies, not devices
+            if placed.type != "cuda":
+                continue
+            index = placed.index or 0
+        else:
+            continue
+        if index >= visible:
+            where = (f"CUDA device {index}, but this process sees {visible}" if visible
+                     else "a CUDA device, but CUDA is not available here")
+            raise ValueError(
+                f"backbone_kwargs['device_map'] places weights on {value!r}: {where}. Use "
+                "device_map='auto', another index, or leave device_map out (on a fitted "
+                "model: set_params(backbone_kwargs=...)).")
+
+
 def _placement(device: torch.device, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Load straight onto the GPU where accelerate can place the weights (no host copy);
     a ``device_map`` of the user's own wins."""
@@ -269,6 +298,8 @@ def load_backbone(
 
         source = resolve_backbone(name)
         _check_source(name, source)
+        if "device_map" in kwargs:
+            _check_device_map(kwargs["device_map"])
         if Path(source).expanduser().is_dir():  # transformers takes "~/models/x" for a hub id
             source = str(Path(source).expanduser())
         file_kwargs = {k: kwargs[k] for k in _FILE_KWARGS if k in kwargs}
@@ -284,6 +315,14 @@ def load_backbone(
                 **_placement(device, kwargs), **kwargs)
         except OSError as error:  # not on the hub, not in its cache, or offline
             raise _unavailable(name, error) from error
+        except (TypeError, ImportError, AssertionError, RuntimeError, KeyError) as error:
+            if not kwargs:
+                raise
+            # An argument transformers (or a library it needs) refuses: named as ours,
+            # not left as a traceback from deep inside from_pretrained.
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(f"backbone={name!r} could not be loaded with backbone_kwargs="
+                       f"{kwargs!r}: {type(error).__name__}: {error}") from error
         finally:
             if bars:
                 hf_logging.enable_progress_bar()

@@ -78,6 +78,27 @@ def test_backbone_kwargs_reach_from_pretrained_and_key_the_registry(tiny_llama):
     assert again is eager and _backbones.N_LOADS == loads + 1
 
 
+@pytest.mark.parametrize("device_map", [
+    pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),
+    {"": "cuda:99"}, {"embed_tokens": 99}])
+def test_a_device_map_naming_absent_gpus_is_refused_by_name(tiny_llama, device_map):
+    # It stopped inside accelerate with "AssertionError: Torch not compiled with CUDA".
+    with pytest.raises(ValueError, match=r"backbone_kwargs\['device_map'\] places weights"):
+        RelishTextRegressor(tiny_llama, backbone_kwargs={"device_map": device_map},
+                            max_epochs=1).fit(["good", "bad"], [1.0, 0.0])
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"no_such_argument": 3}, TypeError, "no_such_argument"),
+    ({"attn_implementation": "flash_attention_2"}, ValueError, "FlashAttention2"),
+])
+def test_backbone_kwargs_transformers_refuses_are_named(tiny_llama, kwargs, error, words):
+    with pytest.raises(error, match="could not be loaded with backbone_kwargs") as caught:
+        _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32,
+                                 backbone_kwargs=kwargs)
+    assert words in str(caught.value)
+
+
 def test_estimator_passes_backbone_kwargs_and_fits(tiny_llama):
     model = RelishTextRegressor(tiny_llama, backbone_kwargs={"attn_implementation": "eager"},
                                 latent_dim=8, n_heads=2, max_epochs=2, early_stopping=False,
