@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from ._cli_tables import (
-    READERS,
     CommandError,
     columns,
     file_kind,
     read_table,
     refuse_to_overwrite,
     row_error,
+    row_label,
     text_columns,
     write_new_file,
     write_table,
@@ -59,15 +59,11 @@ def _numeric(targets: Any, path: str, role: str = "target") -> Any:
     if bad.any():
         row, col = np.argwhere(bad)[0]
         cell = targets.iat[row, col]
-        what = "empty" if pandas.isna(cell) else f"{cell!r}, not a finite number"
-        line = f" (line {row + 2})" if _kind(path) in ("csv", "tsv") else ""
+        shown = repr(cell) if isinstance(cell, str) else str(cell)  # inf, not np.float64(inf)
+        what = "empty" if pandas.isna(cell) else f"{shown}, not a finite number"
         raise CommandError(
-            f"{path}: data row {row + 1}{line}: {role} {targets.columns[col]!r} is {what}")
+            f"{path}: {row_label(path, row)}: {role} {targets.columns[col]!r} is {what}")
     return numbers
-
-
-def _kind(path: str) -> str:
-    return READERS.get(Path(path).suffix.lower(), "")
 
 
 def fit(args: argparse.Namespace) -> int:
@@ -88,7 +84,7 @@ def fit(args: argparse.Namespace) -> int:
     try:
         model = RelishTextRegressor(**params).fit(texts, y, sample_weight=weights)
     except (ValueError, TypeError) as error:
-        raise row_error(error, args.data, _kind(args.data)) from None
+        raise row_error(error, args.data) from None
     save_model(model, output, overwrite=args.force)
     scored = 0 if model.calibration_scores_ is None else len(model.calibration_scores_)
     calibration = (f"{scored} scored out of fold over {model.interval_folds} folds"
@@ -105,13 +101,23 @@ def _model_and_texts(args: argparse.Namespace,
     model = load_model(args.model)
     if args.quiet:  # the model keeps the verbosity it was fitted with
         model.set_params(verbose=0)
-    names = list(getattr(model, "feature_names_in_", []))
+    fitted_names = [str(name) for name in getattr(model, "feature_names_in_", [])]
+    names = fitted_names
     if args.text:
         names = [args.text] + ([args.text_pair] if args.text_pair else [])
+        if fitted_names and len(names) != len(fitted_names):
+            raise CommandError(
+                f"{args.model} was fitted on {len(fitted_names)} text column(s) "
+                f"({', '.join(map(repr, fitted_names))}); --text and --text-pair name "
+                f"{len(names)}")
     if not names:
         raise CommandError(f"{args.model} does not record its text columns; pass --text")
     table = read_table(args.data, text_columns=names, verbatim=verbatim)
-    return model, table, text_columns(table, names, args.data)
+    texts = text_columns(table, names, args.data)
+    if fitted_names:
+        # --text maps this file's columns onto those the model was fitted on, in order.
+        texts.columns = fitted_names
+    return model, table, texts
 
 
 def _predict(model: Any, texts: Any, path: str, coverage: float | None = None):
@@ -120,7 +126,7 @@ def _predict(model: Any, texts: Any, path: str, coverage: float | None = None):
             return model.predict(texts)
         return model.predict_interval(texts, coverage=coverage)
     except (ValueError, TypeError) as error:
-        raise row_error(error, path, _kind(path)) from None
+        raise row_error(error, path) from None
 
 
 def _target_names(model: Any) -> list[str]:

@@ -68,7 +68,7 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
         elif kind == "parquet":
             table = pandas.read_parquet(path)
         else:
-            table = pandas.read_json(path, lines=True, dtype=False)
+            table = _read_json_lines(path, pandas)
     except pandas.errors.EmptyDataError:
         raise CommandError(f"{path}: the file is empty") from None
     except ImportError as error:  # parquet without pyarrow
@@ -87,6 +87,31 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
     if table.empty:
         raise CommandError(f"{path}: the file has no rows")
     return table
+
+
+def _read_json_lines(path: Path, pandas: Any) -> Any:
+    """One JSON object per line, each value kept as JSON gave it.
+
+    pandas' reader fails on a byte-order mark and turns a column of integers with a null
+    into floats (an id 7 written back as 7.0); here columns hold the parsed values.
+    """
+    import json
+
+    records = []
+    with open(path, encoding="utf-8-sig") as file:  # -sig: a byte-order mark is skipped
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise CommandError(f"{path}: line {number} is not JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise CommandError(f"{path}: line {number} is not a JSON object")
+            records.append(record)
+    if not records:
+        raise pandas.errors.EmptyDataError
+    return pandas.DataFrame(records, dtype=object)
 
 
 def _is_default_index(index: Any) -> bool:
@@ -167,15 +192,40 @@ def write_new_file(path: str | os.PathLike, force: bool, write: Callable[[str], 
         raise CommandError(f"{path} exists; pass --force to replace it") from None
 
 
-def row_error(error: Exception, path: str | os.PathLike, kind: str) -> CommandError:
+def row_error(error: Exception, path: str | os.PathLike) -> CommandError:
     """Our row-naming errors (``X[5]``, ``y[5]``) in terms of the file: data row 6."""
     import re
 
     message = str(error)
     found = re.search(r"\b[Xy]\[(\d+)\]", message)
-    if found and kind in ("csv", "tsv"):
-        row = int(found.group(1))
-        message = f"data row {row + 1} (line {row + 2}): {message}"
-    elif found:
-        message = f"data row {int(found.group(1)) + 1}: {message}"
+    if found:
+        message = f"{row_label(path, int(found.group(1)))}: {message}"
     return CommandError(f"{path}: {message}")
+
+
+def row_label(path: str | os.PathLike, row: int) -> str:
+    """"data row 6", and in a CSV or TSV the line it starts on, as an editor numbers lines.
+
+    The line is counted, not derived from the row: a quoted cell may span several lines,
+    and blank lines are skipped, as pandas skips them.
+    """
+    label = f"data row {row + 1}"
+    kind = READERS.get(Path(path).suffix.lower())
+    if kind not in ("csv", "tsv"):
+        return label
+    import csv
+
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as file:
+            reader = csv.reader(file, delimiter="\t" if kind == "tsv" else ",")
+            data_rows = -1  # the header is the first row that is not blank
+            start = 1
+            for fields in reader:
+                if fields and any(fields):
+                    if data_rows == row:
+                        return f"{label} (line {start})"
+                    data_rows += 1
+                start = reader.line_num + 1
+    except (OSError, csv.Error):
+        pass  # the row number alone still names it
+    return label

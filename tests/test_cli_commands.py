@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -295,14 +296,16 @@ def test_force_never_replaces_an_input(tmp_path):
     assert refuse_to_overwrite(tmp_path / "other.csv", True, inputs=[data])
 
 
-def test_an_empty_or_infinite_number_cell_is_named():
+def test_an_empty_or_infinite_number_cell_is_named(tmp_path):
     from sklearn_relish._cli_commands import _numeric
-    from sklearn_relish._cli_tables import CommandError
+    from sklearn_relish._cli_tables import CommandError, read_table
 
-    for cell, what in ((None, "is empty"), ("inf", "is 'inf', not a finite number")):
-        frame = pd.DataFrame({"score": ["1", cell, "2"]})
+    for cell, what in (("", "is empty"), ("inf", "is inf, not a finite number"),
+                       ("high", "is 'high', not a finite number")):
+        path = tmp_path / "data.csv"
+        path.write_text(f"score,id\n1,a\n{cell},b\n2,c\n")
         with pytest.raises(CommandError, match=f"data row 2 \\(line 3\\): weight 'score' {what}"):
-            _numeric(frame, "data.csv", "weight")
+            _numeric(read_table(path)[["score"]], str(path), "weight")
 
 
 def test_predict_refuses_before_predicting(data, fitted, tmp_path):
@@ -319,3 +322,49 @@ def test_predict_refuses_before_predicting(data, fitted, tmp_path):
         assert len(done.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["own.csv"]
     assert fitted.read_bytes()[:20] == b"sklearn_relish-model"
+
+
+def test_text_maps_a_renamed_column_onto_the_fitted_one(fitted, tmp_path):
+    # The model was fitted on "review"; a new file names it "body". --text said so, and
+    # the prediction was refused for a feature-name mismatch.
+    pd.DataFrame({"body": TEXTS[:3]}).to_csv(tmp_path / "renamed.csv", index=False)
+    pd.DataFrame({"review": TEXTS[:3]}).to_csv(tmp_path / "same.csv", index=False)
+    for name, extra in [("renamed", ["--text", "body"]), ("same", [])]:
+        done = relish("predict", fitted, tmp_path / f"{name}.csv", "-o",
+                      tmp_path / f"{name}-out.csv", *extra)
+        assert done.returncode == 0, done.stderr
+    renamed = pd.read_csv(tmp_path / "renamed-out.csv")
+    same = pd.read_csv(tmp_path / "same-out.csv")
+    assert list(renamed.columns) == ["body", "prediction"]
+    np.testing.assert_allclose(renamed["prediction"], same["prediction"], rtol=1e-6)
+    done = relish("predict", fitted, tmp_path / "renamed.csv", "-o", tmp_path / "x.csv",
+                  "--text", "body", "--text-pair", "body")
+    assert done.returncode == 2 and "fitted on 1 text column(s) ('review')" in done.stderr
+
+
+def test_json_lines_with_a_byte_order_mark_and_integer_ids_round_trip(fitted, tmp_path):
+    # A BOM (Windows tools write one) made the file unreadable; an integer id column with
+    # a null came back as floats (7 written as 7.0).
+    source = tmp_path / "bom.jsonl"
+    source.write_bytes(b'\xef\xbb\xbf{"review": "good film", "id": 7}\n\n'
+                       b'{"review": "dull", "id": null, "tags": ["a", 1]}\n')
+    out = tmp_path / "out.jsonl"
+    done = relish("predict", fitted, source, "-o", out)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["id"] for row in rows] == [7, None]
+    assert rows[1]["tags"] == ["a", 1] and rows[0].get("tags") is None
+    (tmp_path / "bad.jsonl").write_text('{"review": "a"}\n[1, 2]\n')
+    done = relish("predict", fitted, tmp_path / "bad.jsonl", "-o", tmp_path / "b.jsonl")
+    assert done.returncode == 2 and "line 2 is not a JSON object" in done.stderr
+
+
+def test_csv_errors_name_the_line_a_row_starts_on(data, tiny_llama, tmp_path):
+    # A quoted cell over three lines and a blank line: the bad row starts on line 7, and
+    # "row + 2" said line 4.
+    (tmp_path / "multi.csv").write_text(
+        'review,score\n"a review\nover three\nlines",1\n\ngood,2\nbad,x\n')
+    done = relish("fit", tmp_path / "multi.csv", "--text", "review", "--target", "score",
+                  "-o", tmp_path / "m.joblib", "--param", f"backbone={tiny_llama}", *SMALL)
+    assert done.returncode == 2
+    assert "data row 3 (line 7): target 'score' is 'x'" in done.stderr
