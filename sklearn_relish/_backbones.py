@@ -278,6 +278,34 @@ def _run_tag(dtype: torch.dtype, kwargs: dict[str, Any], trust_remote_code: bool
     return f"{tag}+quantized-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
 
 
+def count_hidden_states(name: str, *, trust_remote_code: bool = False,
+                        backbone_kwargs: dict[str, Any] | None = None) -> int:
+    """Entries of ``hidden_states`` (embeddings plus one per layer), from the config alone.
+
+    A backbone already loaded in this process answers; otherwise only its config is read,
+    so a cluster's client can name the layer under trained blocks without holding an 8B
+    model's weights.
+    """
+    kwargs = check_backbone_kwargs(backbone_kwargs)
+    with _REGISTRY_LOCK:
+        for key, loaded in _REGISTRY.items():
+            if (key[0], key[3], key[4]) == (name, trust_remote_code, kwargs_key(kwargs)):
+                return loaded.n_hidden_states
+    from transformers import AutoConfig
+
+    source = resolve_backbone(name)
+    _check_source(name, source)
+    if Path(source).expanduser().is_dir():
+        source = str(Path(source).expanduser())
+    file_kwargs = {k: kwargs[k] for k in _FILE_KWARGS if k in kwargs}
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                            **file_kwargs)
+    except OSError as error:
+        raise _unavailable(name, error) from error
+    return int(config.num_hidden_layers) + 1
+
+
 def load_backbone(
     name: str,
     *,

@@ -20,6 +20,7 @@ import torch
 
 from ._backbones import (
     LoadedBackbone,
+    count_hidden_states,
     load_backbone,
     position_limit,
     resolve_device,
@@ -150,13 +151,17 @@ class LLMFeaturizer:
         # A model pickled by sklearn_relish 0.1.0 holds the older, sampled fingerprint.
         return legacy_fingerprint(loaded.model) == self.fingerprint
 
-    def layer_index(self, loaded: LoadedBackbone) -> int:
+    def layer_index(self, loaded: LoadedBackbone | None = None) -> int:
         """The hidden-state index ``layer`` names: a whole number as is, a fraction as a share.
 
         A float lets one default mean "the middle" for any backbone: 0.5 is layer 15 of
         SmolLM2's 30 and layer 3 of MiniLM's 6. Negative ints count from the last layer.
+        Without ``loaded`` (and none loaded yet) only the backbone's config is read.
         """
-        n = loaded.n_hidden_states
+        loaded = loaded or self._loaded
+        n = loaded.n_hidden_states if loaded is not None else count_hidden_states(
+            self.backbone, trust_remote_code=self.trust_remote_code,
+            backbone_kwargs=self.backbone_kwargs)
         layer = check_layer(self.layer)
         if isinstance(layer, float):
             return int(round(layer * (n - 1)))

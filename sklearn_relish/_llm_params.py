@@ -112,7 +112,7 @@ class LLMParamsMixin:
         n_blocks = getattr(self, "train_top_layers", 0)
         if not n_blocks:
             return featurizer
-        read = featurizer.layer_index(featurizer.loaded)
+        read = featurizer.layer_index()  # from the config: no weights on a cluster's client
         if read < n_blocks:
             raise ValueError(
                 f"train_top_layers={n_blocks} trains the blocks below the layer the head "

@@ -152,3 +152,19 @@ def test_a_damaged_set_of_trained_weights_is_refused(tiny_llama):
     for _ in range(2):  # refused again, as clearly, on a second try
         with pytest.raises(ValueError, match="do not match the backbone's blocks"):
             loaded.predict(TEXTS[:2])
+
+
+def test_the_layer_under_trained_blocks_is_found_without_loading_weights(tiny_llama):
+    # featurize_to_store(train_top_layers=...) loaded the whole backbone on a cluster's
+    # client just to count its layers: an 8B model's weights for one integer.
+    from sklearn_relish import _backbones
+
+    _backbones.clear_backbones()
+    before = _backbones.N_LOADS
+    featurizer = small_regressor(tiny_llama, layer=-1, train_top_layers=1)
+    below = featurizer._featurizer_to_train_on()
+    assert _backbones.N_LOADS == before
+    assert below.layer == 1  # the tiny Llama has 2 blocks: hidden state 2 less one
+    with pytest.raises(ValueError, match="only 2 block"):
+        small_regressor(tiny_llama, layer=-1, train_top_layers=3)._featurizer_to_train_on()
+    assert _backbones.N_LOADS == before
