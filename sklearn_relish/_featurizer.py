@@ -296,6 +296,7 @@ class LLMFeaturizer:
         """
         keys, prompted, layer, max_length = self._keys(texts, kind)
         store = TokenStateStore(self.cache_dir)
+        store.check_writable()  # reads work read-only: fail before the LLM's work, not after
         todo = dict(zip(keys, prompted, strict=True))
         todo = {key: todo[key] for key in store.missing(list(todo), verify=verify)}
         if todo:

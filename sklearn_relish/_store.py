@@ -107,11 +107,13 @@ class TokenStateStore:
             if not self.path.is_file():
                 raise
             first_error = error
-        # immutable=1 tells SQLite that nobody writes the file, so it creates no -shm file
+        # immutable=1 tells SQLite that nobody writes the file, so it needs no -shm file
         # (which a folder nobody can write to cannot hold). Only claimed when the folder is
-        # not writable: no writer could then add the write-ahead log anyway. Rows read are
-        # still checksummed, so a wrong claim costs misses, never another text's states.
-        flags = "mode=ro" if os.access(self.folder, os.W_OK) else "mode=ro&immutable=1"
+        # not writable and holds no write-ahead log: immutable reads ignore the log, so rows
+        # still in one (a writer killed, a store copied while open) would be missing.
+        wal = self.path.with_name(FILENAME + "-wal")
+        immutable = not os.access(self.folder, os.W_OK) and not wal.exists()
+        flags = "mode=ro&immutable=1" if immutable else "mode=ro"
         uri = f"{self.path.absolute().as_uri()}?{flags}"
         try:
             connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S,
@@ -310,10 +312,11 @@ def _check_format(connection: sqlite3.Connection, path: Path) -> None:
 
 def warn_once(store: TokenStateStore, error: Exception, *, writing: bool = False) -> None:
     """Say once per folder and process that the store is skipped (or not written), and why."""
+    key = f"{store.folder}|{writing}"  # a store that becomes unreadable later still says so
     with _WARNED_LOCK:
-        if str(store.folder) in _WARNED:
+        if key in _WARNED:
             return
-        _WARNED.add(str(store.folder))
+        _WARNED.add(key)
     if writing:
         message = (f"cache_dir={str(store.folder)!r} cannot be written ({error}); the states "
                    "it holds are still read, new ones are cached in memory only.")

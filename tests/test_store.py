@@ -19,7 +19,13 @@ from conftest import TARGETS, TEXTS, small_regressor
 from sklearn_relish import cache_info, clear_cache, featurize_to_store
 from sklearn_relish._cache import CachedStates
 from sklearn_relish._featurizer import LLMFeaturizer
-from sklearn_relish._store import FILENAME, StoreUnavailable, TokenStateStore, _checksum
+from sklearn_relish._store import (
+    FILENAME,
+    StoreUnavailable,
+    TokenStateStore,
+    _checksum,
+    _encode,
+)
 
 
 def entry_for(i: int, n_tokens: int = 3, dim: int = 8) -> CachedStates:
@@ -209,6 +215,36 @@ def test_read_only_cache_dir_is_read_and_not_written(tiny_llama, tmp_path):
             TokenStateStore(folder).check_writable()
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
+
+
+def test_a_read_only_store_with_rows_in_its_write_ahead_log_never_drops_them(tmp_path):
+    # A store copied while a writer had it open carries rows in states.sqlite-wal. Read
+    # with immutable=1, SQLite ignores the log: those rows were silently missing.
+    source = tmp_path / "live"
+    TokenStateStore(source).put_many([("a", entry_for(1))])
+    writer = sqlite3.connect(source / FILENAME, isolation_level=None)
+    writer.execute("PRAGMA wal_autocheckpoint=0")  # "b" stays in the log
+    writer.execute("INSERT INTO states VALUES (?, ?, ?, ?, ?, ?)", _encode("b", entry_for(2)))
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in (FILENAME, FILENAME + "-wal"):
+        shutil.copy(source / name, copy / name)
+    writer.close()
+    with read_only_folder(copy):
+        try:
+            found = TokenStateStore(copy).get_many(["a", "b"])
+        except StoreUnavailable:
+            found = None  # refused out loud (the featurizer warns): acceptable
+        assert found is None or set(found) == {"a", "b"}
+
+
+def test_fill_store_refuses_a_read_only_store_before_running_the_llm(tiny_llama, tmp_path):
+    folder = tmp_path / "shared"
+    TokenStateStore(folder).put_many([("seed", entry_for(0))])
+    featurizer = LLMFeaturizer(tiny_llama, cache_dir=str(folder), cache=False)
+    with read_only_folder(folder), pytest.raises(StoreUnavailable):
+        featurizer.fill_store(TEXTS, "single")
+    assert cache_info()["llm_texts"] == 0
 
 def test_full_disk_on_write_warns_and_carries_on(tiny_llama, tmp_path, monkeypatch):
     # A real full disk: cap the database at its current size so the next insert fails
