@@ -102,18 +102,28 @@ _WORK_PREFIXES = (".converting-", ".assembling-", ".removing-")
 ABANDONED_AFTER_S = 24 * 3600  # no conversion takes this long: older work is abandoned
 
 
+def _machine() -> str:
+    """This machine and PID namespace, as a name part: a process ID means something only
+    within both (containers may share a hostname and not their processes)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}:{namespace}".replace("@", "_")
+
+
 def _work_prefix(kind: str) -> str:
-    """``.converting-<pid>@<host>-``: the owner in the name, so that work a killed process
-    left can be told from work in progress."""
-    return f".{kind}-{os.getpid()}@{socket.gethostname()}-"
+    """``.converting-<pid>@<machine>@``: the owner in the name, so that work a killed
+    process left can be told from work in progress ("@" is in no hostname)."""
+    return f".{kind}-{os.getpid()}@{_machine()}@"
 
 
 def _remove_abandoned_work(parent: Path) -> None:
     """Delete work folders and files in ``parent`` that no live process owns.
 
-    Work from this machine goes once its process is gone; work from another machine
-    sharing the folder (an NFS home), or named before owners were recorded, once it is a
-    day old. Costs one directory listing.
+    Work from this machine goes once its process is gone; any work (another machine's on
+    a shared home, or named before owners were recorded) once it is a day old, which also
+    covers an owner whose process ID was reused. Costs one directory listing.
     """
     try:
         entries = list(parent.iterdir())
@@ -132,20 +142,21 @@ def _remove_abandoned_work(parent: Path) -> None:
 
 
 def _abandoned(entry: Path, owner_and_rest: str) -> bool:
-    pid, at, rest = owner_and_rest.partition("@")
-    if at and pid.isdigit() and rest.startswith(f"{socket.gethostname()}-") and os.name != "nt":
-        # (os.kill(pid, 0) only asks on POSIX; on Windows it would terminate the process.)
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            return False  # alive, someone else's
-        return False
     try:
-        return time.time() - entry.lstat().st_mtime > ABANDONED_AFTER_S
+        if time.time() - entry.lstat().st_mtime > ABANDONED_AFTER_S:
+            return True
     except OSError:
         return False
+    pid, machine, rest = (owner_and_rest.split("@", 2) + ["", ""])[:3]
+    if not (pid.isdigit() and machine == _machine() and rest) or os.name == "nt":
+        return False  # (os.kill(pid, 0) asks only on POSIX; on Windows it would terminate)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # alive, someone else's
+    return False
 
 
 def _convert_gguf(folder: Path, gguf_file: str) -> Path:

@@ -333,8 +333,16 @@ def test_work_left_by_a_killed_conversion_is_removed_by_the_next_load(tmp_path):
     import sys
     import time
 
-    from sklearn_relish._embedded import ABANDONED_AFTER_S, _remove_abandoned_work, _work_prefix
+    from sklearn_relish._embedded import (
+        ABANDONED_AFTER_S,
+        _machine,
+        _remove_abandoned_work,
+        _work_prefix,
+    )
     from sklearn_relish._files import new_temp_dir
+
+    def killed_pid(done) -> int:  # a process ID that is dead here
+        return int(done.stdout.split()[0])
 
     killed = subprocess.run(
         [sys.executable, "-c",
@@ -343,12 +351,14 @@ def test_work_left_by_a_killed_conversion_is_removed_by_the_next_load(tmp_path):
          "from sklearn_relish._files import new_temp_dir\n"
          "work = new_temp_dir(sys.argv[1], _work_prefix('converting'))\n"
          "(work / 'model.safetensors').write_bytes(b'half')\n"
+         "print(os.getpid(), flush=True)\n"
          "os.kill(os.getpid(), signal.SIGTERM)\n", str(tmp_path)],
         capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGTERM, killed.stderr
     [left] = tmp_path.iterdir()
     in_progress = new_temp_dir(tmp_path, _work_prefix("converting"))  # this process: alive
-    elsewhere = new_temp_dir(tmp_path, ".assembling-1@another-host-")
+    # Another machine whose name starts with ours (node / node-1): its pid means nothing here.
+    elsewhere = new_temp_dir(tmp_path, f".assembling-{killed_pid(killed)}@{_machine()}-1@")
     unnamed_old = new_temp_dir(tmp_path, ".converting-")  # named before owners were
     unnamed_new = new_temp_dir(tmp_path, ".removing-")
     stale = time.time() - ABANDONED_AFTER_S - 60
@@ -363,3 +373,24 @@ def test_work_left_by_a_killed_conversion_is_removed_by_the_next_load(tmp_path):
     os.utime(elsewhere, (stale, stale))  # another machine's work, a day old: abandoned
     _remove_abandoned_work(tmp_path)
     assert elsewhere.name not in {p.name for p in tmp_path.iterdir()}
+
+
+def test_an_out_of_memory_load_is_not_blamed_on_backbone_kwargs(tiny_llama, monkeypatch):
+    # Callers catching torch.OutOfMemoryError (to retry smaller) must still see it.
+    import transformers
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32,
+                                 backbone_kwargs={"attn_implementation": "eager"})
+
+
+def test_an_integer_device_map_is_left_to_a_non_cuda_accelerator(monkeypatch):
+    # accelerate reads {"": 0} as XPU or NPU 0 on such machines: not "no CUDA".
+    monkeypatch.setattr(_backbones, "_other_accelerator", lambda: True)
+    _backbones._check_device_map({"": 0})
+    with pytest.raises(ValueError, match="places weights on 'cuda:99'"):
+        _backbones._check_device_map({"": "cuda:99"})
