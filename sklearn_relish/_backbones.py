@@ -212,6 +212,15 @@ def _unavailable(name: str, error: Exception) -> ValueError:
     return ValueError(message)
 
 
+def _other_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    try:
+        return bool(accelerator and accelerator.is_available()
+                    and accelerator.current_accelerator().type != "cuda")
+    except (RuntimeError, AttributeError):
+        return False
+
+
 def _check_device_map(device_map: Any) -> None:
     """A ``device_map`` naming GPUs this process does not have is refused by name (torch
     would stop with "Torch not compiled with CUDA enabled" from inside accelerate)."""
@@ -221,7 +230,11 @@ def _check_device_map(device_map: Any) -> None:
         if isinstance(value, bool):
             continue  # not a device: left for transformers to judge
         if isinstance(value, int):
-            index = value  # accelerate reads a bare integer as a GPU index
+            # accelerate reads a bare integer as an index of the machine's accelerator,
+            # which need not be CUDA (XPU, NPU): checked only when there is none or CUDA.
+            if _other_accelerator():
+                continue
+            index = value
         elif isinstance(value, (str, torch.device)):
             try:
                 placed = torch.device(value)
@@ -297,12 +310,15 @@ def count_hidden_states(name: str, *, trust_remote_code: bool = False,
     _check_source(name, source)
     if Path(source).expanduser().is_dir():
         source = str(Path(source).expanduser())
-    file_kwargs = {k: kwargs[k] for k in _FILE_KWARGS if k in kwargs}
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
-                                            **file_kwargs)
-    except OSError as error:
-        raise _unavailable(name, error) from error
+    config = kwargs.pop("config", None)
+    if config is None or isinstance(config, str | os.PathLike):
+        # Every argument, as from_pretrained gives them to the config: one that names a
+        # config attribute (num_hidden_layers=...) overrides it; the rest are ignored.
+        try:
+            config = AutoConfig.from_pretrained(config or source,
+                                                trust_remote_code=trust_remote_code, **kwargs)
+        except OSError as error:
+            raise _unavailable(name, error) from error
     return int(config.num_hidden_layers) + 1
 
 
@@ -343,7 +359,9 @@ def load_backbone(
                 **_placement(device, kwargs), **kwargs)
         except OSError as error:  # not on the hub, not in its cache, or offline
             raise _unavailable(name, error) from error
-        except (TypeError, ImportError, AssertionError, RuntimeError, KeyError) as error:
+        except (TypeError, ImportError) as error:
+            # Only these: an out-of-memory RuntimeError or a damaged checkpoint is not the
+            # arguments' fault, and callers catching torch.OutOfMemoryError must see it.
             if not kwargs:
                 raise
             # An argument transformers (or a library it needs) refuses: named as ours,

@@ -168,3 +168,11 @@ def test_the_layer_under_trained_blocks_is_found_without_loading_weights(tiny_ll
     with pytest.raises(ValueError, match="only 2 block"):
         small_regressor(tiny_llama, layer=-1, train_top_layers=3)._featurizer_to_train_on()
     assert _backbones.N_LOADS == before
+
+
+def test_the_layer_count_honours_config_overrides_in_backbone_kwargs(tiny_llama):
+    # from_pretrained(num_hidden_layers=1) builds a 1-block model: the config alone said 2,
+    # and the head would have read the loaded model's last layer as the one under it.
+    model = small_regressor(tiny_llama, layer=-1, train_top_layers=1,
+                            backbone_kwargs={"num_hidden_layers": 1})
+    assert model._featurizer_to_train_on().layer == 0
