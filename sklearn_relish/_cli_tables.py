@@ -103,15 +103,37 @@ def _read_json_lines(path: Path, pandas: Any) -> Any:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, parse_constant=_refuse_constant,
+                                    object_pairs_hook=_refuse_duplicate_keys)
             except json.JSONDecodeError as error:
                 raise CommandError(f"{path}: line {number} is not JSON ({error.msg})") from None
+            except _NotStrictJSON as error:
+                raise CommandError(f"{path}: line {number}: {error}") from None
             if not isinstance(record, dict):
                 raise CommandError(f"{path}: line {number} is not a JSON object")
             records.append(record)
     if not records:
         raise pandas.errors.EmptyDataError
     return pandas.DataFrame(records, dtype=object)
+
+
+class _NotStrictJSON(Exception):
+    pass
+
+
+def _refuse_constant(token: str) -> None:
+    # Python's json reads NaN and Infinity, which no JSON writer (pandas' included) can
+    # write back: predict would turn a user's Infinity into null.
+    raise _NotStrictJSON(f"{token} is not JSON; write a number or null")
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise _NotStrictJSON(f"the key {twice!r} appears twice (only one value could be kept)")
+    return record
 
 
 def _is_default_index(index: Any) -> bool:
@@ -221,7 +243,10 @@ def row_label(path: str | os.PathLike, row: int) -> str:
             data_rows = -1  # the header is the first row that is not blank
             start = 1
             for fields in reader:
-                if fields and any(fields):
+                # As pandas: an empty or whitespace-only line is skipped; "," is a row.
+                blank = not fields or (len(fields) == 1 and fields[0] != ""
+                                       and not fields[0].strip())
+                if not blank:
                     if data_rows == row:
                         return f"{label} (line {start})"
                     data_rows += 1

@@ -368,3 +368,35 @@ def test_csv_errors_name_the_line_a_row_starts_on(data, tiny_llama, tmp_path):
                   "-o", tmp_path / "m.joblib", "--param", f"backbone={tiny_llama}", *SMALL)
     assert done.returncode == 2
     assert "data row 3 (line 7): target 'score' is 'x'" in done.stderr
+
+
+def test_row_lines_are_counted_as_pandas_counts_rows(tmp_path):
+    # "," is a row of empty cells to pandas (the "target is empty" case); a line of spaces
+    # is skipped. Counting them the other way round named the wrong line.
+    from sklearn_relish._cli_commands import _numeric
+    from sklearn_relish._cli_tables import CommandError, read_table, row_label
+
+    path = tmp_path / "data.csv"
+    path.write_text('review,score\n   \n,\n"two\nlines",1\n""\ngood,x\n')
+    table = read_table(path)
+    assert len(table) == 4
+    assert [row_label(path, row) for row in range(4)] == [
+        "data row 1 (line 3)", "data row 2 (line 4)", "data row 3 (line 6)",
+        "data row 4 (line 7)"]
+    with pytest.raises(CommandError, match=r"data row 1 \(line 3\): target 'score' is empty"):
+        _numeric(table[["score"]], str(path))
+
+
+@pytest.mark.parametrize("line, words", [
+    ('{"review": "a", "y": Infinity}', "Infinity is not JSON"),
+    ('{"review": "a", "y": NaN}', "NaN is not JSON"),
+    ('{"review": "a", "review": "b"}', "the key 'review' appears twice"),
+])
+def test_json_lines_that_could_not_be_written_back_as_read_are_refused(tmp_path, line, words):
+    # Python's json took NaN/Infinity (written back as null) and kept the last of two keys.
+    from sklearn_relish._cli_tables import CommandError, read_table
+
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"review": "ok", "y": 1}\n' + line + "\n")
+    with pytest.raises(CommandError, match=f"line 2: {words}"):
+        read_table(path)
