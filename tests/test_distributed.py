@@ -76,9 +76,15 @@ def _objects_holding(marker: str) -> int:
     for obj in gc.get_objects():
         if type(obj) not in (dict, list, tuple, set, deque):  # plain containers only
             continue
-        values = obj.values() if type(obj) is dict else obj
-        if any(_holds(v, marker, data) for v in values):
-            count += 1
+        for _ in range(3):
+            try:
+                values = obj.values() if type(obj) is dict else obj
+                count += any(_holds(v, marker, data) for v in values)
+                break
+            except RuntimeError:  # changed by distributed's event-loop thread meanwhile
+                continue
+        else:
+            count += 1  # could not be read: assume it holds one, and look again later
     return count
 
 
