@@ -15,9 +15,10 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from numbers import Integral
 
 import torch
+
+from ._inputs import is_count
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 # What an entry costs beyond its states: the tensor and entry objects, the 64-character
@@ -119,8 +120,7 @@ def count_forward(n_texts: int) -> None:
 
 def set_cache_max_bytes(max_bytes: int) -> None:
     """Bound the in-memory token-state cache (default 2 GiB); evicts at once if needed."""
-    # numbers.Integral takes numpy's ints; bool is an int to Python but never a size.
-    if not isinstance(max_bytes, Integral) or isinstance(max_bytes, bool) or max_bytes < 0:
+    if not is_count(max_bytes):
         raise ValueError(f"max_bytes must be a non-negative int, got {max_bytes!r}.")
     _MEMORY_CACHE.resize(max_bytes)
 

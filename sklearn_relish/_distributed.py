@@ -9,13 +9,12 @@ compiled wheel per platform (measured with ``pip download --no-deps``, 2026-11).
 from __future__ import annotations
 
 import os
-from numbers import Integral
 from typing import Any
 
 import numpy as np
 
 from ._allocator import large_tensors_on_the_heap
-from ._inputs import check_prompt, check_texts
+from ._inputs import check_prompt, check_texts, is_count
 from ._store import StoreUnavailable, TokenStateStore
 
 
@@ -92,9 +91,9 @@ def featurize_to_store(
     """
     from ._estimator import RelishTextRegressor
 
-    if not _positive_int(chunk_size):
+    if not is_count(chunk_size, 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
-    if max_in_flight is not None and not _positive_int(max_in_flight):
+    if max_in_flight is not None and not is_count(max_in_flight, 1):
         raise ValueError(f"max_in_flight must be a positive int or None, got {max_in_flight!r}.")
     if not isinstance(verify, bool | np.bool_):
         raise TypeError(f"verify must be True or False, got {verify!r}.")
@@ -124,11 +123,6 @@ def featurize_to_store(
     else:
         computed = _run_on_cluster(client, featurizer, chunks, kind, max_in_flight, verify)
     return {"texts": len(texts), "distinct": len(distinct), "computed": computed}
-
-
-def _positive_int(value: Any) -> bool:
-    # numbers.Integral takes numpy's ints; bool is an int to Python but never a count.
-    return isinstance(value, Integral) and not isinstance(value, bool | np.bool_) and value >= 1
 
 
 def _run_on_cluster(client, featurizer, chunks: list[list], kind: str,

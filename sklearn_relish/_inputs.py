@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import string
 from collections.abc import Sequence
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -184,3 +184,9 @@ def format_texts(texts: list, kind: str, prompt: str | None, separator: str | No
         join = PAIR_MARK if separator is None else separator
         return [a + join + b for a, b in texts]
     return [prompt.format(text_a=a, text_b=b) for a, b in texts]
+
+
+def is_count(value: Any, minimum: int = 0) -> bool:
+    """An int (numpy's too) of at least ``minimum``; a bool is an int to Python, never a count."""
+    return (isinstance(value, Integral) and not isinstance(value, bool | np.bool_)
+            and value >= minimum)
