@@ -291,6 +291,16 @@ def _run_tag(dtype: torch.dtype, kwargs: dict[str, Any], trust_remote_code: bool
     return f"{tag}+quantized-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
 
 
+def _source(name: str) -> str:
+    """What transformers is given for ``name``: an embedded copy's folder, a local folder
+    with ``~`` expanded (transformers takes "~/models/x" for a hub id), or the hub id."""
+    source = resolve_backbone(name)
+    _check_source(name, source)
+    if Path(source).expanduser().is_dir():
+        source = str(Path(source).expanduser())
+    return source
+
+
 def count_hidden_states(name: str, *, trust_remote_code: bool = False,
                         backbone_kwargs: dict[str, Any] | None = None) -> int:
     """Entries of ``hidden_states`` (embeddings plus one per layer), from the config alone.
@@ -306,10 +316,7 @@ def count_hidden_states(name: str, *, trust_remote_code: bool = False,
                 return loaded.n_hidden_states
     from transformers import AutoConfig
 
-    source = resolve_backbone(name)
-    _check_source(name, source)
-    if Path(source).expanduser().is_dir():
-        source = str(Path(source).expanduser())
+    source = _source(name)
     config = kwargs.pop("config", None)
     if config is None or isinstance(config, str | os.PathLike):
         # Every argument, as from_pretrained gives them to the config: one that names a
@@ -340,12 +347,9 @@ def load_backbone(
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        source = resolve_backbone(name)
-        _check_source(name, source)
+        source = _source(name)
         if "device_map" in kwargs:
             _check_device_map(kwargs["device_map"])
-        if Path(source).expanduser().is_dir():  # transformers takes "~/models/x" for a hub id
-            source = str(Path(source).expanduser())
         file_kwargs = {k: kwargs[k] for k in _FILE_KWARGS if k in kwargs}
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a weight-loading bar per fit is noise
