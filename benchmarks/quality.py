@@ -296,6 +296,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              f"{QUICK_MAX_EPOCHS})")
     parser.add_argument("--lr", type=float, default=None,
                         help="RELISH's learning rate (default: the package's)")
+    parser.add_argument("--tuning-lrs", nargs="+", type=float, default=None,
+                        help="the learning rates the fine-tuning baselines (finetune, lora) "
+                             "search (default: their full grid); rows record their grid")
     parser.add_argument("--n-texts", type=int, default=None,
                         help=f"subsample each corpus (default: all; --quick: {QUICK_N_TEXTS})")
     parser.add_argument("--ablation-n-texts", type=int, default=None,
@@ -343,11 +346,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "benchmarks/quality.py",
                           *(sys.argv[1:] if argv is None else argv)])
-    settings = Settings(args.n_texts, args.max_epochs, args.cache_dir, args.lr, args.quick)
+    tuning_lrs = tuple(args.tuning_lrs) if args.tuning_lrs else None
+    settings = Settings(args.n_texts, args.max_epochs, args.cache_dir, args.lr, args.quick,
+                        tuning_lrs)
     if not args.summarise:
         backbones = [b for b in (args.backbone, args.secondary) if b]
         ablation_settings = Settings(args.ablation_n_texts, args.max_epochs, args.cache_dir,
-                                     args.lr, args.quick)
+                                     args.lr, args.quick, tuning_lrs)
         batches = []  # (jobs, their settings): main and ablation corpus sizes may differ
         if args.part in ("main", "all"):
             batches.append((main_jobs(args.corpora, args.seeds, backbones, args.methods,

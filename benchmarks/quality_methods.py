@@ -53,6 +53,9 @@ class Settings:
     cache_dir: str
     lr: float  # RELISH's learning rate (package default unless --lr)
     quick: bool = False  # --quick: the fine-tuning baselines search a one-point grid
+    # --tuning-lrs: the fine-tuning baselines' lr grid, narrowed where a full grid would not
+    # fit the machine's time; the rows record it, so they never pass for full-grid rows.
+    tuning_lrs: tuple[float, ...] | None = None
 
 
 def short(backbone: str | None) -> str:
@@ -292,7 +295,10 @@ def run_relish(job, corpus, train, test, store, settings) -> Outcome:
 def finetune_config(method: str, settings: Settings) -> dict[str, Any]:
     from quality_finetune import QUICK_RECIPES, RECIPES
 
-    return dict((QUICK_RECIPES if settings.quick else RECIPES)[method])
+    config = dict((QUICK_RECIPES if settings.quick else RECIPES)[method])
+    if settings.tuning_lrs:
+        config["lrs"] = list(settings.tuning_lrs)
+    return config
 
 
 def run_finetuned(job, corpus, train, test, store, settings) -> Outcome:
