@@ -296,10 +296,12 @@ class LLMFeaturizer:
         """
         keys, prompted, layer, max_length = self._keys(texts, kind)
         store = TokenStateStore(self.cache_dir)
-        store.check_writable()  # reads work read-only: fail before the LLM's work, not after
         todo = dict(zip(keys, prompted, strict=True))
         todo = {key: todo[key] for key in store.missing(list(todo), verify=verify)}
         if todo:
+            # Reads work read-only, so fail before the LLM's work, not after. Only with work
+            # to do: a complete chunk neither fails nor waits behind other workers' commits.
+            store.check_writable()
             computed = self._forward(list(todo.values()), layer, max_length)
             store.put_many(zip(todo, computed, strict=True))
         return len(todo)

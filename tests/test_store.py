@@ -216,7 +216,6 @@ def test_read_only_cache_dir_is_read_and_not_written(tiny_llama, tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
-
 def test_a_read_only_store_with_rows_in_its_write_ahead_log_never_drops_them(tmp_path):
     # A store copied while a writer had it open carries rows in states.sqlite-wal. Read
     # with immutable=1, SQLite ignores the log: those rows were silently missing.
@@ -245,6 +244,18 @@ def test_fill_store_refuses_a_read_only_store_before_running_the_llm(tiny_llama,
     with read_only_folder(folder), pytest.raises(StoreUnavailable):
         featurizer.fill_store(TEXTS, "single")
     assert cache_info()["llm_texts"] == 0
+
+
+def test_fill_store_on_a_read_only_store_that_holds_every_text_has_nothing_to_do(
+        tiny_llama, tmp_path):
+    # A chunk already in the store needs no write: it must neither fail on a read-only
+    # share nor wait for the write lock behind other workers.
+    folder = tmp_path / "shared"
+    LLMFeaturizer(tiny_llama, cache_dir=str(folder), cache=False).fill_store(TEXTS, "single")
+    featurizer = LLMFeaturizer(tiny_llama, cache_dir=str(folder), cache=False)
+    with read_only_folder(folder):
+        assert featurizer.fill_store(TEXTS, "single") == 0
+
 
 def test_full_disk_on_write_warns_and_carries_on(tiny_llama, tmp_path, monkeypatch):
     # A real full disk: cap the database at its current size so the next insert fails
