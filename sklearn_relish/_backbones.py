@@ -75,9 +75,21 @@ def _describe(value: Any) -> Any:
     return repr(value)
 
 
+def _sortable(value: Any) -> Any:
+    # json cannot sort a dict whose keys mix types, and accelerate's max_memory does just
+    # that ({0: "20GiB", "cpu": "64GiB"}): such keys are written as their repr.
+    if isinstance(value, dict):
+        if len({type(key) for key in value}) > 1:
+            value = {repr(key): item for key, item in value.items()}
+        return {key: _sortable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_sortable(item) for item in value]
+    return value
+
+
 def kwargs_key(kwargs: dict[str, Any]) -> str:
     """A canonical, hashable description of ``backbone_kwargs``."""
-    return json.dumps(kwargs, sort_keys=True, default=_describe)
+    return json.dumps(_sortable(kwargs), sort_keys=True, default=_describe)
 
 
 # from_pretrained settings that load another weights file than the folder's default.
@@ -177,6 +189,14 @@ def resolve_device(device: str) -> torch.device:
             f"device={device!r} was requested but CUDA is not available here; using the CPU.",
             UserWarning,
             stacklevel=3,
+        )
+        return torch.device("cpu")
+    backend = getattr(torch, resolved.type, None)  # torch.mps, torch.xpu...
+    if resolved.type != "cpu" and not getattr(backend, "is_available", lambda: True)():
+        # Left to torch, a model fitted on a Mac failed elsewhere deep inside .to().
+        warnings.warn(
+            f"device={device!r} was requested but {resolved.type} is not available here; "
+            "using the CPU.", UserWarning, stacklevel=3,
         )
         return torch.device("cpu")
     if resolved.type == "cuda" and resolved.index is not None:
@@ -342,8 +362,9 @@ def load_backbone(
     kwargs = check_backbone_kwargs(backbone_kwargs)
     key = (name, str(device), str(dtype), trust_remote_code, kwargs_key(kwargs))
     with _REGISTRY_LOCK:
-        if key in _REGISTRY:
+        if key in _REGISTRY and _files_unchanged(_REGISTRY[key], trust_remote_code):
             return _REGISTRY[key]
+        _REGISTRY.pop(key, None)  # its folder was rewritten (a new fine-tune saved there)
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -407,6 +428,19 @@ def load_backbone(
                                 folder=None if folder is None else str(folder))
         _REGISTRY[key] = loaded
         return loaded
+
+
+def _files_unchanged(loaded: LoadedBackbone, trust_remote_code: bool) -> bool:
+    """Whether the checkpoint's files still hold what was loaded: a stat per file, since
+    their digests are memoised. Without it, weights saved again into the same folder
+    during a session were never read: the old ones, and their states, were served."""
+    if loaded.folder is None:
+        return True  # fingerprinted from its tensors: no files to compare
+    try:
+        return checkpoint_fingerprint(loaded.folder, loaded.model.config,
+                                      trust_remote_code) == loaded.fingerprint
+    except OSError:
+        return True  # the folder is gone: memory still holds what the fingerprint names
 
 
 def clear_backbones() -> None:

@@ -224,7 +224,8 @@ def _conversion_complete(folder: Path) -> bool:
     errors and no hint that deleting the folder fixes it.
     """
     weights = folder / "model.safetensors"
-    if not all((folder / name).is_file() for name in ("config.json", "tokenizer_config.json")):
+    needed = ("config.json", "tokenizer_config.json", "tokenizer.json")
+    if not all((folder / name).is_file() for name in needed):
         return False
     try:
         with open(weights, "rb") as stream:
@@ -273,7 +274,13 @@ def _assembled_gguf(entry: EmbeddedBackbone) -> Path:
     target = relish_home() / "backbones" / f"{entry.package}-assembled" / entry.gguf_file
     _remove_abandoned_work(target.parent)
     if target.exists():
-        return target.parent
+        # Checked on every use (a stat, the digest being memoised): a file damaged since it
+        # was joined would otherwise be converted into another backbone, silently.
+        from ._fingerprint import memoised_digests
+
+        if memoised_digests([target])[0] == entry.sha256:
+            return target.parent
+        target.unlink()
     parts = [_package_folder(entry, package) / f"{entry.gguf_file}.part{i:02d}"
              for i, package in enumerate(entry.chunk_packages)]
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -57,8 +57,8 @@ def checkpoint_files(folder: str | os.PathLike, skipped: frozenset = _SKIPPED,
                      every_weight: bool = False) -> list[Path]:
     """The files of a checkpoint folder that determine the backbone's output.
 
-    With ``narrow``, only the weights transformers loads: the shards a ``*.index.json``
-    lists, else ``model.safetensors`` (or ``pytorch_model.bin``) when present, so a
+    With ``narrow``, only the weights transformers loads: ``model.safetensors`` (or
+    ``pytorch_model.bin``) when present, else the shards a ``*.index.json`` lists, so a
     duplicate such as Mistral's ``consolidated.safetensors``, there or not depending on how
     the folder was downloaded, neither changes the fingerprint nor costs a hash. With
     ``code`` (``trust_remote_code``), the modeling code (``*.py``) too: it decides the states.
@@ -80,6 +80,11 @@ def checkpoint_files(folder: str | os.PathLike, skipped: frozenset = _SKIPPED,
 
 
 def _loaded_weights(weights: list[Path], files: list[Path]) -> list[Path]:
+    # transformers' order: the single default file where there is one, else the shards
+    # (a repo may ship both layouts; hashing the shards then missed the file loaded).
+    single = [p for p in weights if p.name in ("model.safetensors", "pytorch_model.bin")]
+    if single:
+        return single
     for index in (p for p in files if p.name.endswith(".index.json")):
         try:
             listed = set(json.loads(index.read_text()).get("weight_map", {}).values())
@@ -88,8 +93,7 @@ def _loaded_weights(weights: list[Path], files: list[Path]) -> list[Path]:
         shards = [p for p in weights if p.name in listed]
         if shards:
             return shards
-    single = [p for p in weights if p.name in ("model.safetensors", "pytorch_model.bin")]
-    return single or weights
+    return weights
 
 
 def _memo_path() -> Path:

@@ -213,6 +213,19 @@ def test_a_gguf_split_over_packages_is_joined_once_and_checked(tmp_path, monkeyp
     assert [p.name for p in folder.iterdir()] == ["m.gguf"]  # no temporary file left
 
 
+def test_a_joined_gguf_damaged_later_is_joined_again(tmp_path, monkeypatch):
+    # Checked only when joined, a damaged file was then converted into another backbone.
+    import hashlib
+
+    from sklearn_relish._embedded import _assembled_gguf
+
+    payload = b"0123456789abcdef"
+    entry = _chunked_entry(tmp_path, monkeypatch, payload, hashlib.sha256(payload).hexdigest())
+    joined = _assembled_gguf(entry) / "m.gguf"
+    joined.write_bytes(b"0123456789XXXXXX")
+    assert (_assembled_gguf(entry) / "m.gguf").read_bytes() == payload
+
+
 def test_a_damaged_chunk_is_refused_and_leaves_no_file(tmp_path, monkeypatch):
     import hashlib
 
@@ -298,6 +311,10 @@ def test_a_conversion_is_trusted_only_when_whole(tmp_path):
     (folder / "tokenizer_config.json").rename(folder / "elsewhere.json")
     assert not _conversion_complete(folder)  # a tokenizer file deleted
     (folder / "elsewhere.json").rename(folder / "tokenizer_config.json")
+    (folder / "tokenizer.json").rename(folder / "elsewhere.json")
+    assert not _conversion_complete(folder)  # the vocabulary itself deleted
+    (folder / "elsewhere.json").rename(folder / "tokenizer.json")
+    assert _conversion_complete(folder)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1])
     assert not _conversion_complete(folder)  # one byte short
@@ -394,3 +411,16 @@ def test_an_integer_device_map_is_left_to_a_non_cuda_accelerator(monkeypatch):
     _backbones._check_device_map({"": 0})
     with pytest.raises(ValueError, match="places weights on 'cuda:99'"):
         _backbones._check_device_map({"": "cuda:99"})
+
+
+def test_backbone_kwargs_with_int_and_str_keys_make_one_key(tiny_llama):
+    # accelerate's max_memory mixes GPU indices and "cpu": json could not sort it, and the
+    # README's own sharding example failed with "'<' not supported" before loading.
+    from sklearn_relish._backbones import count_hidden_states, kwargs_key
+
+    memory = {"max_memory": {0: "20GiB", "cpu": "64GiB"}}
+    reordered = {"max_memory": {"cpu": "64GiB", 0: "20GiB"}}
+    assert kwargs_key(memory) == kwargs_key(reordered)
+    assert kwargs_key(memory) != kwargs_key({"max_memory": {0: "10GiB", "cpu": "64GiB"}})
+    assert kwargs_key(memory) != kwargs_key({"max_memory": {"0": "20GiB", "cpu": "64GiB"}})
+    assert count_hidden_states(tiny_llama, backbone_kwargs=memory) == 3

@@ -171,6 +171,43 @@ def test_only_the_weights_transformers_loads_are_hashed(tmp_path):
     assert "consolidated.safetensors" not in hashed
 
 
+def test_a_single_weights_file_beside_shards_is_the_one_hashed(tmp_path):
+    # Some repos ship both layouts. transformers loads model.safetensors first; only the
+    # shards were hashed, so editing the file actually loaded served stale states.
+    folder = Path(build_tiny_llama(tmp_path / "both"))
+    tensors = load_file(folder / "model.safetensors")
+    save_file(tensors, folder / "model-00001-of-00001.safetensors", metadata={"format": "pt"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": dict.fromkeys(tensors, "model-00001-of-00001.safetensors")}))
+    hashed = [p.name for p in _fingerprint.checkpoint_files(folder)]
+    assert "model.safetensors" in hashed
+    assert "model-00001-of-00001.safetensors" not in hashed
+    before = fingerprint(folder)
+    edit_weight(folder, "embed_tokens", 3)
+    clear_backbones()
+    assert fingerprint(folder) != before
+
+
+def test_weights_saved_again_into_the_same_folder_are_read_again(tmp_path):
+    # A fine-tune saved again into the folder mid-session: every later fit and featurizer
+    # got the weights loaded first, and their states, until clear_backbones().
+    folder = tmp_path / "ckpt"
+    build_tiny_llama(folder, seed=0)
+    first = small_regressor(str(folder)).fit(TEXTS, TARGETS)
+    loads = _backbones.N_LOADS
+    again = small_regressor(str(folder)).fit(TEXTS, TARGETS)
+    assert _backbones.N_LOADS == loads  # unchanged files: no second load
+    assert again.featurizer_.fingerprint == first.featurizer_.fingerprint
+    build_tiny_llama(folder, seed=1)  # same folder, new weights
+    refit = small_regressor(str(folder)).fit(TEXTS, TARGETS)
+    assert _backbones.N_LOADS == loads + 1
+    assert refit.featurizer_.fingerprint != first.featurizer_.fingerprint
+    # The first model still holds the weights it was fitted on; loaded afresh, it finds
+    # the new ones and refuses them.
+    with pytest.raises(BackboneMismatchError):
+        joblib.load(io.BytesIO(pickled(first))).predict(TEXTS[:2])
+
+
 def test_a_variant_load_is_fingerprinted_by_the_file_it_reads(tmp_path):
     # variant="fp16" reads model.fp16.safetensors, but the fingerprint hashed
     # model.safetensors: other weights passed as the fitted ones (predictions moved by 1.5).

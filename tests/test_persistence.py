@@ -67,6 +67,17 @@ def test_cuda_request_without_cuda_falls_back_to_cpu(monkeypatch):
             assert _backbones.resolve_device(request) == torch.device("cpu")
 
 
+@pytest.mark.parametrize("kind", ["mps", "xpu"])
+def test_another_accelerator_this_machine_lacks_falls_back_to_cpu(kind, monkeypatch):
+    # A model fitted with device="mps" on a Mac, loaded on Linux: torch failed inside .to().
+    backend = getattr(torch, kind, None)
+    if backend is None:
+        pytest.skip(f"this torch has no torch.{kind}")
+    monkeypatch.setattr(backend, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match=f"{kind} is not available"):
+        assert _backbones.resolve_device(kind) == torch.device("cpu")
+
+
 def test_auto_device_follows_cuda_availability(monkeypatch, recwarn):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _backbones.resolve_device("auto") == torch.device("cpu")
