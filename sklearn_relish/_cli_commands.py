@@ -150,6 +150,10 @@ def predict(args: argparse.Namespace) -> int:
             check_coverage(args.coverage)
         except (ValueError, TypeError) as error:
             raise CommandError(f"--coverage: {error}") from None
+        if getattr(model, "calibration_scores_", None) is None:
+            raise CommandError(
+                f"{args.model} has no prediction intervals (it was fitted without a "
+                "calibration hold-out, e.g. early_stopping=False); drop --coverage or refit")
     names = _target_names(model)
     suffixes = [""] if len(names) == 1 else [f"_{name}" for name in names]
     added = [f"prediction{suffix}" for suffix in suffixes]

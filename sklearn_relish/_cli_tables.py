@@ -7,11 +7,14 @@ temporary file and renamed into place, so an existing file is never half-overwri
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ._files import write_atomically
 
@@ -64,7 +67,8 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
             # missing, so a fit names its row rather than learning from "".
             table = pandas.read_csv(path, sep="\t" if kind == "tsv" else ",",
                                     keep_default_na=False, na_values=[""],
-                                    dtype=str if verbatim else dict.fromkeys(text_columns, str))
+                                    dtype=str if verbatim else dict.fromkeys(text_columns, str),
+                                    quoting=_quoting(kind))
         elif kind == "parquet":
             table = pandas.read_parquet(path)
         else:
@@ -87,6 +91,14 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
     if table.empty:
         raise CommandError(f"{path}: the file has no rows")
     return table
+
+
+def _quoting(kind: str) -> int:
+    """TSV has no quoting (IANA text/tab-separated-values, GLUE's STS-B...): read with CSV
+    quotes, a cell starting with ``"`` swallowed the rows after it, silently."""
+    import csv
+
+    return csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
 
 
 def _read_json_lines(path: Path, pandas: Any) -> Any:
@@ -193,15 +205,69 @@ def write_table(table: Any, path: str | os.PathLike, force: bool) -> Path:
     """Write ``table`` in the format its suffix names, atomically."""
     kind = file_kind(Path(path))
 
+    if kind == "tsv":
+        _refuse_unwritable_tsv_cells(table, path)
+
     def write(tmp: str) -> None:
         if kind in ("csv", "tsv"):
-            table.to_csv(tmp, sep="\t" if kind == "tsv" else ",", index=False)
+            # In a TSV no character is special but tab and line breaks (refused above);
+            # csv escapes its quote character even unquoted, so that is one no cell holds.
+            table.to_csv(tmp, sep="\t" if kind == "tsv" else ",", index=False,
+                         quoting=_quoting(kind), quotechar=_NO_CHARACTER if kind == "tsv" else '"')
         elif kind == "parquet":
             table.to_parquet(tmp, index=False)
         else:
-            table.to_json(tmp, orient="records", lines=True, force_ascii=False)
+            _write_json_lines(table, tmp)
 
     return write_new_file(path, force, write)
+
+
+_NO_CHARACTER = "\x00"
+
+
+def _refuse_unwritable_tsv_cells(table: Any, path: str | os.PathLike) -> None:
+    """A tab or line break in a cell cannot be written to an unquoted TSV (nor NUL)."""
+    for index, column in enumerate(table.columns):
+        cells = table.iloc[:, index]  # by position: two columns may share a name
+        if not (cells.dtype == object or _pandas().api.types.is_string_dtype(cells.dtype)):
+            continue  # numbers and dates hold no tab
+        bad = cells.map(lambda cell: isinstance(cell, str) and any(c in cell for c in "\t\r\n\x00"))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise CommandError(
+                f"{path}: column {column!r}, data row {row + 1}, holds a tab or a line break, "
+                "which a TSV cannot hold; write .csv, .parquet or .jsonl instead")
+
+
+def _write_json_lines(table: Any, tmp: str) -> None:
+    """One JSON object per row, every value written exactly: pandas' writer rounded floats
+    to 10 significant decimals (1.5e-12 came back as 0.0)."""
+    import json
+
+    names = [str(name) for name in table.columns]
+    with open(tmp, "w", encoding="utf-8") as out:
+        for row in table.itertuples(index=False, name=None):
+            record = dict(zip(names, map(_json_value, row), strict=True))
+            out.write(json.dumps(record, ensure_ascii=False, allow_nan=False,
+                                 default=_json_default) + "\n")
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # as pandas writes them: JSON has no NaN or infinity
+    if value is None or value is _pandas().NA or value is _pandas().NaT:
+        return None
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):  # dates and times (from Parquet)
+        return value.isoformat()
+    if isinstance(value, np.ndarray):
+        return [_json_value(item) for item in value.tolist()]
+    return str(value)
 
 
 def write_new_file(path: str | os.PathLike, force: bool, write: Callable[[str], Any]) -> Path:
@@ -239,7 +305,8 @@ def row_label(path: str | os.PathLike, row: int) -> str:
 
     try:
         with open(path, encoding="utf-8-sig", errors="replace", newline="") as file:
-            reader = csv.reader(file, delimiter="\t" if kind == "tsv" else ",")
+            reader = csv.reader(file, delimiter="\t" if kind == "tsv" else ",",
+                                quoting=_quoting(kind))
             data_rows = -1  # the header is the first row that is not blank
             start = 1
             for fields in reader:

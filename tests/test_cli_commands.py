@@ -400,3 +400,52 @@ def test_json_lines_that_could_not_be_written_back_as_read_are_refused(tmp_path,
     path.write_text('{"review": "ok", "y": 1}\n' + line + "\n")
     with pytest.raises(CommandError, match=f"line 2: {words}"):
         read_table(path)
+
+
+def test_tsv_is_read_and_written_without_quoting(tmp_path):
+    # A TSV has no quoting (STS-B and most TSV exports): a cell starting with a quote
+    # swallowed the rows after it, and 'She said "no".' came back rewritten.
+    from sklearn_relish._cli_tables import CommandError, read_table, write_table
+
+    lines = ['sentence1\tsentence2\tscore', '"Hello, he said.\tSomeone greets.\t3.0',
+             'A dog runs.\tA cat sleeps.\t0.5', 'She said "no".\t"Yes" she answered\t1.0']
+    (tmp_path / "pairs.tsv").write_text("\n".join(lines) + "\n")
+    table = read_table(tmp_path / "pairs.tsv", verbatim=True)
+    assert len(table) == 3
+    assert list(table["sentence1"]) == ['"Hello, he said.', "A dog runs.", 'She said "no".']
+    write_table(table, tmp_path / "out.tsv", force=False)
+    assert (tmp_path / "out.tsv").read_text().splitlines() == lines
+    table.loc[1, "sentence2"] = "a tab\there"
+    with pytest.raises(CommandError, match="column 'sentence2', data row 2, holds a tab"):
+        write_table(table, tmp_path / "bad.tsv", force=False)
+    assert not (tmp_path / "bad.tsv").exists()
+
+
+def test_json_lines_are_written_with_every_digit(tmp_path):
+    # pandas' writer rounded to 10 decimals: 1.5e-12 became 0.0, 48.858370123456 lost digits.
+    from sklearn_relish._cli_tables import read_table, write_table
+
+    values = [1.5e-12, 48.858370123456, 0.123456789012345, 3.0000000000000004e-09]
+    table = pd.DataFrame({"x": values, "when": pd.to_datetime(["2026-01-02"] * 4),
+                          "n": [1, 2, 3, 4], "gap": [1.0, np.nan, 2.0, 3.0]})
+    write_table(table, tmp_path / "out.jsonl", force=False)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [row["x"] for row in rows] == values
+    assert rows[0]["when"].startswith("2026-01-02") and rows[1]["gap"] is None
+    assert [row["n"] for row in rows] == [1, 2, 3, 4]
+    assert list(read_table(tmp_path / "out.jsonl")["x"]) == values
+
+
+def test_coverage_without_intervals_is_refused_before_the_llm_runs(fitted, data, tmp_path):
+    # Refused only after every text had been through the LLM (hours on a big file), and
+    # blamed on the data file.
+    from sklearn_relish import load_model, save_model
+
+    model = load_model(fitted)
+    model.calibration_scores_ = None  # as a fit without a hold-out leaves it
+    save_model(model, tmp_path / "plain.joblib")
+    done = relish("predict", tmp_path / "plain.joblib", data / "new.jsonl", "-o",
+                  tmp_path / "o.csv", "--coverage", "0.9")
+    assert done.returncode == 2
+    assert "plain.joblib has no prediction intervals" in done.stderr, done.stderr
+    assert not (tmp_path / "o.csv").exists()
