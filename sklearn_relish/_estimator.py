@@ -346,6 +346,9 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         y_mean = target_mean(target, weights)
         spread = target_scale(target, weights)
         scaled = (target - y_mean) / np.where(spread > 0, spread, 1.0)
+        # A weight-0 text's target never counts, but a huge one (a sentinel) overflows
+        # float32 in the loss, and inf * 0 is NaN: the whole loss curve was NaN.
+        scaled[weights == 0] = 0.0
         n_outputs = 1 if target.ndim == 1 else target.shape[1]
 
         net = train_head(self, featurizer.hidden_size, states, scaled, weights, seed, device,

@@ -87,7 +87,10 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any],
     never outlives the call. ``FileExistsError`` as :func:`publish` raises it.
     """
     path = Path(path)
-    handle, tmp = new_temp_file(path.parent, prefix=f".{path.name}.")
+    # At most 64 bytes of the name: the whole of a legal 255-byte name plus the temporary
+    # name's 18 characters was too long for the file system.
+    short = os.fsencode(path.name)[:64].decode(errors="ignore")
+    handle, tmp = new_temp_file(path.parent, prefix=f".{short}.")
     os.close(handle)
     try:
         write(tmp)

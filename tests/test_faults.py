@@ -4,6 +4,8 @@ in test_cache.py, backbone fingerprints in test_backbones.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -168,3 +170,14 @@ def test_max_length_without_room_for_text_is_refused_before_anything_runs(minilm
     model = small_regressor(minilm, max_length=3).fit(TEXTS, TARGETS)
     with pytest.warns(UserWarning, match="truncated"):
         assert np.isfinite(model.predict(["word " * 2000])).all()
+
+
+def test_a_long_legal_file_name_can_be_written(tmp_path):
+    # The temporary name added 18 characters to the target's: a legal 240-byte name failed
+    # with "File name too long".
+    from sklearn_relish._files import write_atomically
+
+    path = tmp_path / ("m" * 240 + ".joblib")
+    write_atomically(path, lambda tmp: Path(tmp).write_text("saved"), overwrite=False)
+    assert path.read_text() == "saved"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
