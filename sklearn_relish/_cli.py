@@ -16,6 +16,11 @@ from ._cli_tables import CommandError
 
 
 def _split(n: int, n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    # A negative count sliced from the end: -10 trained on all but 10 texts, tested on none.
+    for flag, count in (("--n-train", n_train), ("--n-test", n_test)):
+        if count < 2:
+            raise SystemExit(f"{flag} must be at least 2 (a correlation needs two texts), "
+                             f"got {count}.")
     if n_train + n_test > n:
         raise SystemExit(f"--n-train + --n-test ({n_train + n_test}) exceeds the {n} texts.")
     order = np.random.RandomState(seed).permutation(n)

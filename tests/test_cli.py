@@ -26,3 +26,11 @@ def test_demo_rejects_a_split_larger_than_the_data(tiny_llama):
     pytest.importorskip("sklearn_relish.datasets")
     with pytest.raises(SystemExit, match="exceeds"):
         _cli.main(["demo", "--backbone", tiny_llama, "--n-train", "5000", "--n-test", "5000"])
+
+
+@pytest.mark.parametrize("flags", [["--n-train", "-10"], ["--n-test", "0"], ["--n-test", "1"]])
+def test_demo_rejects_a_split_too_small(tiny_llama, flags):
+    # --n-train -10 sliced from the end: 4,190 texts trained on and none tested.
+    pytest.importorskip("sklearn_relish.datasets")
+    with pytest.raises(SystemExit, match="must be at least 2"):
+        _cli.main(["demo", "--backbone", tiny_llama, *flags])
