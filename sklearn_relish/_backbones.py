@@ -184,18 +184,13 @@ def resolve_device(device: str) -> torch.device:
             f"device={device!r} is not a valid torch device; use 'auto', 'cpu', 'cuda' or "
             "'cuda:N'."
         ) from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(
-            f"device={device!r} was requested but CUDA is not available here; using the CPU.",
-            UserWarning,
-            stacklevel=3,
-        )
-        return torch.device("cpu")
-    backend = getattr(torch, resolved.type, None)  # torch.mps, torch.xpu...
+    backend = getattr(torch, resolved.type, None)  # torch.cuda, torch.mps, torch.xpu...
     if resolved.type != "cpu" and not getattr(backend, "is_available", lambda: True)():
-        # Left to torch, a model fitted on a Mac failed elsewhere deep inside .to().
+        # Any accelerator, not only CUDA: left to torch, a model fitted on a Mac failed
+        # elsewhere deep inside .to().
+        kind = "CUDA" if resolved.type == "cuda" else resolved.type
         warnings.warn(
-            f"device={device!r} was requested but {resolved.type} is not available here; "
+            f"device={device!r} was requested but {kind} is not available here; "
             "using the CPU.", UserWarning, stacklevel=3,
         )
         return torch.device("cpu")

@@ -245,19 +245,21 @@ def _write_json_lines(table: Any, tmp: str) -> None:
     import json
 
     names = [str(name) for name in table.columns]
+    missing = (_pandas().NA, _pandas().NaT)
     with open(tmp, "w", encoding="utf-8") as out:
         for row in table.itertuples(index=False, name=None):
-            record = dict(zip(names, map(_json_value, row), strict=True))
+            values = (_json_value(value, missing) for value in row)
+            record = dict(zip(names, values, strict=True))
             out.write(json.dumps(record, ensure_ascii=False, allow_nan=False,
                                  default=_json_default) + "\n")
 
 
-def _json_value(value: Any) -> Any:
+def _json_value(value: Any, missing: tuple = ()) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None  # as pandas writes them: JSON has no NaN or infinity
-    if value is None or value is _pandas().NA or value is _pandas().NaT:
+    if any(value is marker for marker in missing):  # pandas' NA and NaT
         return None
     return value
 
