@@ -91,9 +91,22 @@ def conformity_scores(method: str, outputs: tuple[np.ndarray, ...], y: np.ndarra
     if method in ABSOLUTE:
         scores = np.abs(y - outputs[0])
     else:
-        _, low, high = outputs
+        low, high = _ordered(*outputs[1:])
         scores = np.maximum(low - y, y - high)
     return np.sort(scores, axis=0)
+
+
+def _ordered(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two trained quantiles in order: they can cross on a text, most often early in
+    training. Calibration and prediction must score the same ordered pair, or a crossed
+    calibration text inflates the margin added to intervals that are already ordered."""
+    return np.minimum(low, high), np.maximum(low, high)
+
+
+def conformal_rank(n: int, coverage: float) -> int:
+    """``ceil((n + 1) coverage)``, immune to the rounding of the product: 75 * 0.68 is
+    51.00000000000001 in floating point, and a plain ceil would take the 52nd score."""
+    return math.ceil((n + 1) * coverage * (1 - 1e-12))
 
 
 def check_coverage(coverage: float) -> float:
@@ -111,7 +124,7 @@ def score_quantile(scores: np.ndarray, coverage: float) -> np.ndarray:
     the bound is then infinite rather than a quietly too-narrow interval.
     """
     n = scores.shape[0]
-    rank = math.ceil((n + 1) * coverage)
+    rank = conformal_rank(n, coverage)
     if rank > n:
         return np.full(scores.shape[1], np.inf)
     return scores[rank - 1]
@@ -124,9 +137,7 @@ def intervals(method: str, outputs: tuple[np.ndarray, ...], scores: np.ndarray,
     if method in ABSOLUTE:
         low = high = outputs[0]
     else:
-        _, low, high = outputs
-        # The trained quantiles can cross on a text; order them before widening.
-        low, high = np.minimum(low, high), np.maximum(low, high)
+        low, high = _ordered(*outputs[1:])
     return _uncrossed(low - margin, high + margin)
 
 
@@ -166,7 +177,7 @@ def cv_plus_intervals(fold_points: np.ndarray, scores: np.ndarray, folds: np.nda
     smallest of ``fold_points[folds[i]] + scores[i]`` over i; the lower bound mirrors it.
     """
     n_folds, n_new, n_targets = fold_points.shape
-    rank = math.ceil((len(scores) + 1) * coverage)
+    rank = conformal_rank(len(scores), coverage)
     bounds = np.empty((n_new, n_targets, 2))
     if rank > len(scores):  # not certifiable with n texts: infinite, as for split
         bounds[..., 0], bounds[..., 1] = -np.inf, np.inf

@@ -231,7 +231,8 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
             f"validation_fraction={params.validation_fraction} of {n_samples} texts holds "
             "out every one of them for early stopping, leaving none to train on; lower it "
             "or set early_stopping=False.")
-    if early_stopping and int(n_samples * params.validation_fraction) < 2:
+    # ceil, as skorch's ValidSplit (scikit-learn's ShuffleSplit) rounds the hold-out.
+    if early_stopping and math.ceil(n_samples * params.validation_fraction) < 2:
         warnings.warn(
             f"early_stopping needs at least 2 validation texts, but "
             f"validation_fraction={params.validation_fraction} of {n_samples} texts gives "

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 from sklearn.utils import check_consistent_length, column_or_1d
 
 from ._inputs import is_missing
@@ -55,6 +56,9 @@ def check_target(y: Any, n_samples: int) -> np.ndarray:
     """
     if y is None:
         raise ValueError("y is required: RelishTextRegressor is a supervised regressor.")
+    if scipy.sparse.issparse(y):  # np.asarray would wrap it as one opaque object
+        raise TypeError(
+            f"y must be dense; got a sparse matrix of shape {y.shape}. Use y.toarray().")
     values = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
     if values.dtype.kind in "US" and not hasattr(y, "dtype"):
         # A list mixing numbers and strings: numpy turned every entry into a string; keep

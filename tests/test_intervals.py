@@ -31,6 +31,18 @@ def test_score_quantile_is_the_finite_sample_rank():
     assert np.isinf(score_quantile(scores, 0.96)[0])  # needs rank 20 > n: not certifiable
 
 
+@pytest.mark.parametrize(("n", "coverage", "rank"), [(74, 0.68, 51), (24, 0.56, 14),
+                                                     (29, 0.9, 27), (99, 0.8, 80)])
+def test_the_rank_survives_the_rounding_of_n_plus_one_times_coverage(n, coverage, rank):
+    # 75 * 0.68 is 51.00000000000001 in floating point: a plain ceil takes the 52nd score,
+    # a wider interval than the definition's; CV+ must use the same rank.
+    scores = np.arange(1, n + 1, dtype=float).reshape(-1, 1)
+    assert score_quantile(scores, coverage)[0] == rank
+    folds, points = np.zeros(n, dtype=int), np.zeros((1, 1, 1))
+    np.testing.assert_array_equal(cv_plus_intervals(points, scores, folds, coverage)[0, 0],
+                                  [-rank, rank])
+
+
 @pytest.mark.parametrize("method", ["split", "cqr"])
 def test_split_conformal_covers_at_the_nominal_rate(method):
     # Exchangeable data, a deliberately poor model: coverage still holds on average,
@@ -110,6 +122,26 @@ def test_folds_partition_the_texts_evenly():
     np.testing.assert_array_equal(ids, fold_ids(23, 5, seed=0))
 
 
+def test_crossed_quantiles_on_calibration_texts_do_not_inflate_cqr_intervals():
+    # A head trained briefly outputs low > high on some texts. Prediction orders the pair
+    # before widening it, so calibration must score the ordered pair too, or the margin
+    # grows by up to half the crossing and the intervals cover far above what was asked.
+    rng = np.random.default_rng(0)
+    n_cal, n_test, rounds, coverage = 199, 400, 100, 0.8
+    covered = []
+    for _ in range(rounds):
+        y = rng.normal(size=n_cal + n_test)
+        point = np.zeros((y.size, 1))
+        low, high = point - 1.3, point + 1.3
+        swap = rng.random(y.size) < 0.3
+        low[swap], high[swap] = high[swap], low[swap]
+        outputs = (point, low, high)
+        scores = conformity_scores("cqr", tuple(o[:n_cal] for o in outputs), y[:n_cal])
+        bounds = intervals("cqr", tuple(o[n_cal:] for o in outputs), scores, coverage)[:, 0]
+        covered.append(np.mean((bounds[:, 0] <= y[n_cal:]) & (y[n_cal:] <= bounds[:, 1])))
+    assert coverage - 0.01 <= np.mean(covered) <= coverage + 1 / (n_cal + 1) + 0.01
+
+
 def test_cqr_intervals_adapt_and_stay_ordered():
     point = np.zeros((4, 1))
     low, high = point - np.array([[1], [3], [0.1], [2]]), point + np.array([[1], [3], [0.1], [-5]])
@@ -185,6 +217,20 @@ def test_without_a_hold_out_the_error_says_how_to_get_one(tiny_llama):
     assert model.calibration_scores_ is None
     with pytest.raises(ValueError, match="early_stopping=True.*intervals='cv'"):
         model.predict_interval(TEXTS[:2])
+
+
+def test_fifteen_texts_keep_the_two_text_hold_out_the_split_makes(tiny_llama):
+    # validation_fraction=0.1 of 15 texts: ShuffleSplit holds out ceil(1.5) = 2 texts,
+    # enough for early stopping and split intervals; int(1.5) = 1 had turned both off
+    # with a warning that said the fraction gave fewer than 2.
+    import warnings
+
+    model = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.fit(TEXTS[:15], TARGETS[:15])
+    assert model.calibration_scores_.shape == (2, 1)
+    assert np.all(np.isfinite(model.predict_interval(TEXTS[:2], coverage=0.5)))
 
 
 def test_cqr_head_has_three_outputs_and_the_same_point_contract(tiny_llama):

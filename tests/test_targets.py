@@ -43,6 +43,13 @@ def test_an_int_beyond_float64_is_named():
         check_target([1, 10**400], 2)
 
 
+def test_a_sparse_target_is_refused_by_name():
+    import scipy.sparse
+
+    with pytest.raises(TypeError, match=r"y must be dense; got a sparse matrix of shape \(2, 1\)"):
+        check_target(scipy.sparse.csr_matrix([[1.0], [2.0]]), 2)
+
+
 def test_bad_entry_in_a_two_column_target_is_named():
     y = TWO.astype(object)
     y[5, 1] = "n/a"
