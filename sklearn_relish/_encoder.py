@@ -14,7 +14,7 @@ from ._backbones import DEFAULT_BACKBONE
 from ._inputs import check_layer, check_prompt
 from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin
 from ._persistence import PickleFormatMixin
-from ._sklearn_compat import Interval, StrOptions
+from ._sklearn_compat import Count, StrOptions
 
 _POOLINGS = {"mean": ("mean",), "last": ("last",), "mean+last": ("mean", "last")}
 
@@ -96,7 +96,7 @@ trust_remote_code, backbone_kwargs, verbose
         **LLM_CONSTRAINTS,
         "layer": [Integral, float, np.floating, list, tuple],
         "pooling": [StrOptions(set(_POOLINGS))],
-        "n_components": [Interval(Integral, 1, None, closed="left"), None],
+        "n_components": [Count(1), None],
         "random_state": ["random_state"],
     }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ from ._net import (
     training_diagnostics,
 )
 from ._persistence import PickleFormatMixin
-from ._sklearn_compat import Interval, StrOptions
+from ._sklearn_compat import Count, StrOptions
 from ._targets import check_sample_weight, check_target, target_mean, target_names, target_scale
 
 
@@ -214,7 +213,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         **LLM_CONSTRAINTS,
         **HEAD_CONSTRAINTS,
         "intervals": [StrOptions(set(METHODS))],
-        "interval_folds": [Interval(Integral, 2, None, closed="left")],
+        "interval_folds": [Count(2)],
         "random_state": ["random_state"],
     }
 

@@ -10,6 +10,8 @@ prediction does not depend on what else is in its batch.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -172,6 +174,14 @@ class RelishHead(nn.Module):
         n_outputs: int = 1,
     ) -> None:
         super().__init__()
+        sizes = {"input_dim": input_dim, "n_latents": n_latents, "latent_dim": latent_dim,
+                 "n_heads": n_heads, "n_iterations": n_iterations, "ff_mult": ff_mult,
+                 "n_outputs": n_outputs}
+        for name, size in sizes.items():  # torch would fail deep inside, or give NaN
+            if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
+                raise ValueError(f"RelishHead's {name} must be a positive int; got {size!r}.")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"RelishHead's dropout must be in [0, 1); got {dropout!r}.")
         self.input_norm = nn.LayerNorm(input_dim) if input_norm else nn.Identity()
         # One projection feeds both keys and values (the paper's "shared" down-projection).
         self.project = nn.Linear(input_dim, latent_dim)

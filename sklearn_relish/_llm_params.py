@@ -20,15 +20,15 @@ from sklearn.utils.validation import validate_data
 
 from ._featurizer import LLMFeaturizer
 from ._inputs import PAIR, check_layer, check_texts
-from ._sklearn_compat import Interval, StrOptions
+from ._sklearn_compat import Count, StrOptions
 
 LLM_CONSTRAINTS: dict = {
     "backbone": [str],
     # check_layer gives the precise rule: one meaning per value, numpy scalars included.
     "layer": [Integral, Real],
-    "max_length": [Interval(Integral, 1, None, closed="left")],
+    "max_length": [Count(1)],
     "prompt": [str, None],
-    "featurize_batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+    "featurize_batch_size": [Count(1), StrOptions({"auto"})],
     "cache": ["boolean"],
     "cache_dir": [str, os.PathLike, None],
     "device": [str],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ._batching import BucketBatchSampler, fill_batches, inference_budget, longest_first
 from ._head import RelishHead
 from ._intervals import PointAndQuantileLoss, outputs_per_target
-from ._sklearn_compat import Interval, StrOptions
+from ._sklearn_compat import Count, Interval, StrOptions
 
 # torch has one random stream per process: fits that overlap in threads would seed and
 # restore it over each other (another fit's initialisation, batch order and dropout), so
@@ -37,11 +37,11 @@ LOSSES = {"huber": torch.nn.HuberLoss, "mse": torch.nn.MSELoss}
 
 # The head's and the training loop's parameters, as RelishTextRegressor declares them.
 HEAD_CONSTRAINTS: dict = {
-    "n_latents": [Interval(Integral, 1, None, closed="left")],
-    "latent_dim": [Interval(Integral, 1, None, closed="left")],
-    "n_heads": [Interval(Integral, 1, None, closed="left")],
-    "n_iterations": [Interval(Integral, 1, None, closed="left")],
-    "ff_mult": [Interval(Integral, 1, None, closed="left")],
+    "n_latents": [Count(1)],
+    "latent_dim": [Count(1)],
+    "n_heads": [Count(1)],
+    "n_iterations": [Count(1)],
+    "ff_mult": [Count(1)],
     "dropout": [Interval(Real, 0, 1, closed="left")],
     "share_weights": ["boolean"],
     "input_norm": ["boolean"],
@@ -49,12 +49,12 @@ HEAD_CONSTRAINTS: dict = {
     "huber_delta": [Interval(Real, 0, None, closed="neither")],
     "lr": [Interval(Real, 0, None, closed="neither")],
     "weight_decay": [Interval(Real, 0, None, closed="left")],
-    "batch_size": [Interval(Integral, 1, None, closed="left")],
-    "max_epochs": [Interval(Integral, 1, None, closed="left")],
+    "batch_size": [Count(1)],
+    "max_epochs": [Count(1)],
     "early_stopping": ["boolean"],
     "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-    "patience": [Interval(Integral, 1, None, closed="left")],
-    "train_top_layers": [Interval(Integral, 0, None, closed="left")],
+    "patience": [Count(1)],
+    "train_top_layers": [Count(0)],
     "top_layers_lr": [Interval(Real, 0, None, closed="neither")],
 }
 
@@ -259,7 +259,8 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
 
         module = {"module": TopLayersHead, "module__featurizer": featurizer,
                   "module__first_block": featurizer.layer,
-                  "module__n_blocks": params.train_top_layers,
+                  # a plain int: transformers' strict configs refuse numpy's (GridSearchCV's)
+                  "module__n_blocks": int(params.train_top_layers),
                   # Pretrained blocks want a fine-tuning learning rate, the new head its own.
                   "optimizer__param_groups": [("top.*", {"lr": params.top_layers_lr})]}
     return RelishNet(

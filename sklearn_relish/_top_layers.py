@@ -154,6 +154,23 @@ def checked_top(loaded: Any, first: int, n_blocks: int, device: torch.device) ->
     )
 
 
+def moved_parameter(weight: nn.Parameter, device: torch.device) -> nn.Parameter:
+    """``weight`` on ``device``, still a trainable Parameter (itself where torch can).
+
+    Under predict's no_grad a copying ``.to()`` (CPU to CUDA) returns a plain tensor, which
+    the next pickle would leave out as untrained and the optimizer would not reference.
+    """
+    if weight.device == device:
+        return weight
+    with torch.no_grad():
+        moved = weight.data.to(device)
+        try:
+            weight.data = moved  # what nn.Module.to does: CPU and CUDA tensors swap data
+        except RuntimeError:  # tensor kinds that cannot swap (meta): a new Parameter
+            return nn.Parameter(moved, requires_grad=weight.requires_grad)
+    return weight
+
+
 class TopLayersHead(nn.Module):
     """Trainable copies of the backbone's blocks ``first_block ..`` and then a RELISH head.
 
@@ -220,6 +237,6 @@ class TopLayersHead(nn.Module):
                     f"The model file's trained weight {name} has shape {tuple(weight.shape)}, "
                     f"the backbone's {tuple(module._parameters[leaf].shape)}; refit the model."
                 )
-            module._parameters[leaf] = weight.to(device)
+            module._parameters[leaf] = moved_parameter(weight, device)
         self.top = top.train(self.training)
         del self.__dict__["_top_weights"]

@@ -48,6 +48,15 @@ def test_latent_dim_must_divide_into_heads():
         RelishHead(input_dim=8, latent_dim=10, n_heads=3)
 
 
+@pytest.mark.parametrize("size", ["n_latents", "latent_dim", "n_heads", "n_iterations",
+                                  "ff_mult", "n_outputs", "input_dim"])
+def test_sizes_below_one_are_refused_by_name(size):
+    # n_latents=0 had predicted NaN silently, n_heads=0 divided by zero.
+    params = {"input_dim": 8, "latent_dim": 8, "n_heads": 2, size: 0}
+    with pytest.raises(ValueError, match=f"{size} must be a positive int; got 0"):
+        RelishHead(**params)
+
+
 def test_padding_does_not_change_the_output():
     torch.manual_seed(0)
     head = RelishHead(input_dim=16, latent_dim=16, n_heads=2).eval()

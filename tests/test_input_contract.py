@@ -165,6 +165,21 @@ def test_invalid_parameters_fail_before_loading(tiny_llama, params, match):
     fit_fails(tiny_llama, ValueError, match, TEXTS, TARGETS, **params)
 
 
+@pytest.mark.parametrize("name", ["n_heads", "max_epochs", "batch_size", "train_top_layers",
+                                  "max_length", "interval_folds"])
+def test_a_bool_is_not_a_count(tiny_llama, name):
+    # True is an Integral: max_epochs=True had trained one epoch, n_heads=True failed
+    # inside torch and train_top_layers=True inside transformers' config.
+    fit_fails(tiny_llama, TypeError, f"'{name}' parameter .* must be an int", TEXTS, TARGETS,
+              **{name: True})
+
+
+def test_numpy_ints_work_as_counts_as_grid_search_passes_them(tiny_llama):
+    model = small_regressor(tiny_llama, layer=-1, train_top_layers=np.int64(1),
+                            max_epochs=np.int64(2), n_heads=np.int32(2))
+    assert np.all(np.isfinite(model.fit(TEXTS, TARGETS).predict(TEXTS[:3])))
+
+
 def test_invalid_device_string_is_a_value_error(tiny_llama):
     fit_fails(tiny_llama, ValueError, "gpu", TEXTS, TARGETS, device="gpu")
 

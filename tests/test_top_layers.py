@@ -18,6 +18,7 @@ from conftest import TARGETS, TEXTS, _train_tokenizer, small_regressor
 
 from sklearn_relish import LLMTextEncoder, _top_layers, cache_info
 from sklearn_relish._backbones import load_backbone
+from sklearn_relish._top_layers import moved_parameter
 
 LONG = "the plot was great but the acting was awful and the ending dragged on for ages"
 
@@ -139,6 +140,37 @@ def test_pickle_holds_the_trained_blocks_and_no_frozen_weight(minilm):
     buffer.seek(0)
     loaded = joblib.load(buffer)
     np.testing.assert_array_equal(loaded.predict(TEXTS), model.predict(TEXTS))
+
+
+def test_a_model_loaded_on_another_device_pickles_its_trained_blocks_again(
+        tiny_llama, monkeypatch):
+    # Fitted on a laptop, loaded on a CUDA server: the trained weights are restored onto
+    # the other device inside predict (no_grad), where a copying .to() gives plain tensors.
+    # Emulated here by making Parameter.to copy, as a cross-device move does.
+    model = small_regressor(tiny_llama, layer=-1, train_top_layers=1).fit(TEXTS, TARGETS)
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    buffer.seek(0)
+    loaded = joblib.load(buffer)
+    copying_to = lambda self, *args, **kwargs: torch.Tensor.to(self, *args, **kwargs).clone()  # noqa: E731
+    monkeypatch.setattr(torch.nn.Parameter, "to", copying_to, raising=False)
+    predictions = loaded.predict(TEXTS)
+    monkeypatch.undo()
+    trained = [p for p in loaded.net_.module_.top.parameters() if p.requires_grad]
+    assert trained and all(isinstance(p, torch.nn.Parameter) for p in trained)
+    again = io.BytesIO()
+    joblib.dump(loaded, again)
+    again.seek(0)
+    np.testing.assert_array_equal(joblib.load(again).predict(TEXTS), predictions)
+
+
+def test_a_moved_trained_weight_stays_the_same_trainable_parameter():
+    weight = torch.nn.Parameter(torch.randn(3))
+    with torch.no_grad():  # as in predict
+        moved = moved_parameter(weight, torch.device("meta"))
+    assert isinstance(moved, torch.nn.Parameter) and moved.requires_grad
+    assert moved.device.type == "meta"
+    assert moved_parameter(weight, weight.device) is weight
 
 
 def test_a_damaged_set_of_trained_weights_is_refused(tiny_llama):
