@@ -15,6 +15,7 @@ import numpy as np
 
 from ._allocator import large_tensors_on_the_heap
 from ._inputs import check_prompt, check_texts, is_count
+from ._llm_params import store_folder
 from ._store import StoreUnavailable, TokenStateStore
 
 
@@ -105,15 +106,16 @@ def featurize_to_store(
             f"featurize_to_store got parameters that do not affect featurization: {unknown}; "
             f"it takes {sorted(_FEATURIZATION_PARAMS)}."
         )
+    store_dir = store_folder(store_dir, "store_dir")  # one folder on every worker
     # The estimator's own defaults and validation, so the keys match a later fit exactly.
-    estimator = RelishTextRegressor(**params, cache=True, cache_dir=str(store_dir))
+    estimator = RelishTextRegressor(**params, cache=True, cache_dir=store_dir)
     estimator._validate_params()
     texts, kind = check_texts(X)
     check_prompt(estimator.prompt, kind)
     try:  # fail here, clearly, rather than on every worker after its first chunk
         TokenStateStore(store_dir).check_writable()
     except StoreUnavailable as error:
-        raise ValueError(f"store_dir={str(store_dir)!r} cannot be used: {error}") from error
+        raise ValueError(f"store_dir={store_dir!r} cannot be used: {error}") from error
 
     distinct = list(dict.fromkeys(texts))  # a text in two chunks would race to run twice
     chunks = [distinct[i:i + chunk_size] for i in range(0, len(distinct), chunk_size)]

@@ -52,6 +52,23 @@ INFERENCE_ONLY = {
 }
 
 
+def store_folder(cache_dir: str | os.PathLike | None, name: str = "cache_dir") -> str | None:
+    """``cache_dir`` as the absolute folder every process opens, or None for no store.
+
+    Absolute because a featurizer sent to Dask workers, or a scheduler's job, runs in
+    another working directory: a relative folder there is another store, filled while
+    the client's stays empty. An empty name would mean "no store" to one caller and the
+    working directory to another: it is refused.
+    """
+    if cache_dir is None:
+        return None
+    folder = os.fspath(cache_dir)
+    if not isinstance(folder, str) or not folder.strip():
+        raise ValueError(f"{name} must name a folder (or be None for no store); got "
+                         f"{cache_dir!r}.")
+    return os.path.abspath(os.path.expanduser(folder))
+
+
 class LLMParamsMixin:
     """Texts in, featurizer out, for estimators that carry :data:`LLM_CONSTRAINTS`."""
 
@@ -100,7 +117,7 @@ class LLMParamsMixin:
             trust_remote_code=self.trust_remote_code,
             backbone_kwargs=self.backbone_kwargs,
             cache=self.cache,
-            cache_dir=None if self.cache_dir is None else str(self.cache_dir),
+            cache_dir=store_folder(self.cache_dir),
             verbose=self.verbose,
         )
 
@@ -126,8 +143,8 @@ class LLMParamsMixin:
         """Apply inference-only parameters changed since fit to a fitted featurizer."""
         for param, attribute in INFERENCE_ONLY.items():
             value = getattr(self, param)
-            if param == "cache_dir" and value is not None:
-                value = str(value)
+            if param == "cache_dir":
+                value = store_folder(value)
             if getattr(featurizer, attribute) != value:
                 setattr(featurizer, attribute, value)
                 if attribute in ("device", "backbone_kwargs"):

@@ -137,6 +137,40 @@ def test_same_results_in_process_and_on_the_cluster(client, tiny_llama, tmp_path
     assert cache_info()["llm_texts"] == len(set(TEXTS))  # the local fill only
 
 
+def test_a_relative_store_is_the_clients_folder_on_every_worker(client, tiny_llama, tmp_path,
+                                                                 monkeypatch):
+    # Workers started by a scheduler run in other folders: "store" there was another
+    # store, filled while the client's stayed empty and the next fit ran the LLM again.
+    import os
+
+    (tmp_path / "client").mkdir()
+    (tmp_path / "worker").mkdir()
+    monkeypatch.chdir(tmp_path / "client")
+    old = client.run(os.getcwd)
+    client.run(os.chdir, str(tmp_path / "worker"))
+    try:
+        counts = featurize_to_store(TEXTS[:4], "store", client=client, backbone=tiny_llama)
+    finally:
+        for address, folder in old.items():
+            client.run(os.chdir, folder, workers=[address])
+    assert counts["computed"] == 4
+    assert len(TokenStateStore(tmp_path / "client" / "store")) == 4
+    assert not (tmp_path / "worker" / "store").exists()
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_store_name_is_refused_not_taken_for_the_working_folder(tiny_llama, empty,
+                                                                        tmp_path, monkeypatch):
+    # featurize_to_store("") filled ./states.sqlite while a fit with cache_dir="" used no
+    # store at all and ran the LLM on every text again.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="store_dir must name a folder"):
+        featurize_to_store(TEXTS, empty, backbone=tiny_llama)
+    with pytest.raises(ValueError, match="cache_dir must name a folder"):
+        small_regressor(tiny_llama, cache_dir=empty).fit(TEXTS, TARGETS)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_arguments_fail_before_any_work(tiny_llama, tmp_path):
     with pytest.raises(TypeError, match="do not affect featurization"):
         featurize_to_store(TEXTS, tmp_path, backbone=tiny_llama, lr=0.1)
