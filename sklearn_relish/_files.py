@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,18 +85,24 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any],
     """``write(tmp)`` into a new temporary file beside ``path``, then :func:`publish` it.
 
     A crash, a full disk or an interrupt leaves ``path`` as it was, and the temporary file
-    never outlives the call. ``FileExistsError`` as :func:`publish` raises it.
+    never outlives the call. An overwritten file keeps its permissions; a symlink keeps
+    pointing where it did, at the new contents. ``FileExistsError`` as :func:`publish` raises it.
     """
-    path = Path(path)
+    given = Path(path)
+    # Overwriting through a symlink (current.joblib -> v3.joblib) updates the file it
+    # points to: renaming onto the link would replace the link and leave v3 as it was.
+    target = Path(os.path.realpath(given)) if overwrite and given.is_symlink() else given
     # At most 64 bytes of the name: the whole of a legal 255-byte name plus the temporary
     # name's 18 characters was too long for the file system.
-    short = os.fsencode(path.name)[:64].decode(errors="ignore")
-    handle, tmp = new_temp_file(path.parent, prefix=f".{short}.")
+    short = os.fsencode(target.name)[:64].decode(errors="ignore")
+    handle, tmp = new_temp_file(target.parent, prefix=f".{short}.")
     os.close(handle)
     try:
         write(tmp)
-        publish(tmp, path, overwrite)
+        if overwrite and target.exists():  # a private (0600) file stays private
+            os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+        publish(tmp, target, overwrite)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+    return given

@@ -181,3 +181,32 @@ def test_a_long_legal_file_name_can_be_written(tmp_path):
     write_atomically(path, lambda tmp: Path(tmp).write_text("saved"), overwrite=False)
     assert path.read_text() == "saved"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_overwriting_keeps_a_private_file_private(tmp_path):
+    # The new contents arrive by renaming a fresh file (umask permissions) onto the old:
+    # a 0600 model had become readable by everyone on the machine.
+    from sklearn_relish._files import write_atomically
+
+    path = tmp_path / "model.joblib"
+    path.write_text("old")
+    path.chmod(0o600)
+    write_atomically(path, lambda tmp: Path(tmp).write_text("new"), overwrite=True)
+    assert path.read_text() == "new"
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_overwriting_a_symlink_updates_the_file_it_points_to(tmp_path):
+    # current.joblib -> v3.joblib: the rename replaced the link by a plain file and left
+    # v3.joblib as it was, so whatever else read v3 kept the old model.
+    from sklearn_relish._files import write_atomically
+
+    target, link = tmp_path / "v3.joblib", tmp_path / "current.joblib"
+    target.write_text("old")
+    link.symlink_to(target.name)
+    write_atomically(link, lambda tmp: Path(tmp).write_text("new"), overwrite=True)
+    assert link.is_symlink() and target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current.joblib", "v3.joblib"]
+    with pytest.raises(FileExistsError):  # without overwrite the link is an existing file
+        write_atomically(link, lambda tmp: Path(tmp).write_text("newer"), overwrite=False)
+    assert target.read_text() == "new"
