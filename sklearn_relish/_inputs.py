@@ -31,6 +31,11 @@ def _check_text(value: Any, where: str) -> str:
             f"{where} is missing ({value!r}). Drop or fill missing texts before fitting, "
             "e.g. X.fillna('')."
         )
+    if isinstance(value, tuple | list | np.ndarray):  # astype(str) would make it "('a', 'b')"
+        raise TypeError(
+            f"{where} is a {type(value).__name__} ({value!r:.50}), not a str: give text pairs "
+            "as (text_a, text_b) on every row, or as two columns, and single texts as str."
+        )
     if not isinstance(value, str):
         raise TypeError(
             f"{where} is a {type(value).__name__} ({value!r:.50}), not a str. Convert the "
@@ -46,12 +51,24 @@ def _check_text(value: Any, where: str) -> str:
     return value
 
 
+def _library(X: Any) -> str:
+    return type(X).__module__.partition(".")[0]
+
+
 def _rows(X: Any) -> tuple[list, int | None]:
     """Rows of ``X`` as a list, and its number of columns when it is 2-D (else None)."""
-    if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # pandas DataFrame
+    if _library(X) in ("pyarrow", "polars") and hasattr(X, "to_pandas"):
+        try:  # their to_numpy takes no dtype (and pyarrow's refuses strings without a flag)
+            X = X.to_pandas()
+        except ImportError as error:
+            raise TypeError(
+                f"X is a {_library(X)} {type(X).__name__}, which could not be converted to "
+                f"pandas ({error}); pass a list of texts instead, e.g. X.to_list()."
+            ) from None
+    if _library(X) == "pandas" and hasattr(X, "columns"):  # DataFrame
         values = X.to_numpy(dtype=object)
         return list(values), values.shape[1]
-    if hasattr(X, "to_numpy"):  # pandas Series
+    if _library(X) == "pandas" and hasattr(X, "to_numpy"):  # Series, Index
         return list(X.to_numpy(dtype=object)), None
     if isinstance(X, np.ndarray):
         if X.ndim == 1:
@@ -74,6 +91,22 @@ def _rows(X: Any) -> tuple[list, int | None]:
     )
 
 
+class _RowNames:
+    """How messages name row i: ``X[i]``, with the pandas index label where it is not i
+    (``s[2]`` means a label to a pandas user, not a position). Formatted on demand only."""
+
+    def __init__(self, X: Any) -> None:
+        index = getattr(X, "index", None) if _library(X) == "pandas" else None
+        default = index is None or (type(index).__name__ == "RangeIndex"
+                                    and index.start == 0 and index.step == 1)
+        self.labels = None if default else index
+
+    def __getitem__(self, i: int) -> str:
+        if self.labels is None or self.labels[i] == i:
+            return f"X[{i}]"
+        return f"X[{i}] (index label {self.labels[i]!r})"
+
+
 def check_texts(X: Any) -> tuple[list, str]:
     """Validate texts or text pairs.
 
@@ -88,21 +121,37 @@ def check_texts(X: Any) -> tuple[list, str]:
             "predict([text])."
         )
     rows, n_columns = _rows(X)
-    if n_columns is None and rows and all(isinstance(r, tuple | list | np.ndarray) for r in rows):
+    where = _RowNames(X)
+    if n_columns == 1:
+        rows, n_columns = [row[0] for row in rows], None
+        if rows and isinstance(rows[0], tuple | list | np.ndarray):
+            # Its one column name would stand for two texts: give the pairs two columns.
+            raise TypeError(
+                f"X has one column whose {where[0]} is a {type(rows[0]).__name__}: give "
+                "text pairs as two columns (text_a, text_b), or pass that column as a "
+                "Series or list of pairs."
+            )
+    is_pair = [isinstance(r, tuple | list | np.ndarray) for r in rows]
+    if n_columns is None and rows and any(is_pair):
+        if not all(is_pair):
+            odd = is_pair.index(not is_pair[0])
+            raise TypeError(
+                f"{where[odd]} is a {type(rows[odd]).__name__} but {where[0]} is a "
+                f"{type(rows[0]).__name__}: X mixes text pairs with single texts; give "
+                "(text_a, text_b) on every row, or a str on every row."
+            )
         n_columns = len(rows[0])
         for i, row in enumerate(rows):
             if len(row) != n_columns:
                 raise ValueError(
-                    f"X row {i} has {len(row)} parts, row 0 has {n_columns}: every pair must "
-                    "be (text_a, text_b)."
+                    f"{where[i]} has {len(row)} parts, {where[0]} has {n_columns}: every "
+                    "pair must be (text_a, text_b)."
                 )
     if n_columns is None:
-        return [_check_text(row, f"X[{i}]") for i, row in enumerate(rows)], SINGLE
-    if n_columns == 1:
-        return [_check_text(row[0], f"X[{i}]") for i, row in enumerate(rows)], SINGLE
+        return [_check_text(row, where[i]) for i, row in enumerate(rows)], SINGLE
     if n_columns == 2:
         pairs = [
-            (_check_text(row[0], f"X[{i}][0]"), _check_text(row[1], f"X[{i}][1]"))
+            (_check_text(row[0], f"{where[i]}[0]"), _check_text(row[1], f"{where[i]}[1]"))
             for i, row in enumerate(rows)
         ]
         return pairs, PAIR
