@@ -234,6 +234,10 @@ class RelishHead(nn.Module):
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         else:
             mask = attention_mask.to(device=tokens.device, dtype=torch.bool)
+            # Masked weights are 0, but 0 * NaN is NaN: whatever padding holds (the output
+            # of trained blocks over an all-padding row can be NaN on some kernels) must
+            # not reach the sums over tokens.
+            tokens = tokens.masked_fill(~mask[..., None], 0.0)
         latents = self.latents.expand(tokens.shape[0], -1, -1)
         for step in range(self.n_iterations):
             block = self.blocks[step % len(self.blocks)]

@@ -68,6 +68,19 @@ def test_padding_does_not_change_the_output():
     torch.testing.assert_close(alone, in_batch, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("n_latents", [1, 4])  # the folded and the explicit attention
+def test_non_finite_padding_does_not_reach_the_output(n_latents):
+    # Masked attention weights are 0, and 0 * NaN is NaN: trained blocks can leave NaN or
+    # inf at padded positions (an all-padding row on some GPU kernels).
+    torch.manual_seed(0)
+    head = RelishHead(input_dim=16, n_latents=n_latents, latent_dim=16, n_heads=2).eval()
+    states = torch.randn(2, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    clean = head(states.masked_fill(~mask[..., None], 0.0), mask)
+    states[0, 3:], states[1, :2], states[1, 2:] = float("nan"), float("inf"), float("-inf")
+    torch.testing.assert_close(head(states, mask), clean)
+
+
 def test_all_padding_row_is_finite_and_does_not_affect_others():
     torch.manual_seed(0)
     head = RelishHead(input_dim=16, latent_dim=16, n_heads=2).eval()
