@@ -17,6 +17,7 @@ from ._cli_tables import (
     file_kind,
     read_table,
     refuse_to_overwrite,
+    refuse_unwritable_tsv_cells,
     row_error,
     row_label,
     text_columns,
@@ -144,7 +145,8 @@ def predict(args: argparse.Namespace) -> int:
     model, table, texts = _model_and_texts(args, verbatim=True)
     # Everything that can be refused is refused before the predictions are computed.
     output = refuse_to_overwrite(args.output, args.force, inputs=[args.data, args.model])
-    file_kind(output)
+    if file_kind(output) == "tsv":  # the predictions add numbers only: check the input's cells
+        refuse_unwritable_tsv_cells(table, output)
     if args.coverage is not None:
         try:
             check_coverage(args.coverage)

@@ -206,7 +206,7 @@ def write_table(table: Any, path: str | os.PathLike, force: bool) -> Path:
     kind = file_kind(Path(path))
 
     if kind == "tsv":
-        _refuse_unwritable_tsv_cells(table, path)
+        refuse_unwritable_tsv_cells(table, path)
 
     def write(tmp: str) -> None:
         if kind in ("csv", "tsv"):
@@ -225,7 +225,7 @@ def write_table(table: Any, path: str | os.PathLike, force: bool) -> Path:
 _NO_CHARACTER = "\x00"
 
 
-def _refuse_unwritable_tsv_cells(table: Any, path: str | os.PathLike) -> None:
+def refuse_unwritable_tsv_cells(table: Any, path: str | os.PathLike) -> None:
     """A tab or line break in a cell cannot be written to an unquoted TSV (nor NUL)."""
     for index, column in enumerate(table.columns):
         cells = table.iloc[:, index]  # by position: two columns may share a name
@@ -283,13 +283,19 @@ def write_new_file(path: str | os.PathLike, force: bool, write: Callable[[str], 
 
 
 def row_error(error: Exception, path: str | os.PathLike) -> CommandError:
-    """Our row-naming errors (``X[5]``, ``y[5]``) in terms of the file: data row 6."""
+    """Our row-naming errors (``X[5]``, ``y[5]``) in terms of the file: data row 6.
+
+    Only errors about the data name the data file: a backbone folder gone missing is not
+    a problem of the table, and "nl.csv: backbone=... no such folder" sent users there.
+    """
     import re
 
     message = str(error)
     found = re.search(r"\b[Xy]\[(\d+)\]", message)
     if found:
         message = f"{row_label(path, int(found.group(1)))}: {message}"
+    elif message.startswith("backbone"):  # the model's backbone, not the table
+        return CommandError(message)
     return CommandError(f"{path}: {message}")
 
 

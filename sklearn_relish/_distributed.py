@@ -67,8 +67,8 @@ def featurize_to_store(
         ``max_length``, ``prompt``, ``featurize_batch_size``, ``device``,
         ``backbone_dtype``, ``trust_remote_code``, ``backbone_kwargs``,
         ``train_top_layers``, ``verbose``), with its defaults. With ``train_top_layers``
-        the store gets the states under the trained blocks, which such a fit reads (the
-        backbone is loaded here once to find that layer).
+        the store gets the states under the trained blocks, which such a fit reads (only
+        the backbone's config is read here to find that layer).
 
     Returns
     -------

@@ -130,7 +130,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         of padded tokens (1,024 on the CPU, 16,384 on CUDA), so short texts go in large
         batches and long ones in small batches.
     cache : bool, default=True
-        Keep token states in the process-wide in-memory cache.
+        Use the token-state caches: the process-wide in-memory one and, with
+        ``cache_dir``, the store on disk. False turns both off.
     cache_dir : str or None, default=None
         Folder that also keeps token states on disk (one SQLite file), shared between
         processes and cluster workers; :func:`featurize_to_store` fills it ahead. A folder

@@ -152,6 +152,7 @@ class RelishHead(nn.Module):
     Examples
     --------
     >>> import torch
+    >>> from sklearn_relish import RelishHead
     >>> head = RelishHead(input_dim=4096)
     >>> sum(p.numel() for p in head.parameters())
     3418625

@@ -436,6 +436,33 @@ def test_json_lines_are_written_with_every_digit(tmp_path):
     assert list(read_table(tmp_path / "out.jsonl")["x"]) == values
 
 
+def test_a_cell_a_tsv_cannot_hold_is_refused_before_predicting(fitted, tmp_path,
+                                                               monkeypatch, capsys):
+    # Refused by the writer, after every text had been through the LLM.
+    from sklearn_relish import _cli, _cli_commands
+
+    (tmp_path / "nl.csv").write_text('review\n"two\nlines"\nfine\n')
+    monkeypatch.setattr(_cli_commands, "_predict",
+                        lambda *args: pytest.fail("predicted before refusing"))
+    code = _cli.main(["predict", str(fitted), str(tmp_path / "nl.csv"), "-o",
+                      str(tmp_path / "o.tsv")])
+    assert code == 2
+    assert "column 'review', data row 1, holds a tab or a line break" in capsys.readouterr().err
+    assert not (tmp_path / "o.tsv").exists()
+
+
+def test_only_errors_about_the_data_name_the_data_file():
+    # A fitted model whose backbone folder had moved was reported as
+    # "nl.csv: backbone='...': no such folder", sending the user to the table.
+    from sklearn_relish._cli_tables import row_error
+
+    moved = row_error(ValueError("backbone='/models/m': no such folder (/models/m)."), "d.jsonl")
+    assert str(moved) == "backbone='/models/m': no such folder (/models/m)."
+    assert str(row_error(ValueError("X[1] is missing (None)."), "d.jsonl")) == (
+        "d.jsonl: data row 2: X[1] is missing (None).")
+    assert str(row_error(ValueError("X has 2 column(s) but ..."), "d.jsonl")).startswith("d.jsonl")
+
+
 def test_coverage_without_intervals_is_refused_before_the_llm_runs(fitted, data, tmp_path):
     # Refused only after every text had been through the LLM (hours on a big file), and
     # blamed on the data file.
