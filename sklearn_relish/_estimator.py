@@ -312,7 +312,9 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
             each standardised on its own.
         sample_weight : array-like of shape (n,), default=None
             Non-negative weight of each text in the loss (the early-stopping hold-out
-            keeps its texts' weights). None weighs all texts equally.
+            keeps its texts' weights). None weighs all texts equally. Prediction
+            intervals are calibrated on the hold-out's texts of weight > 0, each counted
+            once: their coverage is over texts, not weighted by ``sample_weight``.
 
         Returns
         -------
