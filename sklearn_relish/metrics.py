@@ -36,6 +36,12 @@ def _columns(y_true, y_pred) -> list[tuple[np.ndarray, np.ndarray]]:
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true has shape {y_true.shape} but y_pred has {y_pred.shape}: "
                          "one prediction column per target.")
+    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
+        bad = np.flatnonzero(~np.isfinite(values.ravel()))
+        if bad.size:  # one rule for every metric: r2_score raised here, pearsonr gave NaN
+            where = np.unravel_index(bad[0], values.shape)
+            raise ValueError(f"{name} must be finite; {name}[{', '.join(map(str, where))}] "
+                             f"is {values[where]}.")
     if y_true.ndim == 1:
         return [(y_true, y_pred)]
     return [(y_true[:, j], y_pred[:, j]) for j in range(y_true.shape[1])]

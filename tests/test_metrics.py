@@ -59,5 +59,14 @@ def test_other_shapes_of_the_same_size_are_refused(y_pred):
         regression_report(np.zeros((2, 3)), y_pred)
 
 
+@pytest.mark.parametrize("metric", [pearson_r, spearman_r, nrmse, regression_report])
+def test_non_finite_values_are_refused_by_every_metric_alike(metric):
+    # regression_report raised (from r2_score) where pearson_r alone returned NaN.
+    with pytest.raises(ValueError, match=r"y_pred must be finite; y_pred\[2\] is nan"):
+        metric([1.0, 2.0, 3.0], [1.0, 2.0, np.nan])
+    with pytest.raises(ValueError, match=r"y_true must be finite; y_true\[0, 1\] is inf"):
+        metric([[1.0, np.inf], [2.0, 3.0]], [[1.0, 2.0], [2.0, 3.0]])
+
+
 def test_no_values_give_nan_not_a_numpy_error():
     assert all(np.isnan(value) for value in regression_report([], []).values())
