@@ -55,6 +55,16 @@ def _library(X: Any) -> str:
     return type(X).__module__.partition(".")[0]
 
 
+def _objects(X: Any) -> np.ndarray:
+    try:
+        return X.to_numpy(dtype=object)
+    except TypeError:  # a to_numpy without pandas' signature
+        raise TypeError(
+            f"X is a {type(X).__module__}.{type(X).__name__} whose to_numpy() takes no dtype; "
+            "pass a list of texts or a pandas object instead."
+        ) from None
+
+
 def _rows(X: Any) -> tuple[list, int | None]:
     """Rows of ``X`` as a list, and its number of columns when it is 2-D (else None)."""
     if _library(X) in ("pyarrow", "polars") and hasattr(X, "to_pandas"):
@@ -65,11 +75,11 @@ def _rows(X: Any) -> tuple[list, int | None]:
                 f"X is a {_library(X)} {type(X).__name__}, which could not be converted to "
                 f"pandas ({error}); pass a list of texts instead, e.g. X.to_list()."
             ) from None
-    if _library(X) == "pandas" and hasattr(X, "columns"):  # DataFrame
-        values = X.to_numpy(dtype=object)
+    if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # a DataFrame (pandas, modin...)
+        values = _objects(X)
         return list(values), values.shape[1]
-    if _library(X) == "pandas" and hasattr(X, "to_numpy"):  # Series, Index
-        return list(X.to_numpy(dtype=object)), None
+    if hasattr(X, "to_numpy"):  # a Series or an Index
+        return list(_objects(X)), None
     if isinstance(X, np.ndarray):
         if X.ndim == 1:
             return list(X), None
