@@ -11,6 +11,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE
+from ._featurizer import PREDICT_CHUNK
 from ._inputs import check_layer, check_prompt
 from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin
 from ._persistence import PickleFormatMixin
@@ -242,10 +243,21 @@ trust_remote_code, backbone_kwargs, verbose
     def _encode(featurizers: list, texts: list, kind: str, pooling: str) -> np.ndarray:
         blocks = []
         for featurizer in featurizers:
-            states = featurizer.transform(texts, kind) if texts else []
             width = featurizer.hidden_size
-            for how in _POOLINGS[pooling]:
-                blocks.append(pool(states, how) if texts else np.zeros((0, width), np.float32))
+            if not texts:
+                blocks += [np.zeros((0, width), np.float32) for _ in _POOLINGS[pooling]]
+                continue
+            # Pooled PREDICT_CHUNK texts at a time: only the pooled rows outlive a chunk.
+            pooled: list[list[np.ndarray]] = [[] for _ in _POOLINGS[pooling]]
+            n_truncated = 0
+            for offset in range(0, len(texts), PREDICT_CHUNK):
+                states, truncated = featurizer.transform_counted(
+                    texts[offset:offset + PREDICT_CHUNK], kind)
+                n_truncated += truncated
+                for rows, how in zip(pooled, _POOLINGS[pooling], strict=True):
+                    rows.append(pool(states, how))
+            featurizer.warn_truncated(n_truncated, len(texts), stacklevel=4)
+            blocks += [np.concatenate(rows) for rows in pooled]
         return np.hstack(blocks)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE, resolve_device
 from ._calibration import calibration_scores, check_folds
+from ._featurizer import PREDICT_CHUNK
 from ._inputs import check_layer, check_prompt
 from ._intervals import METHODS, IntervalMixin, split_outputs, unscale
 from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin
@@ -397,22 +399,32 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         y_pred : ndarray of shape (n,) or (n, n_targets), float64
             As ``y`` was in fit: 1-D for one target.
         """
-        states, featurizer = self._token_states(X)
-        if not states:
+        chunks = [self._head_outputs(self.net_, states, featurizer, offset)[0]
+                  for offset, states, featurizer in self._token_state_chunks(X)]
+        if not chunks:
             return np.zeros((0, *np.shape(self.y_mean_)))
-        point = self._head_outputs(self.net_, states, featurizer)[0]
+        point = np.concatenate(chunks)
         return point.reshape(-1) if np.ndim(self.y_mean_) == 0 else point
 
-    def _token_states(self, X: Any) -> tuple[list[torch.Tensor], Any]:
-        """The backbone's token states for X (one tensor per text) and its featurizer."""
+    def _token_state_chunks(self, X: Any) -> Iterator[tuple[int, list[torch.Tensor], Any]]:
+        """(offset, token states of texts offset.., featurizer) for X, PREDICT_CHUNK texts at
+        a time: predicting a million texts held every text's states at once (0.8 TB for an
+        8B backbone), whatever the cache's limit. One truncation warning for all chunks."""
         check_is_fitted(self, "net_")
         texts, kind = self._check_texts(X, reset=False)
         featurizer = self._sync_inference_settings(self.featurizer_)
-        return (featurizer.transform(texts, kind) if texts else []), featurizer
+        n_truncated = 0
+        for offset in range(0, len(texts), PREDICT_CHUNK):
+            states, truncated = featurizer.transform_counted(
+                texts[offset:offset + PREDICT_CHUNK], kind)
+            n_truncated += truncated
+            yield offset, states, featurizer
+        featurizer.warn_truncated(n_truncated, len(texts), stacklevel=4)
 
-    def _head_outputs(self, net: Any, states: list[torch.Tensor],
-                      featurizer: Any) -> tuple[np.ndarray, ...]:
-        """(point,) or (point, low, high) of one head, each ``(n, k)`` on the scale of y."""
+    def _head_outputs(self, net: Any, states: list[torch.Tensor], featurizer: Any,
+                      offset: int = 0) -> tuple[np.ndarray, ...]:
+        """(point,) or (point, low, high) of one head, each ``(n, k)`` on the scale of y;
+        ``offset`` is the first text's row in X, for messages."""
         sync_net_device(net, self.device)
         if hasattr(net.module_, "featurizer"):  # trained top layers: one backbone identity
             net.module_.featurizer = featurizer
@@ -421,7 +433,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         if bad.size:
             # A NaN is never a prediction: it means inf/NaN token states or a broken head.
             raise ValueError(
-                f"The head produced {bad.size} non-finite prediction(s), first for X[{bad[0]}]; "
+                f"The head produced {bad.size} non-finite prediction(s), first for "
+                f"X[{offset + bad[0]}]; "
                 "the backbone's states for those texts overflow (try backbone_dtype='float32') "
                 "or the model file is damaged."
             )

@@ -56,6 +56,11 @@ def plan_batches(lengths: list[int], batch_size: int | str, device_type: str) ->
     return fill_batches(order, lengths, TOKEN_BUDGET.get(device_type, TOKEN_BUDGET["cuda"]))
 
 
+# Texts whose token states predict and transform hold at once: enough for length-sorted
+# batches to pad little, few enough that a million texts never sit in memory together.
+PREDICT_CHUNK = 2048
+
+
 class BackboneMismatchError(ValueError):
     """The backbone found at load time is not the one the estimator was trained on."""
 
@@ -205,19 +210,28 @@ class LLMFeaturizer:
         Every returned tensor is the caller's own copy: the cache's tensors never leave it,
         so editing an output in place cannot change what a later call returns.
         """
+        states, n_truncated = self.transform_counted(texts, kind)
+        self.warn_truncated(n_truncated, len(texts), stacklevel=4)
+        return states
+
+    def transform_counted(self, texts: list, kind: str) -> tuple[list[torch.Tensor], int]:
+        """:meth:`transform` without its warning: the states and how many were truncated
+        (a caller working in chunks warns once, for all of them)."""
         keys, found, _ = self._resolve(texts, kind)
         n_truncated = sum(found[key].truncated for key in keys)
+        # A copy costs 0.02% of featurizing the text (benchmarks/RESULTS.md, "## Scale");
+        # torch has no read-only tensors to share instead.
+        return [found[key].states.clone() for key in keys], n_truncated
+
+    def warn_truncated(self, n_truncated: int, n_texts: int, stacklevel: int) -> None:
         if n_truncated:
             warnings.warn(
-                f"{n_truncated} of {len(keys)} texts are longer than max_length="
+                f"{n_truncated} of {n_texts} texts are longer than max_length="
                 f"{self._effective_max_length()} tokens and were truncated; raise max_length "
                 "to keep them whole.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
-        # A copy costs 0.02% of featurizing the text (benchmarks/RESULTS.md, "## Scale");
-        # torch has no read-only tensors to share instead.
-        return [found[key].states.clone() for key in keys]
 
     def _keys(self, texts: list, kind: str) -> tuple[list[str], list[str], int, int]:
         loaded = self.loaded

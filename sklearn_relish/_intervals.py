@@ -284,16 +284,18 @@ class IntervalMixin:
                 "holds out at least 2 texts, or with intervals='cv' (no hold-out needed); "
                 "see the README's 'Prediction intervals'."
             )
-        states, featurizer = self._token_states(X)
-        if not states:
-            return np.zeros((0, *np.shape(self.y_mean_), 2))
         method = self._interval_method()
-        if method == "cv+":
-            points = np.stack([self._head_outputs(net, states, featurizer)[0]
-                               for net in self.interval_nets_])
-            bounds = cv_plus_intervals(points, self.calibration_scores_,
-                                       self.calibration_folds_, coverage)
-        else:
-            outputs = self._head_outputs(self.net_, states, featurizer)
-            bounds = intervals(method, outputs, self.calibration_scores_, coverage)
+        chunks = []
+        for offset, states, featurizer in self._token_state_chunks(X):
+            if method == "cv+":
+                points = np.stack([self._head_outputs(net, states, featurizer, offset)[0]
+                                   for net in self.interval_nets_])
+                chunks.append(cv_plus_intervals(points, self.calibration_scores_,
+                                                self.calibration_folds_, coverage))
+            else:
+                outputs = self._head_outputs(self.net_, states, featurizer, offset)
+                chunks.append(intervals(method, outputs, self.calibration_scores_, coverage))
+        if not chunks:
+            return np.zeros((0, *np.shape(self.y_mean_), 2))
+        bounds = np.concatenate(chunks)
         return bounds[:, 0, :] if np.ndim(self.y_mean_) == 0 else bounds

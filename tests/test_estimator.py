@@ -67,6 +67,34 @@ def test_learns_the_training_data(tiny_llama):
     assert estimator.score(TEXTS, TARGETS) > 0.8
 
 
+def test_predict_holds_the_states_of_one_chunk_of_texts_at_a_time(tiny_llama, monkeypatch):
+    # predict featurized the whole input and then ran the head: a million texts held
+    # every text's states at once, whatever the cache's limit.
+    from sklearn_relish import _estimator, _featurizer
+
+    fitted = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.25)
+    fitted.fit(TEXTS, TARGETS)
+    texts = [f"{text} {i}" for i, text in enumerate(TEXTS * 3)]  # 48 distinct texts
+    whole = fitted.predict(texts)
+    whole_bounds = fitted.predict_interval(texts, coverage=0.5)
+    sizes = []
+    counted = _featurizer.LLMFeaturizer.transform_counted
+
+    def spy(self, chunk, kind):
+        sizes.append(len(chunk))
+        return counted(self, chunk, kind)
+
+    monkeypatch.setattr(_featurizer.LLMFeaturizer, "transform_counted", spy)
+    monkeypatch.setattr(_estimator, "PREDICT_CHUNK", 20)
+    np.testing.assert_allclose(fitted.predict(texts), whole, rtol=1e-6, atol=1e-7)
+    assert sizes == [20, 20, 8]
+    np.testing.assert_allclose(fitted.predict_interval(texts, coverage=0.5), whole_bounds,
+                               rtol=1e-6, atol=1e-7)
+    with pytest.warns(UserWarning, match="^3 of 41 texts are longer") as caught:
+        fitted.predict(["word " * 3000] * 3 + texts[:38])  # the long ones in the first chunk
+    assert len([w for w in caught if "truncated" in str(w.message)]) == 1
+
+
 def test_clone_of_fitted_is_unfitted_with_same_params(fitted):
     copy = clone(fitted)
     assert copy.get_params() == fitted.get_params()

@@ -286,7 +286,7 @@ def test_cv_plus_scores_every_training_text_out_of_fold(cv_plus):
     seed = np.random.RandomState(0).randint(np.iinfo(np.int32).max)
     text_folds = fold_ids(32, 4, seed)
     y, texts = np.asarray(TARGETS * 2), TEXTS * 2
-    states, featurizer = cv_plus._token_states(texts)
+    [(_, states, featurizer)] = cv_plus._token_state_chunks(texts)
     for fold, net in enumerate(cv_plus.interval_nets_):
         point = cv_plus._head_outputs(net, states, featurizer)[0][:, 0]
         left_out = text_folds == fold
@@ -297,7 +297,7 @@ def test_cv_plus_scores_every_training_text_out_of_fold(cv_plus):
 
 def test_cv_plus_intervals_come_from_the_fold_heads(cv_plus):
     texts = TEXTS[:4]
-    states, featurizer = cv_plus._token_states(texts)
+    [(_, states, featurizer)] = cv_plus._token_state_chunks(texts)
     points = np.stack([cv_plus._head_outputs(net, states, featurizer)[0]
                        for net in cv_plus.interval_nets_])
     expected = brute_force_cv_plus(points, cv_plus.calibration_scores_,
