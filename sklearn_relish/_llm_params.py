@@ -11,6 +11,7 @@ plumbing exists anywhere else.
 
 from __future__ import annotations
 
+import copy
 import os
 from numbers import Integral, Real
 from typing import Any
@@ -20,7 +21,7 @@ from sklearn.utils.validation import validate_data
 
 from ._featurizer import LLMFeaturizer
 from ._inputs import PAIR, check_layer, check_texts
-from ._sklearn_compat import Count, StrOptions
+from ._sklearn_compat import Count, StrOptions, validate_parameter_constraints
 
 LLM_CONSTRAINTS: dict = {
     "backbone": [str],
@@ -115,7 +116,9 @@ class LLMParamsMixin:
             device=self.device,
             dtype=self.backbone_dtype,
             trust_remote_code=self.trust_remote_code,
-            backbone_kwargs=self.backbone_kwargs,
+            # A copy: the user's dict edited in place and given back with set_params would
+            # otherwise compare equal to itself, and the old placement be kept silently.
+            backbone_kwargs=copy.deepcopy(self.backbone_kwargs),
             cache=self.cache,
             cache_dir=store_folder(self.cache_dir),
             verbose=self.verbose,
@@ -140,11 +143,22 @@ class LLMParamsMixin:
         return self._make_featurizer(layer=read - n_blocks)
 
     def _sync_inference_settings(self, featurizer: LLMFeaturizer) -> LLMFeaturizer:
-        """Apply inference-only parameters changed since fit to a fitted featurizer."""
+        """Apply inference-only parameters changed since fit to a fitted featurizer.
+
+        They are validated here as fit validates them: ``set_params`` checks nothing, and
+        ``featurize_batch_size=0`` failed deep inside, ``cache="no"`` read as True.
+        """
+        validate_parameter_constraints(
+            {param: LLM_CONSTRAINTS[param] for param in INFERENCE_ONLY},
+            {param: getattr(self, param) for param in INFERENCE_ONLY},
+            caller_name=type(self).__name__,
+        )
         for param, attribute in INFERENCE_ONLY.items():
             value = getattr(self, param)
             if param == "cache_dir":
                 value = store_folder(value)
+            elif param == "backbone_kwargs":
+                value = copy.deepcopy(value)
             if getattr(featurizer, attribute) != value:
                 setattr(featurizer, attribute, value)
                 if attribute in ("device", "backbone_kwargs"):

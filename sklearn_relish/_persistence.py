@@ -71,7 +71,8 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     Parameters
     ----------
     model : object
-        A fitted estimator (or any picklable object with ``predict``).
+        A fitted estimator: a regressor, a transformer such as :class:`LLMTextEncoder`,
+        a Pipeline (any picklable object with ``predict`` or ``transform``).
     path : str or path-like
         Where to write.
     overwrite : bool, default=False
@@ -81,7 +82,8 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     -------
     path : Path
     """
-    path = Path(path)
+    _check_is_model(model, "save")
+    path = Path(path).expanduser()
     # lexists: a link to nothing is still something of the user's at that name.
     if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
@@ -135,7 +137,7 @@ def load_model(path: str | os.PathLike) -> Any:
     ValueError
         The file is damaged, truncated, or does not hold a model.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}.")
     with open(path, "rb") as stream:
@@ -146,9 +148,21 @@ def load_model(path: str | os.PathLike) -> Any:
             # A plain joblib file (e.g. from joblib.dump): no checksum to check.
             stream.seek(0)
         model = _unpickle(stream, path, verified)
-    if not hasattr(model, "predict"):
+    if not _is_model(model):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a fitted model.")
     return model
+
+
+def _is_model(model: Any) -> bool:
+    return hasattr(model, "predict") or hasattr(model, "transform")
+
+
+def _check_is_model(model: Any, verb: str) -> None:
+    """Refused before writing: load_model would refuse the file, and plain joblib cannot
+    read it (the header), so the user would be left with a file nothing opens."""
+    if not _is_model(model):
+        raise TypeError(f"save_model saves fitted estimators (with predict or transform); "
+                        f"got a {type(model).__name__}.")
 
 
 def _damaged(path: Path, why: str) -> ValueError:

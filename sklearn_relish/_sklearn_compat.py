@@ -10,7 +10,11 @@ this import fails with a message that says what to do instead of an obscure trac
 from __future__ import annotations
 
 try:
-    from sklearn.utils._param_validation import Interval, StrOptions
+    from sklearn.utils._param_validation import (
+        Interval,
+        StrOptions,
+        validate_parameter_constraints,
+    )
 except ImportError as error:  # pragma: no cover - only with an untested scikit-learn
     import sklearn
 
@@ -37,4 +41,4 @@ class Count(Interval):
         return not isinstance(val, bool) and super().is_satisfied_by(val)
 
 
-__all__ = ["Count", "Interval", "StrOptions"]
+__all__ = ["Count", "Interval", "StrOptions", "validate_parameter_constraints"]

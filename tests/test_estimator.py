@@ -95,6 +95,29 @@ def test_predict_holds_the_states_of_one_chunk_of_texts_at_a_time(tiny_llama, mo
     assert len([w for w in caught if "truncated" in str(w.message)]) == 1
 
 
+@pytest.mark.parametrize(("param", "value"), [("featurize_batch_size", 0),
+                                              ("featurize_batch_size", 2.5),
+                                              ("cache", "no"), ("verbose", -1)])
+def test_inference_settings_changed_after_fit_are_validated_at_predict(fitted, param, value):
+    # set_params checks nothing: featurize_batch_size=0 failed inside range(), cache="no"
+    # was read as True.
+    model = clone(fitted).set_params(**{param: value})
+    model.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    with pytest.raises(ValueError, match=f"'{param}' parameter of RelishTextRegressor"):
+        model.predict(TEXTS[:2])
+
+
+def test_backbone_kwargs_edited_in_place_are_seen_at_predict(tiny_llama):
+    # The fitted featurizer held the user's own dict: edited in place and given back with
+    # set_params it compared equal to itself, and the old backbone was kept silently.
+    kwargs = {"attn_implementation": "eager"}
+    model = small_regressor(tiny_llama, backbone_kwargs=kwargs).fit(TEXTS, TARGETS)
+    kwargs["num_hidden_layers"] = 1  # another model: refused, not ignored
+    model.set_params(backbone_kwargs=kwargs, cache=False)
+    with pytest.raises(ValueError, match="backbone"):
+        model.predict(TEXTS[:2])
+
+
 def test_clone_of_fitted_is_unfitted_with_same_params(fitted):
     copy = clone(fitted)
     assert copy.get_params() == fitted.get_params()

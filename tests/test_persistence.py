@@ -166,6 +166,23 @@ def test_save_load_round_trip(fitted, tmp_path):
     np.testing.assert_array_equal(load_model(path).predict(PROBE), fitted.predict(PROBE))
 
 
+def test_an_encoder_saved_can_be_loaded_and_a_non_model_is_refused_before_writing(
+        tiny_llama, tmp_path, monkeypatch):
+    # LLMTextEncoder (no predict) was saved without complaint, then refused by load_model;
+    # plain joblib cannot read the file either (its header), so nothing could open it.
+    from sklearn_relish import LLMTextEncoder
+
+    encoder = LLMTextEncoder(tiny_llama).fit(TEXTS)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = save_model(encoder, "~/encoder.joblib")  # ~ is the home folder, as elsewhere
+    assert path == tmp_path / "encoder.joblib"
+    np.testing.assert_array_equal(load_model("~/encoder.joblib").transform(TEXTS[:3]),
+                                  encoder.transform(TEXTS[:3]))
+    with pytest.raises(TypeError, match="saves fitted estimators .* got a dict"):
+        save_model({"weights": 1}, tmp_path / "dict.joblib")
+    assert not (tmp_path / "dict.joblib").exists()
+
+
 def test_save_refuses_to_overwrite(fitted, tmp_path):
     path = tmp_path / "model.joblib"
     path.write_bytes(b"someone's precious file")
