@@ -15,12 +15,22 @@ from ._cli_commands import add_commands
 from ._cli_tables import CommandError
 
 
+def _non_negative(text: str) -> int:
+    """argparse type for --verbose: refused when parsed, not after the baseline has run."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _split(n: int, n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     # A negative count sliced from the end: -10 trained on all but 10 texts, tested on none.
     for flag, count in (("--n-train", n_train), ("--n-test", n_test)):
         if count < 2:
             raise SystemExit(f"{flag} must be at least 2 (a correlation needs two texts), "
                              f"got {count}.")
+    if not 0 <= seed < 2**32:  # numpy's own message did not name the flag
+        raise SystemExit(f"--seed must be between 0 and 2**32 - 1, got {seed}.")
     if n_train + n_test > n:
         raise SystemExit(f"--n-train + --n-test ({n_train + n_test}) exceeds the {n} texts.")
     order = np.random.RandomState(seed).permutation(n)
@@ -99,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_parser.add_argument("--n-train", type=int, default=2000)
     demo_parser.add_argument("--n-test", type=int, default=1000)
     demo_parser.add_argument("--seed", type=int, default=0)
-    demo_parser.add_argument("--verbose", type=int, default=1)
+    demo_parser.add_argument("--verbose", type=_non_negative, default=1)
     demo_parser.set_defaults(run=demo)
     add_commands(commands)
     args = parser.parse_args(argv)

@@ -34,3 +34,15 @@ def test_demo_rejects_a_split_too_small(tiny_llama, flags):
     pytest.importorskip("sklearn_relish.datasets")
     with pytest.raises(SystemExit, match="must be at least 2"):
         _cli.main(["demo", "--backbone", tiny_llama, *flags])
+
+
+def test_demo_names_a_bad_seed_or_verbosity_before_any_work(tiny_llama, capsys):
+    # --seed -1 failed with numpy's message, naming no flag; --verbose -1 only after the
+    # TF-IDF baseline had run.
+    pytest.importorskip("sklearn_relish.datasets")
+    with pytest.raises(SystemExit, match="--seed must be between 0 and 2\\*\\*32 - 1, got -1"):
+        _cli.main(["demo", "--backbone", tiny_llama, "--seed", "-1"])
+    with pytest.raises(SystemExit):
+        _cli.main(["demo", "--backbone", tiny_llama, "--verbose", "-1"])
+    err = capsys.readouterr().err
+    assert "--verbose: must be 0 or more, got -1" in err and "TF-IDF" not in err
