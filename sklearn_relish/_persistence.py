@@ -12,9 +12,11 @@ A file written by :func:`save_model` is one header line, then joblib's bytes::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +39,7 @@ class PickleFormatMixin:
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_relish_pickle_format"] = self._PICKLE_FORMAT
+        state["_relish_versions"] = package_versions()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -46,6 +49,8 @@ class PickleFormatMixin:
                 f"This model was saved by a newer sklearn_relish (pickle format {found}); "
                 "upgrade sklearn_relish to load it."
             )
+        _warn_if_saved_with_other_versions(state.pop("_relish_versions", None),
+                                           type(self).__name__)
         rename_legacy_backbone(state)
         # Parameters added since the pickle was written take their defaults, so that
         # get_params, clone and predict work on an older model.
@@ -53,6 +58,40 @@ class PickleFormatMixin:
             if parameter.default is not inspect.Parameter.empty:
                 state.setdefault(name, parameter.default)
         super().__setstate__(state)
+
+
+# What a fitted model's behaviour depends on: scikit-learn does not stamp third-party
+# estimators (its InconsistentVersionWarning never fired for ours), so the pickle says.
+_VERSIONED = ("sklearn_relish", "scikit-learn", "torch", "transformers", "skorch")
+
+
+@functools.cache
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in _VERSIONED:
+        try:
+            # The public version: a CPU and a CUDA build of torch 2.13.0 load the same model.
+            found[name] = version(name).partition("+")[0]
+        except PackageNotFoundError:  # a source checkout without its metadata
+            found[name] = "unknown"
+    return found
+
+
+def _warn_if_saved_with_other_versions(saved: dict[str, str] | None, kind: str) -> None:
+    if not isinstance(saved, dict):  # pickled before versions were recorded
+        return
+    here = package_versions()
+    changed = [f"{name} {saved[name]} (here {here.get(name, 'missing')})"
+               for name in _VERSIONED if name in saved and saved[name] != here.get(name)]
+    if changed:
+        warnings.warn(
+            f"This {kind} was saved with {', '.join(changed)}; it may not load or predict "
+            "as it did. Install those versions, or refit it here.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 _MAGIC = b"sklearn_relish-model"

@@ -183,6 +183,26 @@ def test_an_encoder_saved_can_be_loaded_and_a_non_model_is_refused_before_writin
     assert not (tmp_path / "dict.joblib").exists()
 
 
+def test_a_model_saved_with_other_package_versions_says_which(fitted, tmp_path, monkeypatch,
+                                                              recwarn):
+    # Nothing recorded the versions: a model from another scikit-learn or sklearn_relish
+    # with the same file format loaded silently, and an unloadable one could not say which.
+    from sklearn_relish import _persistence
+
+    here = _persistence.package_versions()
+    save_model(fitted, tmp_path / "same.joblib")
+    load_model(tmp_path / "same.joblib")
+    assert not [w for w in recwarn if "was saved with" in str(w.message)]
+    monkeypatch.setattr(_persistence, "package_versions",
+                        lambda: {**here, "scikit-learn": "1.6.0", "torch": "2.5.1"})
+    save_model(fitted, tmp_path / "old.joblib")
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match=r"saved with scikit-learn 1\.6\.0 \(here "
+                      rf"{here['scikit-learn']}\), torch 2\.5\.1"):
+        model = load_model(tmp_path / "old.joblib")
+    np.testing.assert_array_equal(model.predict(PROBE), fitted.predict(PROBE))
+
+
 def test_save_refuses_to_overwrite(fitted, tmp_path):
     path = tmp_path / "model.joblib"
     path.write_bytes(b"someone's precious file")
