@@ -39,7 +39,7 @@ class PickleFormatMixin:
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_relish_pickle_format"] = self._PICKLE_FORMAT
-        state["_relish_versions"] = package_versions()
+        state["_relish_versions"] = dict(package_versions())  # not the memoised dict itself
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
