@@ -10,11 +10,11 @@ prediction does not depend on what else is in its batch.
 
 from __future__ import annotations
 
-from numbers import Integral
-
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ._inputs import is_count
 
 __all__ = ["RelishHead"]
 
@@ -179,7 +179,7 @@ class RelishHead(nn.Module):
                  "n_heads": n_heads, "n_iterations": n_iterations, "ff_mult": ff_mult,
                  "n_outputs": n_outputs}
         for name, size in sizes.items():  # torch would fail deep inside, or give NaN
-            if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
+            if not is_count(size, 1):
                 raise ValueError(f"RelishHead's {name} must be a positive int; got {size!r}.")
         if not 0 <= dropout < 1:
             raise ValueError(f"RelishHead's dropout must be in [0, 1); got {dropout!r}.")

@@ -121,7 +121,7 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     -------
     path : Path
     """
-    _check_is_model(model, "save")
+    _check_is_model(model)
     path = Path(path).expanduser()
     # lexists: a link to nothing is still something of the user's at that name.
     if os.path.lexists(path) and not overwrite:
@@ -196,7 +196,7 @@ def _is_model(model: Any) -> bool:
     return hasattr(model, "predict") or hasattr(model, "transform")
 
 
-def _check_is_model(model: Any, verb: str) -> None:
+def _check_is_model(model: Any) -> None:
     """Refused before writing: load_model would refuse the file, and plain joblib cannot
     read it (the header), so the user would be left with a file nothing opens."""
     if not _is_model(model):

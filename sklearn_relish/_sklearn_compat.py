@@ -9,6 +9,10 @@ this import fails with a message that says what to do instead of an obscure trac
 
 from __future__ import annotations
 
+from numbers import Integral
+
+from ._inputs import is_count
+
 try:
     from sklearn.utils._param_validation import (
         Interval,
@@ -24,21 +28,18 @@ except ImportError as error:  # pragma: no cover - only with an untested scikit-
         "not provide; install a supported version: pip install 'scikit-learn>=1.6,<1.10'."
     ) from error
 
-from numbers import Integral
-
-
 class Count(Interval):
-    """An ``int`` in ``[left, right]``, numpy ints included and bools refused.
+    """An ``int`` of at least ``left``, numpy ints included and bools refused.
 
     ``Interval(Integral, ...)`` takes ``True`` for 1: ``max_epochs=True`` trained one epoch
     and ``n_heads=True`` failed inside torch. scikit-learn's own message names the rule.
     """
 
-    def __init__(self, left: int, right: int | None = None) -> None:
-        super().__init__(Integral, left, right, closed="both" if right is not None else "left")
+    def __init__(self, left: int) -> None:
+        super().__init__(Integral, left, None, closed="left")
 
     def is_satisfied_by(self, val: object) -> bool:
-        return not isinstance(val, bool) and super().is_satisfied_by(val)
+        return is_count(val, self.left)
 
 
 __all__ = ["Count", "Interval", "StrOptions", "validate_parameter_constraints"]
