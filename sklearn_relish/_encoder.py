@@ -11,7 +11,6 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE
-from ._featurizer import PREDICT_CHUNK
 from ._inputs import check_layer, check_prompt
 from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin
 from ._persistence import PickleFormatMixin
@@ -247,16 +246,11 @@ trust_remote_code, backbone_kwargs, verbose
             if not texts:
                 blocks += [np.zeros((0, width), np.float32) for _ in _POOLINGS[pooling]]
                 continue
-            # Pooled PREDICT_CHUNK texts at a time: only the pooled rows outlive a chunk.
+            # Pooled chunk by chunk: only the pooled rows outlive a chunk's states.
             pooled: list[list[np.ndarray]] = [[] for _ in _POOLINGS[pooling]]
-            n_truncated = 0
-            for offset in range(0, len(texts), PREDICT_CHUNK):
-                states, truncated = featurizer.transform_counted(
-                    texts[offset:offset + PREDICT_CHUNK], kind)
-                n_truncated += truncated
+            for _, states in featurizer.transform_chunks(texts, kind):
                 for rows, how in zip(pooled, _POOLINGS[pooling], strict=True):
                     rows.append(pool(states, how))
-            featurizer.warn_truncated(n_truncated, len(texts), stacklevel=4)
             blocks += [np.concatenate(rows) for rows in pooled]
         return np.hstack(blocks)
 

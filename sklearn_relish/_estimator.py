@@ -13,7 +13,6 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE, resolve_device
 from ._calibration import calibration_scores, check_folds
-from ._featurizer import PREDICT_CHUNK
 from ._inputs import check_layer, check_prompt
 from ._intervals import METHODS, IntervalMixin, split_outputs, unscale
 from ._llm_params import LLM_CONSTRAINTS, LLMParamsMixin
@@ -413,13 +412,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         check_is_fitted(self, "net_")
         texts, kind = self._check_texts(X, reset=False)
         featurizer = self._sync_inference_settings(self.featurizer_)
-        n_truncated = 0
-        for offset in range(0, len(texts), PREDICT_CHUNK):
-            states, truncated = featurizer.transform_counted(
-                texts[offset:offset + PREDICT_CHUNK], kind)
-            n_truncated += truncated
+        for offset, states in featurizer.transform_chunks(texts, kind):
             yield offset, states, featurizer
-        featurizer.warn_truncated(n_truncated, len(texts), stacklevel=4)
 
     def _head_outputs(self, net: Any, states: list[torch.Tensor], featurizer: Any,
                       offset: int = 0) -> tuple[np.ndarray, ...]:

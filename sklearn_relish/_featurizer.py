@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -214,9 +215,21 @@ class LLMFeaturizer:
         self.warn_truncated(n_truncated, len(texts), stacklevel=4)
         return states
 
+    def transform_chunks(self, texts: list, kind: str
+                         ) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """``(offset, states of texts[offset:offset + PREDICT_CHUNK])`` chunk by chunk, so
+        a caller that keeps only what it computes from them never holds every text's
+        states; one truncation warning for all of them, once the last chunk is read."""
+        n_truncated = 0
+        for offset in range(0, len(texts), PREDICT_CHUNK):
+            states, truncated = self.transform_counted(texts[offset:offset + PREDICT_CHUNK],
+                                                       kind)
+            n_truncated += truncated
+            yield offset, states
+        self.warn_truncated(n_truncated, len(texts), stacklevel=5)
+
     def transform_counted(self, texts: list, kind: str) -> tuple[list[torch.Tensor], int]:
-        """:meth:`transform` without its warning: the states and how many were truncated
-        (a caller working in chunks warns once, for all of them)."""
+        """:meth:`transform` without its warning: the states and how many were truncated."""
         keys, found, _ = self._resolve(texts, kind)
         n_truncated = sum(found[key].truncated for key in keys)
         # A copy costs 0.02% of featurizing the text (benchmarks/RESULTS.md, "## Scale");

@@ -152,7 +152,7 @@ def test_clone_and_params(tiny_llama):
 
 def test_transform_pools_one_chunk_of_texts_at_a_time(tiny_llama, monkeypatch):
     # Every text's token states were held at once before pooling: only pooled rows need to.
-    from sklearn_relish import _encoder
+    from sklearn_relish import _featurizer
 
     texts = [f"{text} {i}" for i, text in enumerate(TEXTS * 3)]
     encoder = LLMTextEncoder(tiny_llama, layer=[-1, 1], pooling="mean+last").fit(texts)
@@ -165,6 +165,6 @@ def test_transform_pools_one_chunk_of_texts_at_a_time(tiny_llama, monkeypatch):
         return counted(self, chunk, kind)
 
     monkeypatch.setattr(LLMFeaturizer, "transform_counted", spy)
-    monkeypatch.setattr(_encoder, "PREDICT_CHUNK", 20)
+    monkeypatch.setattr(_featurizer, "PREDICT_CHUNK", 20)
     np.testing.assert_array_equal(encoder.transform(texts), whole)
     assert sizes == [20, 20, 8] * 2  # per layer

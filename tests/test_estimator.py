@@ -70,7 +70,7 @@ def test_learns_the_training_data(tiny_llama):
 def test_predict_holds_the_states_of_one_chunk_of_texts_at_a_time(tiny_llama, monkeypatch):
     # predict featurized the whole input and then ran the head: a million texts held
     # every text's states at once, whatever the cache's limit.
-    from sklearn_relish import _estimator, _featurizer
+    from sklearn_relish import _featurizer
 
     fitted = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.25)
     fitted.fit(TEXTS, TARGETS)
@@ -85,7 +85,7 @@ def test_predict_holds_the_states_of_one_chunk_of_texts_at_a_time(tiny_llama, mo
         return counted(self, chunk, kind)
 
     monkeypatch.setattr(_featurizer.LLMFeaturizer, "transform_counted", spy)
-    monkeypatch.setattr(_estimator, "PREDICT_CHUNK", 20)
+    monkeypatch.setattr(_featurizer, "PREDICT_CHUNK", 20)
     np.testing.assert_allclose(fitted.predict(texts), whole, rtol=1e-6, atol=1e-7)
     assert sizes == [20, 20, 8]
     np.testing.assert_allclose(fitted.predict_interval(texts, coverage=0.5), whole_bounds,
