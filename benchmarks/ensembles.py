@@ -41,7 +41,11 @@ from sklearn_relish._embedded import GEMMA3
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "ensembles_runs.jsonl"
-BACKBONES = {"smollm2": SMOLLM2, "gemma": GEMMA3, "minilm": MINILM}
+# A member's alias names its backbone and any setting that differs from the package's
+# defaults. "gemma-k2" is the fine-tuned regime chosen on every corpus's seed-0 hold-out
+# (top_layers_select.py): Gemma with its 2 blocks under the layer read trained at lr 1e-4.
+MEMBERS = {"smollm2": (SMOLLM2, {}), "gemma": (GEMMA3, {}), "minilm": (MINILM, {}),
+           "gemma-k2": (GEMMA3, {"train_top_layers": 2, "top_layers_lr": 1e-4})}
 VALIDATION_SHARE = 0.1
 
 
@@ -59,15 +63,17 @@ def fit_member(corpus_name: str, seed: int, member: str, n_texts: int | None) ->
     alias, random_state = member.split(":")
     corpus, fit, valid, test = parts(corpus_name, seed, n_texts)
     texts = corpus.texts
-    model = RelishTextRegressor(BACKBONES[alias], random_state=int(random_state),
-                                cache_dir=str(DEFAULT_CACHE_DIR.expanduser()))
-    # Featurize first, outside the clock: fit seconds are the head's training only.
+    backbone, settings = MEMBERS[alias]
+    model = RelishTextRegressor(backbone, random_state=int(random_state),
+                                cache_dir=str(DEFAULT_CACHE_DIR.expanduser()), **settings)
+    # Featurize first, outside the clock: fit seconds are training only (the head, and
+    # the trained blocks where the member has them).
     model._featurizer_to_train_on().transform([texts[i] for i in fit], "single")
     start = time.perf_counter()
     model.fit([texts[i] for i in fit], corpus.y[fit])
     fit_s = time.perf_counter() - start
     return {"corpus": corpus_name, "seed": seed, "n_texts": n_texts, "member": member,
-            "backbone": model.backbone, "n_fit": len(fit),
+            "backbone": model.backbone, "settings": settings, "n_fit": len(fit),
             "valid_index": [int(i) for i in valid], "fit_s": fit_s,
             "valid_pred": [round(float(v), 5) for v in model.predict([texts[i] for i in valid])],
             "test_pred": [round(float(v), 5) for v in model.predict([texts[i] for i in test])],
@@ -118,12 +124,14 @@ def summarise(runs: Path) -> str:
     out = ["## Ensembles", "",
            f"Rows: {', '.join(f'`{c}`' for c in commands)}. Table: `python "
            f"benchmarks/ensembles.py --summarise`. Fitted on: {'; '.join(machines)}. "
-           "Members are RELISH with package defaults but the backbone and random_state, "
+           "Members are RELISH with package defaults but the backbone and random_state "
+           "(`gemma-k2`: Gemma with 2 blocks under the head trained at lr 1e-4, the "
+           "configuration top_layers_select.py chose on the seed-0 hold-outs), "
            "each fitted on 90% of the seed's training "
            "split; the other 10% is the validation part that scores ensembles (never "
            "trained on). An ensemble is the mean of its members' predictions, as "
            "`VotingRegressor` computes it. Head fit seconds exclude featurization (states "
-           "cached first).", ""]
+           "cached first); with trained blocks they are the blocks' and the head's training.", ""]
     for corpus_name, seed, n_texts in sorted({(r["corpus"], r["seed"], r["n_texts"])
                                               for r in rows}, key=str):
         corpus, _, valid, test = parts(corpus_name, seed, n_texts)
@@ -160,7 +168,7 @@ def main(argv=None) -> int:
     parser.add_argument("--corpus", default="movies")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--members", nargs="*", default=["gemma:0", "gemma:1", "smollm2:0"],
-                        help=f"backbone:random_state, backbone one of {sorted(BACKBONES)}")
+                        help=f"alias:random_state, alias one of {sorted(MEMBERS)}")
     parser.add_argument("--n-texts", type=int, default=None,
                         help="a fixed subsample of the corpus (smoke runs); default: all")
     parser.add_argument("--runs", type=Path, default=RUNS, help=f"default: {RUNS.name}")
@@ -170,9 +178,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     for member in args.members:
         alias, _, random_state = member.partition(":")
-        if alias not in BACKBONES or not random_state.isdigit():
-            parser.error(f"member {member!r} is not backbone:random_state with backbone one "
-                         f"of {sorted(BACKBONES)}")
+        if alias not in MEMBERS or not random_state.isdigit():
+            parser.error(f"member {member!r} is not alias:random_state with alias one "
+                         f"of {sorted(MEMBERS)}")
     if args.summarise:
         section = summarise(args.runs)
         if args.no_write or args.runs != RUNS:
