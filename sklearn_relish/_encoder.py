@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn import config_context
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
@@ -85,8 +86,7 @@ trust_remote_code, backbone_kwargs, verbose
     >>> from sklearn.linear_model import RidgeCV
     >>> from sklearn.pipeline import make_pipeline
     >>> from sklearn_relish import LLMTextEncoder
-    >>> from sklearn_relish._backbones import MINILM
-    >>> probe = make_pipeline(LLMTextEncoder(MINILM), RidgeCV())
+    >>> probe = make_pipeline(LLMTextEncoder("embedded:all-MiniLM-L6-v2"), RidgeCV())
     >>> probe = probe.fit(["great", "awful", "fine", "terrible"], [3.0, -3.0, 1.0, -2.5])
     >>> probe.predict(["lovely"]).shape
     (1,)
@@ -140,6 +140,7 @@ trust_remote_code, backbone_kwargs, verbose
         tags.input_tags.two_d_array = False
         tags.input_tags.string = True
         tags.requires_fit = True
+        tags.transformer_tags.preserves_dtype = []  # float32 features, whatever the input
         return tags
 
     def _layer_list(self) -> list[int | float]:
@@ -165,8 +166,11 @@ trust_remote_code, backbone_kwargs, verbose
         self.fit_transform(X, y)
         return self
 
-    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
+    def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
         """Fit and return the features of ``X`` (the LLM runs once per distinct text).
+
+        It takes no fit parameters, as ``fit`` takes none: a ``sample_weight`` routed to it
+        by a Pipeline is refused rather than silently ignored.
 
         Returns
         -------
@@ -211,7 +215,8 @@ trust_remote_code, backbone_kwargs, verbose
                 f"features; got {features.shape[0]} texts with {features.shape[1]} features."
             )
         pca = PCA(self.n_components, random_state=self.random_state)
-        return pca, pca.fit_transform(features).astype(np.float32)
+        with config_context(transform_output="default"):  # see transform
+            return pca, pca.fit_transform(features).astype(np.float32)
 
     def transform(self, X: Any) -> np.ndarray:
         """Features of ``X``: pooled hidden states, PCA-reduced if ``n_components`` is set.
@@ -232,7 +237,11 @@ trust_remote_code, backbone_kwargs, verbose
         if hasattr(self, "pca_"):
             if not texts:  # PCA refuses 0 samples; no texts have no components either
                 return np.zeros((0, self.pca_.n_components_), np.float32)
-            features = self.pca_.transform(features).astype(np.float32)
+            # The PCA inside must return an array whatever set_config(transform_output=)
+            # says: a frame of its own (pca0.., index 0..n) overrode this encoder's
+            # set_output and lost the input's index, which ColumnTransformer then refused.
+            with config_context(transform_output="default"):
+                features = self.pca_.transform(features).astype(np.float32)
         return features
 
     def _fitted_pooling(self) -> str:

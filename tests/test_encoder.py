@@ -168,3 +168,37 @@ def test_transform_pools_one_chunk_of_texts_at_a_time(tiny_llama, monkeypatch):
     monkeypatch.setattr(_featurizer, "PREDICT_CHUNK", 20)
     np.testing.assert_array_equal(encoder.transform(texts), whole)
     assert sizes == [20, 20, 8] * 2  # per layer
+
+
+def test_pca_features_follow_the_encoders_output_setting_not_the_global_one(tiny_llama):
+    # Under set_config(transform_output="pandas") the PCA inside returned its own frame
+    # (pca0.., index 0..n): the encoder's set_output was overridden, the input's index
+    # lost, and ColumnTransformer refused to join it with the other columns.
+    from sklearn import config_context
+    from sklearn.compose import make_column_transformer
+    from sklearn.preprocessing import StandardScaler
+
+    frame = pd.DataFrame({"text": TEXTS, "number": np.arange(len(TEXTS), dtype=float)},
+                         index=np.arange(100, 100 + len(TEXTS)))
+    encoder = LLMTextEncoder(tiny_llama, n_components=3)
+    with config_context(transform_output="pandas"):
+        joined = make_column_transformer((encoder, "text"), (StandardScaler(), ["number"]))
+        out = joined.fit_transform(frame)
+        assert list(out.index) == list(frame.index)
+        assert [c.split("__")[-1] for c in out.columns] == ["pc0", "pc1", "pc2", "number"]
+        plain = clone(encoder).set_output(transform="default")
+        features = plain.fit_transform(frame["text"])
+        assert type(features) is np.ndarray and features.dtype == np.float32
+        assert type(plain.transform(frame["text"])) is np.ndarray
+
+
+def test_fit_transform_refuses_fit_parameters_as_fit_does(tiny_llama):
+    # A sample_weight routed to the encoder was silently ignored by fit_transform.
+    encoder = LLMTextEncoder(tiny_llama)
+    for method in (encoder.fit, encoder.fit_transform):
+        with pytest.raises(TypeError, match="sample_weight"):
+            method(TEXTS, None, sample_weight=np.ones(len(TEXTS)))
+
+
+def test_the_dtype_tag_says_features_are_float32_whatever_the_input():
+    assert LLMTextEncoder().__sklearn_tags__().transformer_tags.preserves_dtype == []
