@@ -101,20 +101,31 @@ def _rows(X: Any) -> tuple[list, int | None]:
     )
 
 
-class _RowNames:
+class RowNames:
     """How messages name row i: ``X[i]``, with the pandas index label where it is not i
     (``s[2]`` means a label to a pandas user, not a position). Formatted on demand only."""
 
-    def __init__(self, X: Any) -> None:
+    def __init__(self, X: Any, name: str = "X") -> None:
         index = getattr(X, "index", None) if _library(X) == "pandas" else None
         default = index is None or (type(index).__name__ == "RangeIndex"
                                     and index.start == 0 and index.step == 1)
         self.labels = None if default else index
+        self.name = name
+
+    def label(self, i: int) -> str | None:
+        """`` (index label L)`` where row i's label is not i, else None."""
+        if self.labels is None or self.labels[i] == i:
+            return None
+        label = self.labels[i]
+        # numpy 2 writes np.int64(15) as its repr; the user's index says 15.
+        return f" (index label {(label.item() if isinstance(label, np.generic) else label)!r})"
+
+    def place(self, index: tuple[int, ...]) -> str:
+        """``y[3, 1] (index label 'b')``: row and column positions, and the row's label."""
+        return f"{self.name}[{', '.join(str(j) for j in index)}]{self.label(index[0]) or ''}"
 
     def __getitem__(self, i: int) -> str:
-        if self.labels is None or self.labels[i] == i:
-            return f"X[{i}]"
-        return f"X[{i}] (index label {self.labels[i]!r})"
+        return self.place((i,))
 
 
 def check_texts(X: Any) -> tuple[list, str]:
@@ -131,7 +142,7 @@ def check_texts(X: Any) -> tuple[list, str]:
             "predict([text])."
         )
     rows, n_columns = _rows(X)
-    where = _RowNames(X)
+    where = RowNames(X)
     if n_columns == 1:
         rows, n_columns = [row[0] for row in rows], None
         if rows and isinstance(rows[0], tuple | list | np.ndarray):

@@ -13,14 +13,10 @@ import numpy as np
 import scipy.sparse
 from sklearn.utils import check_consistent_length, column_or_1d
 
-from ._inputs import is_missing
+from ._inputs import RowNames, is_missing
 
 
-def _where(index: tuple[int, ...]) -> str:
-    return "y[" + ", ".join(str(i) for i in index) + "]"
-
-
-def _as_floats(values: np.ndarray) -> np.ndarray:
+def _as_floats(values: np.ndarray, rows: RowNames) -> np.ndarray:
     """Entries that are not numbers already: converted one by one, each refusal named."""
     floats = np.empty(values.shape, dtype=np.float64)
     for index, value in np.ndenumerate(values):
@@ -31,18 +27,18 @@ def _as_floats(values: np.ndarray) -> np.ndarray:
         # upstream) and complex numbers (float() would silently drop the imaginary part).
         if isinstance(value, str | bytes | complex | np.complexfloating):
             raise ValueError(
-                f"y must be real numbers; {_where(index)} is a {type(value).__name__} "
+                f"y must be real numbers; {rows.place(index)} is a {type(value).__name__} "
                 f"({value!r:.50}). Convert y first, e.g. y.astype(float)."
             )
         try:
             floats[index] = float(value)
         except OverflowError:
             raise ValueError(
-                f"y must fit float64; {_where(index)} ({value!r:.50}) is too large for it."
+                f"y must fit float64; {rows.place(index)} ({value!r:.50}) is too large for it."
             ) from None
         except (TypeError, ValueError):
             raise ValueError(
-                f"y must be real numbers; {_where(index)} is a {type(value).__name__} "
+                f"y must be real numbers; {rows.place(index)} is a {type(value).__name__} "
                 f"({value!r:.50})."
             ) from None
     return floats
@@ -60,6 +56,7 @@ def check_target(y: Any, n_samples: int) -> np.ndarray:
         raise TypeError(
             f"y must be dense; got a sparse matrix of shape {y.shape}. Use y.toarray().")
     values = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+    rows = RowNames(y, "y")  # a pandas y's rows are named by their labels too, as X's are
     if values.dtype.kind in "US" and not hasattr(y, "dtype"):
         # A list mixing numbers and strings: numpy turned every entry into a string; keep
         # the entries as they were so the error below names the entry that really is one.
@@ -75,18 +72,18 @@ def check_target(y: Any, n_samples: int) -> np.ndarray:
         non_real = np.argwhere(values.imag != 0)
         index = tuple(int(i) for i in non_real[0]) if non_real.size else (0,) * values.ndim
         raise ValueError(
-            f"y must be real numbers; {_where(index)} is complex ({values[index]}). Pass "
+            f"y must be real numbers; {rows.place(index)} is complex ({values[index]}). Pass "
             "the real part explicitly if that is what you mean, e.g. y.real."
         )
     if values.dtype.kind not in "biuf":
-        values = _as_floats(values)
+        values = _as_floats(values, rows)
     values = values.astype(np.float64)
     bad = np.argwhere(~np.isfinite(values))
     if bad.size:
         first = tuple(int(i) for i in bad[0])
         raise ValueError(
             f"y contains {len(bad)} missing, NaN or infinite value(s), first at "
-            f"{_where(first)} ({values[first]}). Drop those rows before fitting."
+            f"{rows.place(first)} ({values[first]}). Drop those rows before fitting."
         )
     scale = target_scale(values) if values.size else np.zeros(1)
     if not np.all(np.isfinite(scale)):
@@ -157,6 +154,7 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
     weights = np.asarray(
         sample_weight.to_numpy() if hasattr(sample_weight, "to_numpy") else sample_weight
     )
+    rows = RowNames(sample_weight, "sample_weight")
     if weights.ndim == 0:
         weights = np.full(n_samples, weights)
     if weights.ndim != 1 or weights.dtype.kind not in "biuf":
@@ -170,7 +168,7 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
     if bad.size:
         raise ValueError(
-            f"sample_weight must be finite and non-negative; sample_weight[{bad[0]}] is "
+            f"sample_weight must be finite and non-negative; {rows[int(bad[0])]} is "
             f"{weights[bad[0]]}."
         )
     if not weights.max(initial=0.0) > 0:

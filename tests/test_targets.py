@@ -235,3 +235,21 @@ def test_weights_of_the_user_are_not_changed_and_series_work(tiny_llama):
     model = small_regressor(tiny_llama, max_epochs=1).fit(TEXTS, Y, sample_weight=weights)
     pd.testing.assert_series_equal(weights, before)
     assert model.predict(TEXTS[:2]).shape == (2,)
+
+
+def test_a_bad_entry_of_a_relabelled_series_is_named_by_its_label_too():
+    # y.iloc[0] is NaN, but for this Series y[0] is a valid 1.5 (label 0 is the last row):
+    # "first at y[0]" pointed a pandas user at the wrong row.
+    pd = pytest.importorskip("pandas")
+    y = pd.Series([float("nan"), 2.0, 1.5], index=[2, 1, 0])
+    with pytest.raises(ValueError, match=r"first at y\[0\] \(index label 2\) \(nan\)"):
+        check_target(y, 3)
+    weights = pd.Series([1.0, -1.0, 1.0], index=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"sample_weight\[1\] \(index label 'b'\) is -1.0"):
+        check_sample_weight(weights, 3)
+    # Plain positions stay as they were; numpy labels read as the user's index shows them.
+    with pytest.raises(ValueError, match=r"first at y\[0\] \(nan\)"):
+        check_target(np.array([float("nan"), 1.0]), 2)
+    labelled = pd.Series([1.0, float("inf")], index=np.array([7, 9], dtype=np.int64))
+    with pytest.raises(ValueError, match=r"y\[1\] \(index label 9\) \(inf\)"):
+        check_target(labelled, 2)
