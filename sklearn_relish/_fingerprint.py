@@ -29,7 +29,10 @@ import torch
 # formats in the folder are not what gets loaded, so they are not hashed.
 _WEIGHT_SUFFIXES = ((".safetensors",), (".bin", ".pt", ".pth", ".gguf"))
 # Config and tokenizer files (tokenizer.json, vocab.txt, merges.txt, tokenizer.model...).
-_OTHER_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
+_EARLIER_OTHER_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
+# ...and the tokenizer files of fastBPE (PhoBERT, BERTweet: bpe.codes), Marian
+# (source.spm, target.spm), ProphetNet (prophetnet.tokenizer) and older BPE vocabularies.
+_OTHER_SUFFIXES = (*_EARLIER_OTHER_SUFFIXES, ".codes", ".spm", ".tokenizer", ".bpe", ".vocab")
 # Files that never change a token state, each set what one rule of this package skipped
 # (earlier_fingerprints recomputes the older ones so models fitted under them still load).
 _EARLIER_SKIPPED = frozenset({"README.md", "README.txt", "LICENSE", "LICENSE.txt"})
@@ -54,7 +57,8 @@ PREFIX = "sha256:"  # new fingerprints; older pickles hold 16 hex digits (legacy
 
 def checkpoint_files(folder: str | os.PathLike, skipped: frozenset = _SKIPPED,
                      narrow: bool = True, code: bool = False,
-                     every_weight: bool = False) -> list[Path]:
+                     every_weight: bool = False,
+                     suffixes: tuple[str, ...] = _OTHER_SUFFIXES) -> list[Path]:
     """The files of a checkpoint folder that determine the backbone's output.
 
     With ``narrow``, only the weights transformers loads: ``model.safetensors`` (or
@@ -68,7 +72,7 @@ def checkpoint_files(folder: str | os.PathLike, skipped: frozenset = _SKIPPED,
     """
     files = [p for p in sorted(Path(folder).iterdir())
              if p.is_file() and p.name not in skipped and not p.name.startswith(".")]
-    chosen = [p for p in files if p.suffix in _OTHER_SUFFIXES or (code and p.suffix == ".py")]
+    chosen = [p for p in files if p.suffix in suffixes or (code and p.suffix == ".py")]
     if every_weight:
         return sorted(chosen + [p for p in files
                                 if any(p.suffix in group for group in _WEIGHT_SUFFIXES)])
@@ -77,6 +81,21 @@ def checkpoint_files(folder: str | os.PathLike, skipped: frozenset = _SKIPPED,
         if weights:
             return sorted(chosen + (_loaded_weights(weights, files) if narrow else weights))
     return chosen
+
+
+def file_stats(folder: Path | None, code: bool = False,
+               every_weight: bool = False) -> tuple | None:
+    """Size, times and inode of each file :func:`checkpoint_files` lists (None: no folder):
+    equal before and after a load only if no file was rewritten in between."""
+    if folder is None:
+        return None
+    try:
+        stats = [(p.name, p.stat()) for p in checkpoint_files(folder, code=code,
+                                                               every_weight=every_weight)]
+    except OSError:
+        return None
+    return tuple((name, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino)
+                 for name, s in stats)
 
 
 def _loaded_weights(weights: list[Path], files: list[Path]) -> list[Path]:
@@ -135,14 +154,22 @@ def file_digest(path: Path, memo: dict[str, Any]) -> str:
     key = str(path.resolve())
     identity = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
     seen = memo.get(key)
-    if seen and seen[:-1] == identity:  # entries of the older [size, mtime, sha] form miss
-        return seen[-1]
+    # Older entries ([size, mtime, sha], or without the check) miss and are recomputed.
+    if seen and seen[:-2] == identity and seen[-1] == _entry_check(key, seen[:-1]):
+        return seen[-2]
     sha = hashlib.sha256()
     with open(path, "rb") as stream:
         while chunk := stream.read(_CHUNK):
             sha.update(chunk)
-    memo[key] = [*identity, sha.hexdigest()]
-    return memo[key][-1]
+    entry = [*identity, sha.hexdigest()]
+    memo[key] = [*entry, _entry_check(key, entry)]
+    return sha.hexdigest()
+
+
+def _entry_check(key: str, entry: list) -> str:
+    """A checksum of a memo entry: a digest damaged on disk (one flipped hex digit parses
+    as well as the right one) is recomputed, not trusted as the file's."""
+    return hashlib.blake2b(json.dumps([key, *entry]).encode(), digest_size=8).hexdigest()
 
 
 def _config_digest(config: Any) -> Any:
@@ -153,23 +180,52 @@ def _config_digest(config: Any) -> Any:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
 
 
+class NoBaseFolder(LookupError):
+    """A PEFT adapter's base model has no local folder to fingerprint (hash the tensors)."""
+
+
 def checkpoint_fingerprint(folder: str | os.PathLike, config: Any, code: bool = False,
                            skipped: frozenset = _SKIPPED,
                            replaced: dict[str, str] | None = None, narrow: bool = True,
-                           every_weight: bool = False) -> str:
+                           every_weight: bool = False, suffixes: tuple = _OTHER_SUFFIXES,
+                           with_base: bool = True) -> str:
     """Fingerprint of the checkpoint in ``folder``: its files' digests and its config.
 
     ``code``: the backbone runs the folder's own modeling code (``trust_remote_code``).
-    ``every_weight``: see :func:`checkpoint_files`. ``skipped``, ``replaced`` (file name
-    -> digest to use instead of the file's) and ``narrow`` exist for
+    ``every_weight``: see :func:`checkpoint_files`. A PEFT adapter's folder holds only the
+    adapter; the base model it names is fingerprinted too (``with_base``), since new base
+    weights under the same adapter are another backbone. Raises :class:`NoBaseFolder`
+    where that base has no local folder. ``skipped``, ``replaced`` (file name -> digest to
+    use instead of the file's), ``narrow``, ``suffixes`` and ``with_base=False`` exist for
     :func:`earlier_fingerprints`.
     """
     digest = _config_digest(config)
-    files = checkpoint_files(folder, skipped, narrow, code, every_weight)
+    files = checkpoint_files(folder, skipped, narrow, code, every_weight, suffixes)
     for path, file_hash in zip(files, memoised_digests(files), strict=True):
         file_hash = (replaced or {}).get(path.name) or file_hash
         digest.update(f"{path.name}:{file_hash}".encode())
+    adapter = Path(folder) / "adapter_config.json"
+    if with_base and adapter.is_file():
+        base = _adapter_base(adapter)
+        digest.update(f"base:{checkpoint_fingerprint(base, config, code)}".encode())
     return PREFIX + digest.hexdigest()[:32]
+
+
+def _adapter_base(adapter_config: Path) -> Path:
+    """The local folder of the base model a PEFT adapter names (a path or a hub id)."""
+    from ._backbones import _checkpoint_folder
+
+    try:
+        settings = json.loads(adapter_config.read_text())
+        base = settings["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise NoBaseFolder(f"{adapter_config} names no base model") from error
+    if not isinstance(base, str) or not base:
+        raise NoBaseFolder(f"{adapter_config} names no base model")
+    folder = _checkpoint_folder(base, {"revision": settings.get("revision")})
+    if folder is None or folder.resolve() == adapter_config.parent.resolve():
+        raise NoBaseFolder(f"the base model {base!r} of {adapter_config} is not on disk")
+    return folder
 
 
 def memoised_digests(paths: list[Path]) -> list[str]:
@@ -189,8 +245,9 @@ def earlier_fingerprints(folder: str | os.PathLike, config: Any) -> set[str]:
     Rules that changed without the backbone changing: Trainer files and
     ``generation_config.json`` beside the weights were hashed, the embedded conversions
     wrote ``local_files_only`` as whatever HF_HUB_OFFLINE said, every weight file was
-    hashed (not only those loaded), and remote code was not. Computed only when a stored
-    fingerprint does not match.
+    hashed (not only those loaded), remote code was not, nor were the tokenizer files of
+    fastBPE, Marian and ProphetNet, nor a PEFT adapter's base model. Computed only when a
+    stored fingerprint does not match.
     """
     replacements: list[dict[str, str]] = [{}]
     tokenizer_config = Path(folder) / "tokenizer_config.json"
@@ -201,10 +258,12 @@ def earlier_fingerprints(folder: str | os.PathLike, config: Any) -> set[str]:
                 flipped = hashlib.sha256(text.replace(flag, other)).hexdigest()
                 replacements.append({tokenizer_config.name: flipped})
     return {checkpoint_fingerprint(folder, config, code=False, skipped=skipped,
-                                   replaced=replaced, narrow=narrow)
+                                   replaced=replaced, narrow=narrow, suffixes=suffixes,
+                                   with_base=False)
             for skipped in (_SKIPPED, _TRAINER_SKIPPED, _EARLIER_SKIPPED)
             for replaced in replacements
-            for narrow in (True, False)}
+            for narrow in (True, False)
+            for suffixes in {_OTHER_SUFFIXES, _EARLIER_OTHER_SUFFIXES}}
 
 
 def legacy_fingerprint(model: Any) -> str:

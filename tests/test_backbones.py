@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sklearn_relish import LLMTextEncoder, RelishTextRegressor, _backbones
+from sklearn_relish import LLMTextEncoder, RelishTextRegressor, _backbone_kwargs, _backbones
 from sklearn_relish._embedded import LEGACY_NAMES, MINILM, SMOLLM2
 from sklearn_relish._featurizer import TOKEN_BUDGET, LLMFeaturizer, plan_batches
 
@@ -400,6 +400,7 @@ def test_an_out_of_memory_load_is_not_blamed_on_backbone_kwargs(tiny_llama, monk
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", out_of_memory)
+    _backbones.clear_backbones()  # an earlier test's load of the same key would be reused
     with pytest.raises(torch.OutOfMemoryError):
         _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32,
                                  backbone_kwargs={"attn_implementation": "eager"})
@@ -407,7 +408,7 @@ def test_an_out_of_memory_load_is_not_blamed_on_backbone_kwargs(tiny_llama, monk
 
 def test_an_integer_device_map_is_left_to_a_non_cuda_accelerator(monkeypatch):
     # accelerate reads {"": 0} as XPU or NPU 0 on such machines: not "no CUDA".
-    monkeypatch.setattr(_backbones, "_other_accelerator", lambda: True)
+    monkeypatch.setattr(_backbone_kwargs, "_other_accelerator", lambda: True)
     _backbones._check_device_map({"": 0})
     with pytest.raises(ValueError, match="places weights on 'cuda:99'"):
         _backbones._check_device_map({"": "cuda:99"})
