@@ -47,9 +47,14 @@ def longest_first(lengths: Sequence[int]) -> list[int]:
 class BucketBatchSampler(Sampler[list[int]]):
     """Shuffled training batches of ``batch_size`` texts of similar length.
 
-    Each epoch: shuffle all texts, sort each pool of ``POOL_BATCHES * batch_size`` of
-    them by length, cut the pools into batches and shuffle the batches. Draws come from
+    Each epoch: shuffle all texts, sort each pool of about ``POOL_BATCHES * batch_size``
+    of them by length, cut the pools into batches and shuffle the batches. Draws come from
     torch's global generator, which ``fit`` seeds, so fits stay reproducible.
+
+    Pools and batches are cut into near-equal sizes (differing by at most one text).
+    Cutting ``batch_size`` at a time left the remainder as a short last batch, which in a
+    sorted pool always held its longest texts: the loss being a batch mean, those texts
+    weighed up to ``batch_size`` times more than the others, in every epoch.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
@@ -57,8 +62,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.batch_size = batch_size
 
     def _pools(self) -> list[int]:
-        n, size = len(self.lengths), self.batch_size * POOL_BATCHES
-        return [min(size, n - start) for start in range(0, n, size)]
+        return _near_equal(len(self.lengths), self.batch_size * POOL_BATCHES)
 
     def __len__(self) -> int:
         return sum(-(-pool // self.batch_size) for pool in self._pools())
@@ -69,10 +73,18 @@ class BucketBatchSampler(Sampler[list[int]]):
         for pool in self._pools():
             members = sorted(shuffled[start:start + pool], key=lambda i: self.lengths[i])
             start += pool
-            batches += [members[s:s + self.batch_size]
-                        for s in range(0, pool, self.batch_size)]
+            for size in _near_equal(pool, self.batch_size):
+                batches.append(members[:size])
+                members = members[size:]
         for b in torch.randperm(len(batches)).tolist():
             yield batches[b]
+
+
+def _near_equal(n: int, most: int) -> list[int]:
+    """Sizes of the fewest parts of at most ``most`` that ``n`` items split into, as equal
+    as they can be (the larger ones first)."""
+    parts = -(-n // most)
+    return [n // parts + (k < n % parts) for k in range(parts)]
 
 
 def inference_budget(hidden_size: int, batch_size: int, longest: int) -> int:

@@ -17,6 +17,21 @@ def test_each_epoch_yields_every_text_once_in_batches_of_at_most_batch_size(leng
     assert len(batches) == len(sampler)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert all(1 <= len(b) <= size for b in batches)
+    # Near-equal batches: a short remainder batch gave its texts (the pool's longest)
+    # several times the weight of the others in the batch-mean loss, every epoch.
+    assert max(map(len, batches)) - min(map(len, batches)) <= 1
+
+
+def test_no_text_is_kept_in_a_short_batch_epoch_after_epoch():
+    # 100 texts, 16 a batch: the 4 longest formed a batch of their own in every epoch.
+    torch.manual_seed(0)
+    lengths = [5] * 90 + [6, 7, 8, 9] + [4] * 6
+    sampler = BucketBatchSampler(lengths, 16)
+    weight = np.zeros(len(lengths))
+    for _ in range(20):
+        for batch in sampler:
+            weight[batch] += 1 / len(batch)
+    assert weight.max() / weight.min() < 1.1
 
 
 def test_buckets_cut_padding_and_stay_random_and_reproducible():
