@@ -41,8 +41,15 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
                                f"valid: {', '.join(sorted(valid))}")
         try:
             params[name] = ast.literal_eval(raw)  # numbers, True/False/None, lists
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError):  # TypeError: {[1]: 2}, unhashable
             params[name] = raw  # plain words: a backbone id, "cqr", "cpu"
+    try:
+        # Checked here, so a bad value is named as the --param it came from, not as a
+        # problem of the data file (which every error of fit() is prefixed with).
+        RelishTextRegressor(**params)._validate_params()
+    except (ValueError, TypeError) as error:
+        given = ", ".join(f"{name}={params[name]!r}" for name in params)
+        raise CommandError(f"--param ({given}): {error}") from None
     return params
 
 
@@ -71,6 +78,9 @@ def fit(args: argparse.Namespace) -> int:
     from . import RelishTextRegressor, save_model
 
     params = parse_params(args.param)
+    if len(set(args.target)) != len(args.target):
+        # A model of two copies of one target predicted one column under one name twice.
+        raise CommandError(f"--target names a column twice: {args.target}")
     names = [args.text] + ([args.text_pair] if args.text_pair else [])
     table = read_table(args.data, text_columns=names)
     texts = text_columns(table, names, args.data)
@@ -79,6 +89,10 @@ def fit(args: argparse.Namespace) -> int:
     weights = (_numeric(columns(table, [args.sample_weight], args.data, "sample-weight"),
                         args.data, "sample weight").iloc[:, 0]
                if args.sample_weight else None)
+    if weights is not None and (weights < 0).any():
+        row = int(np.flatnonzero(weights.to_numpy() < 0)[0])
+        raise CommandError(f"{args.data}: {row_label(args.data, row)}: sample weight "
+                           f"{args.sample_weight!r} is {weights.iat[row]}, below 0")
     # Before hours of fitting; --force never replaces the training data itself.
     output = refuse_to_overwrite(args.output, args.force, inputs=[args.data])
     params.setdefault("verbose", 0 if args.quiet else 1)

@@ -88,9 +88,31 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
             f"separator?); give every row one field per column")
     if kind == "parquet" and not _is_default_index(table.index):
         table = table.reset_index()  # the stored row ids stay in the written-back table
+    if kind in ("csv", "tsv"):
+        table.columns = _header(path, kind, len(table.columns))
     if table.empty:
         raise CommandError(f"{path}: the file has no rows")
     return table
+
+
+def _header(path: Path, kind: str, n_columns: int) -> list[str]:
+    """The header's names as written: pandas renames a repeated name ``x.1`` (a second
+    ``--target x`` column was then silently ignored) and a blank one ``Unnamed: 2``
+    (written back under that name). A repeated name is refused; a blank one, such as the
+    index column of ``DataFrame.to_csv()``, is kept blank."""
+    pandas = _pandas()
+    names = pandas.read_csv(path, sep="\t" if kind == "tsv" else ",", header=None, nrows=1,
+                            dtype=str, keep_default_na=False, quoting=_quoting(kind))
+    names = ["" if pandas.isna(name) else str(name) for name in names.iloc[0].tolist()]
+    if len(names) != n_columns:
+        raise CommandError(f"{path}: its header names {len(names)} columns, its rows hold "
+                           f"{n_columns}")
+    for k, name in enumerate(names):
+        if name in names[:k]:
+            what = f"column {name!r}" if name else "a column without a name"
+            raise CommandError(f"{path}: the header has {what} twice (columns "
+                               f"{names.index(name) + 1} and {k + 1}); name each column once")
+    return names
 
 
 def _quoting(kind: str) -> int:
@@ -187,6 +209,8 @@ def refuse_to_overwrite(path: str | os.PathLike, force: bool,
         if _same_file(path, Path(source)):
             raise CommandError(f"{path} is the command's input {source}; write elsewhere "
                                "(--force only replaces earlier outputs)")
+    if path.is_dir():  # found before the work, not by the final rename after it
+        raise CommandError(f"{path} is a folder; name a file to write")
     if os.path.lexists(path) and not force:
         raise CommandError(f"{path} exists; pass --force to replace it")
     if not path.parent.exists():
@@ -291,7 +315,7 @@ def row_error(error: Exception, path: str | os.PathLike) -> CommandError:
     import re
 
     message = str(error)
-    found = re.search(r"\b[Xy]\[(\d+)\]", message)
+    found = re.search(r"\b(?:X|y|sample_weight)\[(\d+)\]", message)
     if found:
         message = f"{row_label(path, int(found.group(1)))}: {message}"
     elif message.startswith("backbone"):  # the model's backbone, not the table

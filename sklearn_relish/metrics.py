@@ -89,7 +89,11 @@ def nrmse(y_true, y_pred) -> float:
 
 @_averaged
 def _r2(y_true, y_pred) -> float:
-    return float(r2_score(y_true, y_pred)) if y_true.size >= 2 else float("nan")
+    # A constant truth leaves R² undefined: NaN, as the correlations and NRMSE give there
+    # (scikit-learn's force_finite would report 0.0 beside three NaNs).
+    if y_true.size < 2 or not y_true.max() > y_true.min():
+        return float("nan")
+    return float(r2_score(y_true, y_pred))
 
 
 def regression_report(y_true, y_pred) -> dict[str, float]:

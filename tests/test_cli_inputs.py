@@ -1,0 +1,72 @@
+"""The command line's tables and arguments: what is ambiguous is refused before any work,
+and each refusal names what the user wrote (a column, a --param), not something else."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+from test_cli_commands import relish
+
+from sklearn_relish._cli_commands import parse_params
+from sklearn_relish._cli_tables import CommandError, read_table, refuse_to_overwrite
+
+
+@pytest.mark.parametrize("header, words", [
+    ("review,score,score", "column 'score' twice (columns 2 and 3)"),
+    (",review,", "a column without a name twice (columns 1 and 3)"),
+])
+def test_a_repeated_column_name_is_refused_not_renamed(tmp_path, header, words):
+    # pandas renamed the second 'score' to 'score.1': --target score trained on the first
+    # without a word about the other.
+    path = tmp_path / "dup.csv"
+    path.write_text(f"{header}\ngood,1,2\nbad,3,4\n")
+    with pytest.raises(CommandError, match=re.escape(words)):
+        read_table(path, verbatim=True)
+
+
+def test_a_blank_column_name_is_kept_blank(tmp_path):
+    # DataFrame.to_csv() writes its index under a blank name; pandas read it back as
+    # 'Unnamed: 0', which predict then wrote into the user's header.
+    path = tmp_path / "indexed.tsv"
+    path.write_text("\treview\n0\tgood\n1\tbad\n")
+    table = read_table(path, verbatim=True)
+    assert list(table.columns) == ["", "review"]
+    assert list(table["review"]) == ["good", "bad"]
+
+
+def test_bad_param_values_are_named_as_params():
+    # "train.csv: The 'lr' parameter ... must be a float" sent users to their data file.
+    for pair, name in [("lr=abc", "lr"), ("n_heads=0", "n_heads"),
+                       ("backbone_kwargs={[1]: 2}", "backbone_kwargs")]:
+        with pytest.raises(CommandError, match=rf"^--param \(.*{name}=.*\): .*'{name}'"):
+            parse_params([pair])
+    assert parse_params(["lr=0.01", "intervals=cv+"]) == {"lr": 0.01, "intervals": "cv+"}
+
+
+def test_an_output_that_is_a_folder_is_refused_before_the_work(tmp_path):
+    (tmp_path / "out").mkdir()
+    for force in (False, True):
+        with pytest.raises(CommandError, match="is a folder"):
+            refuse_to_overwrite(tmp_path / "out", force)
+
+
+def test_fit_refuses_a_repeated_target_and_names_a_negative_weights_column(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("review,score,w\ngood,1,1\nbad,-1,1\nfine,0.5,-2\n")
+    done = relish("fit", path, "--text", "review", "--target", "score", "--target", "score",
+                  "-o", tmp_path / "m.joblib")
+    assert done.returncode == 2 and "--target names a column twice" in done.stderr
+    done = relish("fit", path, "--text", "review", "--target", "score", "--sample-weight",
+                  "w", "-o", tmp_path / "m.joblib")
+    assert done.returncode == 2
+    assert "data row 3 (line 4): sample weight 'w' is -2, below 0" in done.stderr
+    assert not (tmp_path / "m.joblib").exists()
+
+
+def test_r2_of_a_constant_truth_is_nan_like_the_other_metrics():
+    from sklearn_relish.metrics import regression_report
+
+    report = regression_report([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    assert all(math.isnan(value) for value in report.values())
