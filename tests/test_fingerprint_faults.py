@@ -13,17 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TARGETS, TEXTS, build_tiny_llama, small_regressor
+from test_fingerprint import private_memo  # noqa: F401  (autouse: a memo and home per test)
 
 from sklearn_relish import _backbones, _fingerprint, clear_backbones, clear_cache
-
-
-@pytest.fixture(autouse=True)
-def private_memo(tmp_path, monkeypatch):
-    """Each test gets its own digest memo and conversion home."""
-    monkeypatch.setenv("SKLEARN_RELISH_HOME", str(tmp_path / "home"))
-    clear_backbones()
-    yield
-    clear_backbones()
 
 
 def fingerprint(folder, **backbone_kwargs) -> str:
