@@ -236,7 +236,9 @@ def _conversion_intact(folder: Path) -> bool:
     try:
         recorded = json.loads((folder / _MANIFEST).read_text())
     except FileNotFoundError:
-        _record_digests(folder, dict(zip(present, memoised_digests(
+        from ._files import write_record  # unwritable (a read-only shared home): unchecked
+
+        write_record(folder / _MANIFEST, dict(zip(present, memoised_digests(
             [folder / name for name in present]), strict=True)))
         return True
     except (OSError, ValueError):
@@ -245,19 +247,6 @@ def _conversion_intact(folder: Path) -> bool:
         return False  # a file added, deleted or renamed, or the record damaged
     return memoised_digests([folder / name for name in present]) == [
         recorded[name] for name in present]
-
-
-def _record_digests(folder: Path, digests: dict[str, str]) -> None:
-    from ._files import write_atomically
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as stream:
-            json.dump(digests, stream)
-
-    try:
-        write_atomically(folder / _MANIFEST, write, overwrite=True)
-    except OSError:
-        pass  # a read-only shared home: checked against nothing, as before the record
 
 
 def _conversion_complete(folder: Path) -> bool:

@@ -106,3 +106,19 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any],
         if os.path.exists(tmp):
             os.unlink(tmp)
     return given
+
+
+def write_record(path: Path, value: Any) -> None:
+    """Replace the JSON record ``path`` atomically; a record is only a cache of what can
+    be recomputed, so a read-only folder or a full disk costs recomputing it later."""
+    import json
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as stream:
+            json.dump(value, stream)
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, write, overwrite=True)
+    except OSError:
+        pass

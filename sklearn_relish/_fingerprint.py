@@ -129,18 +129,9 @@ def _read_memo() -> dict[str, Any]:
 
 
 def _write_memo(memo: dict[str, Any]) -> None:
-    from ._files import write_atomically
+    from ._files import write_record
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as stream:
-            json.dump(memo, stream)
-
-    path = _memo_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, write, overwrite=True)
-    except OSError:
-        pass  # a read-only home or a full disk only costs re-hashing next time
+    write_record(_memo_path(), memo)  # unwritable: only costs re-hashing next time
 
 
 def file_digest(path: Path, memo: dict[str, Any]) -> str:
