@@ -82,11 +82,12 @@ def publish(tmp: str | os.PathLike, path: Path, overwrite: bool) -> None:
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], Any],
                      overwrite: bool) -> Path:
-    """``write(tmp)`` into a new temporary file beside ``path``, then :func:`publish` it.
+    """``write(tmp)`` into a new temporary file beside ``path``, sync it, then :func:`publish` it.
 
-    A crash, a full disk or an interrupt leaves ``path`` as it was, and the temporary file
-    never outlives the call. An overwritten file keeps its permissions; a symlink keeps
-    pointing where it did, at the new contents. ``FileExistsError`` as :func:`publish` raises it.
+    A crash, a power cut, a full disk or an interrupt leaves ``path`` as it was, and the
+    temporary file never outlives the call. An overwritten file keeps its permissions; a
+    symlink keeps pointing where it did, at the new contents. ``FileExistsError`` as
+    :func:`publish` raises it.
     """
     given = Path(path)
     # Overwriting through a symlink (current.joblib -> v3.joblib) updates the file it
@@ -101,11 +102,34 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any],
         write(tmp)
         if overwrite and target.exists():  # a private (0600) file stays private
             os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+        # On disk before the rename: else a power cut can leave the new name on an empty
+        # or partial file (ext4 and XFS may commit the rename before the data).
+        sync_to_disk(tmp)
         publish(tmp, target, overwrite)
+        sync_to_disk(target.parent)  # the rename itself, where the system allows it
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return given
+
+
+def sync_to_disk(path: str | os.PathLike) -> None:
+    """``fsync`` a file or a folder. Folders cannot be opened on Windows and some network
+    file systems refuse ``fsync`` on them; the write itself has happened, so that is let be."""
+    folder = os.path.isdir(path)
+    try:
+        handle = os.open(path, os.O_RDONLY if folder else os.O_RDWR)
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(handle)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(handle)
 
 
 def write_record(path: Path, value: Any) -> None:

@@ -137,8 +137,6 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
             digest = _digest(stream, len(header), _signed_part(b"%d" % _FORMAT))
             stream.seek(0)
             stream.write(_header(digest.encode()))
-            stream.flush()
-            os.fsync(stream.fileno())
 
     try:
         write_atomically(path, write, overwrite)

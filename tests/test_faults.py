@@ -4,6 +4,8 @@ in test_cache.py, backbone fingerprints in test_backbones.py."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +212,42 @@ def test_overwriting_a_symlink_updates_the_file_it_points_to(tmp_path):
     with pytest.raises(FileExistsError):  # without overwrite the link is an existing file
         write_atomically(link, lambda tmp: Path(tmp).write_text("newer"), overwrite=False)
     assert target.read_text() == "new"
+
+
+def test_a_failed_sync_keeps_the_old_file(tmp_path, monkeypatch):
+    # The data reached the disk only when the system got round to it: after a power cut
+    # the renamed file (CLI predictions) could be empty. Nothing is published until it is
+    # synced, and a sync that fails (a full disk reported late, a lost NFS server) is an error.
+    import errno
+
+    from sklearn_relish._files import write_atomically
+
+    path = tmp_path / "predictions.csv"
+    path.write_text("old")
+
+    def fail(handle):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="Input/output"):
+        write_atomically(path, lambda tmp: Path(tmp).write_text("new"), overwrite=True)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_folder_that_cannot_be_synced_does_not_fail_the_write(tmp_path, monkeypatch):
+    # Some network file systems refuse fsync on a folder; the file itself is on disk.
+    from sklearn_relish._files import write_atomically
+
+    real_fsync, synced = os.fsync, []
+
+    def files_only(handle):
+        if stat.S_ISDIR(os.fstat(handle).st_mode):
+            raise OSError("fsync of a folder refused")
+        synced.append(handle)
+        real_fsync(handle)
+
+    monkeypatch.setattr(os, "fsync", files_only)
+    path = tmp_path / "model.joblib"
+    write_atomically(path, lambda tmp: Path(tmp).write_text("new"), overwrite=False)
+    assert path.read_text() == "new" and len(synced) == 1
