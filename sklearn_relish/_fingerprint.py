@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,13 +135,19 @@ def _write_memo(memo: dict[str, Any]) -> None:
     write_record(_memo_path(), memo)  # unwritable: only costs re-hashing next time
 
 
+_RACY_NS = 3 * 10**9  # the coarsest file timestamps (FAT: 2 s), with a margin
+_now_ns = time.time_ns  # the clock, replaceable in tests
+
+
 def file_digest(path: Path, memo: dict[str, Any]) -> str:
     """SHA-256 of a file, reused from ``memo`` while its stat is unchanged.
 
     Size and mtime alone are not enough: ``cp -p``, ``rsync -a``, ``tar x`` and fixed build
     timestamps put the old mtime on new weights of the same size. The inode, device and
-    ctime (which no tool can set back) change whenever the file is rewritten or replaced.
+    ctime (which no tool can set back) change whenever the file is rewritten or replaced,
+    but only by a timestamp tick: a file changed in the last few seconds is not memoised.
     """
+    started = _now_ns()
     stat = path.stat()
     key = str(path.resolve())
     identity = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
@@ -153,7 +160,11 @@ def file_digest(path: Path, memo: dict[str, Any]) -> str:
         while chunk := stream.read(_CHUNK):
             sha.update(chunk)
     entry = [*identity, sha.hexdigest()]
-    memo[key] = [*entry, _entry_check(key, entry)]
+    # "Racily clean", as git calls it: a file changed within a timestamp tick of this stat
+    # (2 s on FAT, 1 s on ext3 and HFS+) could be rewritten at the same size within the same
+    # tick, and the memo could not tell. Its digest is memoised once it is older than that.
+    if max(stat.st_mtime_ns, stat.st_ctime_ns) < started - _RACY_NS:
+        memo[key] = [*entry, _entry_check(key, entry)]
     return sha.hexdigest()
 
 

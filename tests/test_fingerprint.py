@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 
 import joblib
@@ -20,8 +21,10 @@ from sklearn_relish import BackboneMismatchError, _backbones, _fingerprint, clea
 
 @pytest.fixture(autouse=True)
 def private_memo(tmp_path, monkeypatch):
-    """Each test gets its own digest memo, so no test reads another's."""
+    """Each test gets its own digest memo, so no test reads another's; the files a test
+    has just written are memoised as if it loaded them an hour later."""
     monkeypatch.setenv("SKLEARN_RELISH_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(_fingerprint, "_now_ns", lambda: time.time_ns() + 3600 * 10**9)
     clear_backbones()
     yield
     clear_backbones()

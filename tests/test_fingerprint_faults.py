@@ -7,6 +7,7 @@ served under a new fingerprint, a damaged conversion served as the embedded back
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -153,3 +154,24 @@ def test_the_digest_record_leaves_the_fingerprint_as_it_was(tmp_path):
     assert (folder / _MANIFEST).is_file()
     clear_backbones()
     assert fingerprint(folder) == before
+
+
+def test_a_file_rewritten_within_a_timestamp_tick_is_not_served_from_the_memo(
+        tmp_path, monkeypatch):
+    # On a file system with 1-2 s timestamps, a same-size rewrite in place within the tick
+    # of the hash left size, mtime, ctime and inode as memoised: the old digest was served.
+    # Simulated by pinning the file's stat; only the clock says the file is fresh.
+    folder = Path(build_tiny_llama(tmp_path / "a"))
+    weights = folder / "model.safetensors"
+    frozen = weights.stat()
+    monkeypatch.setattr(_fingerprint, "_now_ns", lambda: frozen.st_ctime_ns + 10**9)
+    before = fingerprint(folder)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # the last byte of a weight: the same size
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(frozen.st_atime_ns, frozen.st_mtime_ns))
+    real_stat = Path.stat
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: frozen if self == weights
+                        else real_stat(self, **kw))
+    clear_backbones()
+    assert fingerprint(folder) != before
