@@ -98,7 +98,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         Most passes over the training data.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the training data, stop after ``patience``
-        epochs without improvement of its loss and restore the best epoch's weights.
+        epochs without improvement of its loss (by more than 0.01%, skorch's threshold)
+        and restore the weights of the last epoch that improved it.
         Under cross-validation the hold-out comes from each training fold only.
     validation_fraction : float, default=0.1
         Share of the training data held out for early stopping.
@@ -111,7 +112,9 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         trained one still run once per text) and float32 copies of the k blocks train
         with the head; the backbone itself is never changed, and a pickle holds the
         copies' weights but no frozen ones. Decoder LLMs (Llama, Qwen, Gemma, ...) and
-        BERT-like encoders are checked to be supported on the first fit.
+        BERT-like encoders are checked to be supported on the first fit. The trained
+        blocks keep the backbone's own dropout (0.1 in BERT-like encoders, none in most
+        decoder LLMs); ``dropout`` is the head's.
     top_layers_lr : float, default=5e-5
         AdamW learning rate of the trained blocks (the head keeps ``lr``).
     intervals : {"split", "cqr", "cv", "cv+"}, default="split"
