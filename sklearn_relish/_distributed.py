@@ -9,6 +9,7 @@ compiled wheel per platform (measured with ``pip download --no-deps``, 2026-11).
 from __future__ import annotations
 
 import os
+from concurrent.futures import CancelledError
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,10 @@ def _fill(featurizer, texts: list, kind: str, verify: bool = False) -> dict[str,
     # the process-wide registry, so each worker process reads it from disk once.
     with large_tensors_on_the_heap():
         return {"texts": len(texts), "computed": featurizer.fill_store(texts, kind, verify)}
+
+
+def _check_writable(store_dir: str) -> None:
+    TokenStateStore(store_dir).check_writable()
 
 
 def featurize_to_store(
@@ -106,6 +111,8 @@ def featurize_to_store(
             f"featurize_to_store got parameters that do not affect featurization: {unknown}; "
             f"it takes {sorted(_FEATURIZATION_PARAMS)}."
         )
+    if client is not None and not all(hasattr(client, name) for name in ("scatter", "submit")):
+        raise TypeError(f"client must be a distributed.Client or None, got {client!r}.")
     store_dir = store_folder(store_dir, "store_dir")  # one folder on every worker
     # The estimator's own defaults and validation, so the keys match a later fit exactly.
     estimator = RelishTextRegressor(**params, cache=True, cache_dir=store_dir)
@@ -113,7 +120,10 @@ def featurize_to_store(
     texts, kind = check_texts(X)
     check_prompt(estimator.prompt, kind)
     try:  # fail here, clearly, rather than on every worker after its first chunk
-        TokenStateStore(store_dir).check_writable()
+        if client is None:
+            TokenStateStore(store_dir).check_writable()
+        else:  # the workers' view of the folder, which the client may not share
+            client.submit(_check_writable, store_dir, pure=False).result()
     except StoreUnavailable as error:
         raise ValueError(f"store_dir={store_dir!r} cannot be used: {error}") from error
 
@@ -138,31 +148,57 @@ def _run_on_cluster(client, featurizer, chunks: list[list], kind: str,
     # ``admin.low-level-log-length``), so chunks sent as task arguments stayed alive on
     # the client and scheduler, about 0.3 MB per 1,000 texts. Scattered data goes by RPC
     # and is freed with its future.
-    [shared_featurizer] = client.scatter([featurizer], broadcast=True, hash=False)
-    scattered = {}  # task key -> its chunk's future, released when the task is done
+    shared = {}  # the featurizer's future: on every worker, sent again if all were lost
+    in_flight = {}  # task key -> (chunk index, the chunk's scattered future, the task)
+    resent = [0] * len(chunks)
 
-    def submit(chunk: list):
-        [texts] = client.scatter([chunk], hash=False)
-        task = client.submit(_fill, shared_featurizer, texts, kind, verify, pure=False)
-        scattered[task.key] = texts
+    def submit(index: int):
+        if shared.get("featurizer") is None or shared["featurizer"].status != "finished":
+            [shared["featurizer"]] = client.scatter([featurizer], broadcast=True, hash=False)
+        [texts] = client.scatter([chunks[index]], hash=False)
+        task = client.submit(_fill, shared["featurizer"], texts, kind, verify, pure=False)
+        in_flight[task.key] = (index, texts, task)
         return task
 
-    remaining = iter(chunks)
+    upcoming = iter(range(len(chunks)))
     pending = as_completed()
     computed = 0
-    for chunk in remaining:
-        pending.add(submit(chunk))
-        if pending.count() >= max_in_flight:
-            break
-    for future in pending:
-        computed += future.result()["computed"]
-        scattered.pop(future.key).release()
-        future.release()
-        chunk = next(remaining, None)
-        if chunk is not None:
-            pending.add(submit(chunk))
-    shared_featurizer.release()
+    try:
+        for index in upcoming:
+            pending.add(submit(index))
+            if pending.count() >= max_in_flight:
+                break
+        for future in pending:
+            index, texts, _ = in_flight.pop(future.key)
+            texts.release()
+            try:
+                computed += future.result()["computed"]  # a task's own error is raised here
+            except CancelledError:
+                # A scattered chunk lives on one worker only: when that worker dies (out of
+                # memory, preempted) the chunk is gone and distributed cancels the task
+                # ("lost dependencies") instead of retrying it. The client still has the
+                # texts: send them again.
+                if resent[index] == _RESENDS:
+                    raise
+                resent[index] += 1
+                pending.add(submit(index))
+                continue
+            finally:
+                future.release()
+            index = next(upcoming, None)
+            if index is not None:
+                pending.add(submit(index))
+    finally:  # on an error, no task goes on writing after this call has returned
+        if in_flight:
+            client.cancel([task for _, _, task in in_flight.values()])
+        for _, texts, _ in in_flight.values():
+            texts.release()
+        if "featurizer" in shared:
+            shared["featurizer"].release()
     return computed
+
+
+_RESENDS = 3  # times one chunk is sent again after the worker holding it was lost
 
 
 _FEATURIZATION_PARAMS = {

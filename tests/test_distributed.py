@@ -207,3 +207,61 @@ def test_numpy_counts_are_taken(tiny_llama, tmp_path):
                                 chunk_size=np.int64(2), max_in_flight=np.int32(1),
                                 verify=np.bool_(True))
     assert counts == {"texts": 5, "distinct": 5, "computed": 5}
+
+
+def test_a_chunk_lost_with_its_worker_is_sent_again(tiny_llama, tmp_path, monkeypatch):
+    # A scattered chunk lived on one worker only: when that worker died (out of memory,
+    # preempted), distributed cancelled its task and the whole run failed with
+    # "FutureCancelledError ... already forgotten", a chunk's work lost for every other.
+    import os
+
+    from sklearn_relish import RelishTextRegressor
+
+    marker = str(tmp_path / "died")
+
+    class DiesOnce:  # defined here, so it travels to the workers by value
+        def __init__(self, inner):
+            self.inner = inner
+
+        def fill_store(self, texts, kind, verify):
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)  # the worker process dies mid-task, as under the OOM killer
+            return self.inner.fill_store(texts, kind, verify)
+
+    to_train_on = RelishTextRegressor._featurizer_to_train_on
+    monkeypatch.setattr(RelishTextRegressor, "_featurizer_to_train_on",
+                        lambda self: DiesOnce(to_train_on(self)))
+    store = tmp_path / "store"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster:
+        with distributed.Client(cluster) as own_client:
+            counts = featurize_to_store(TEXTS, store, client=own_client, chunk_size=4,
+                                        max_in_flight=1, backbone=tiny_llama)
+    assert os.path.exists(marker)  # a worker did die
+    assert counts == {"texts": len(TEXTS), "distinct": len(TEXTS), "computed": len(TEXTS)}
+    assert len(TokenStateStore(store)) == len(TEXTS)
+
+
+def test_a_client_that_is_not_one_is_refused_before_the_store_is_made(tiny_llama, tmp_path):
+    with pytest.raises(TypeError, match="client must be a distributed.Client"):
+        featurize_to_store(TEXTS, tmp_path / "store", client="scheduler:8786",
+                           backbone=tiny_llama)
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_store_is_checked_where_the_workers_write(client, tiny_llama, tmp_path,
+                                                      monkeypatch):
+    # Checked in the client's process, a folder only the workers could see (/shared on a
+    # laptop driving a cluster) was refused, and one the client could create was left
+    # behind on the client's machine, empty. The check runs on a worker now.
+    def not_here(self):
+        raise AssertionError("the store was opened in the client's process")
+
+    monkeypatch.setattr(TokenStateStore, "check_writable", not_here)  # here only, not on workers
+    counts = featurize_to_store(TEXTS[:4], tmp_path, client=client, backbone=tiny_llama)
+    assert counts["distinct"] == 4
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="cannot be used"):  # the worker's refusal, clearly
+        featurize_to_store(TEXTS, blocker, client=client, backbone=tiny_llama)
