@@ -33,7 +33,7 @@ from ._early_exit import hidden_states_at
 from ._embedded import rename_legacy_backbone, transformers_version_hint
 from ._fingerprint import PREFIX, earlier_fingerprints, legacy_fingerprint
 from ._inputs import PAIR, PAIR_MARK, check_layer, format_texts
-from ._store import StoreUnavailable, TokenStateStore, warn_once
+from ._store import StoreUnavailable, TokenStateStore, handed_over, warn_once
 
 # transformers' log level is process-wide: one lock for everyone who lowers it for a moment.
 _LOG_LEVEL_LOCK = threading.Lock()
@@ -331,7 +331,7 @@ class LLMFeaturizer:
             # to do: a complete chunk neither fails nor waits behind other workers' commits.
             store.check_writable()
             computed = self._forward(list(todo.values()), layer, max_length)
-            store.put_many(zip(todo, computed, strict=True))
+            store.put_many(handed_over(list(todo), computed))
         return len(todo)
 
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[bool]]:
@@ -447,3 +447,4 @@ def _ids_only(encoding) -> dict[str, list[list[int]]]:
     # The attention mask is rebuilt by padding; segment ids matter to BERT-like models.
     return {name: list(encoding[name]) for name in ("input_ids", "token_type_ids")
             if name in encoding}
+

@@ -23,6 +23,7 @@ Lustre or GPFS; not every NFS mount qualifies).
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import struct
@@ -235,15 +236,28 @@ class TokenStateStore:
         return [key for key in keys if key not in present]
 
     def put_many(self, entries: Iterable[tuple[str, CachedStates]]) -> int:
-        """Write entries in one transaction (replacing damaged rows); returns how many."""
-        rows = [_encode(key, entry) for key, entry in entries]
-        if not rows:
-            return 0
+        """Write entries in one transaction (replacing damaged rows); returns how many.
+
+        Each entry is encoded as SQLite takes it, so a caller that hands its states over
+        one at a time never holds them and their encoded copies all at once.
+        """
+        entries = iter(entries)
+        first = next(entries, None)
+        if first is None:
+            return 0  # no transaction, so no wait for the write lock
+        written = 0
+
+        def rows():
+            nonlocal written
+            for key, entry in itertools.chain([first], entries):
+                written += 1
+                yield _encode(key, entry)
+
         connection = self._connect()
         try:
             connection.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlock
             connection.executemany(
-                f"INSERT OR REPLACE INTO states ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                f"INSERT OR REPLACE INTO states ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows())
             connection.execute("COMMIT")
         except sqlite3.Error as error:
             if connection.in_transaction:
@@ -254,7 +268,17 @@ class TokenStateStore:
             raise StoreUnavailable(f"cannot write {self.path}: {error}") from error
         finally:
             connection.close()
-        return len(rows)
+        return written
+
+
+def handed_over(keys: list[str], computed: list[CachedStates]):
+    """``(key, states)`` pairs for :meth:`TokenStateStore.put_many`, each dropped from
+    ``computed`` as it is handed over: a chunk of 1,000 long texts of an 8B backbone is
+    about 4 GB of states, which were held whole beside their encoded copies (8 GB more)
+    until the transaction ended."""
+    computed.reverse()  # popped from the end, handed over in order
+    for key in keys:
+        yield key, computed.pop()
 
 
 def _encode(key: str, entry: CachedStates) -> tuple:
@@ -273,6 +297,12 @@ def _encode(key: str, entry: CachedStates) -> tuple:
 def _intact(key: str, n_tokens: int, dim: int, flags: int, checksum: int,
             payload: bytes) -> bool:
     """Whether a row has its length and checksum (written whole, unchanged, under its key)."""
+    # SQLite keeps text in an INTEGER column as text: a row merged in by hand or damaged
+    # must be a miss, not a TypeError in the middle of a fit.
+    if not all(type(value) is int for value in (n_tokens, dim, flags, checksum)):
+        return False
+    if n_tokens < 0 or dim < 0:
+        return False
     truncated, bfloat16 = bool(flags & 1), bool(flags & _BFLOAT16)
     if flags & ~_KNOWN_FLAGS:
         return False  # a later format's row: recomputed, not misread

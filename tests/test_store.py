@@ -90,6 +90,32 @@ def test_missing_with_verify_counts_a_damaged_row_as_missing(tmp_path):
     assert store.missing(["a", "b", "c"], verify=True) == ["b", "c"]
 
 
+
+def test_a_row_with_text_in_a_number_column_is_a_miss_not_a_crash(tiny_llama, tmp_path):
+    # SQLite keeps text in an INTEGER column as text: a row merged in by hand or damaged
+    # made every read of it, and so the fit, fail with a TypeError from a bit operation.
+    LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(["good"], "single")
+    with sqlite3.connect(tmp_path / FILENAME) as connection:
+        connection.execute("UPDATE states SET truncated = 'garbled'")
+    store = TokenStateStore(tmp_path)
+    (key,) = [row[0] for row in sqlite3.connect(tmp_path / FILENAME).execute(
+        "SELECT key FROM states")]
+    assert store.get_many([key]) == {} and store.missing([key], verify=True) == [key]
+    clear_cache()
+    states = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(["good"], "single")
+    assert cache_info()["llm_texts"] == 1 and states[0].shape[0] > 0  # recomputed
+
+
+def test_states_handed_over_are_written_in_order_and_released(tmp_path):
+    from sklearn_relish._store import handed_over
+
+    computed = [entry_for(i) for i in range(5)]
+    assert TokenStateStore(tmp_path).put_many(handed_over(list("abcde"), computed)) == 5
+    assert computed == []  # the caller's list no longer holds the states
+    got = TokenStateStore(tmp_path).get_many("abcde")
+    assert all(torch.equal(got[k].states, entry_for(i).states) for i, k in enumerate("abcde"))
+    assert TokenStateStore(tmp_path).put_many(iter([])) == 0
+
 def test_states_filed_under_another_key_are_not_served(tmp_path):
     store = TokenStateStore(tmp_path)
     store.put_many([("a", entry_for(1)), ("b", entry_for(2)), ("c", entry_for(3))])
