@@ -75,6 +75,10 @@ def hidden_states_at(loaded: LoadedBackbone, inputs: dict, layer: int) -> torch.
     # (train_top_layers over every block of MiniLM reads it).
     hidden = (_early_exit(blocks[layer - 1], loaded, inputs) if layer
               else _early_exit(blocks[0], loaded, inputs, before=True))
+    if hidden is not None:
+        # Sharded by device_map, the block may sit on another GPU; the full pass returns
+        # its hidden states on the input's device (accelerate's io_same_device): so here too.
+        hidden = hidden.to(next(iter(inputs.values())).device)
     if verdict is None:
         reference = _full_pass(loaded, inputs, layer)
         agrees = (hidden is not None and hidden.shape == reference.shape

@@ -113,3 +113,31 @@ def test_a_block_the_forward_pass_never_runs_falls_back(tiny_llama, monkeypatch)
     expected = full_pass_states(featurizer, TEXTS, 1)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_block_on_another_device_than_the_input_still_exits_early(tiny_llama):
+    # Sharded with device_map="auto", the middle block runs on cuda:1 while the full pass
+    # returns hidden states on the input's device: the early exit's states stayed on
+    # cuda:1, and the check against the full pass failed ("Expected all tensors to be on
+    # the same device") in every fit. Here a CPU model's block hands its output to CUDA.
+    featurizer = LLMFeaturizer(tiny_llama, layer=1, cache=False, device="cpu")
+    moved = []
+
+    def to_cuda_once(module, args, output):
+        if moved:
+            return None
+        moved.append(True)
+        if isinstance(output, tuple):
+            return (output[0].to("cuda"), *output[1:])
+        return output.to("cuda")
+
+    handle = blocks_of(featurizer)[0].register_forward_hook(to_cuda_once)
+    try:
+        got = featurizer.transform(TEXTS, "single")
+    finally:
+        handle.remove()
+    assert moved and featurizer.loaded.early_exit_ok[1] is True
+    for a, b in zip(got, full_pass_states(featurizer, TEXTS, 1), strict=True):
+        assert a.device.type == "cpu"
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
