@@ -360,17 +360,35 @@ def resolve_backbone(name: str) -> str:
     return str(folder)
 
 
-def transformers_version_hint(fitted_with: str | None) -> str:
+def transformers_version_hint(fitted_with: str | None, backbone: str,
+                              folder: str | None) -> str:
     """A sentence for a refused backbone when the model was fitted under another transformers.
 
-    An embedded backbone is converted from its GGUF by the installed transformers, which
-    writes its version (and may change its conversion) into the files.
+    An embedded backbone is converted from its GGUF by the transformers that first loads
+    it, which writes its version (and may change its conversion) into the files; the
+    conversion is then reused whatever transformers is installed later, so installing the
+    fitting version is not enough: the conversion must be made again.
     """
     import transformers
 
-    if fitted_with in (None, transformers.__version__):
+    installed = transformers.__version__
+    if fitted_with is None:
+        return ""
+    converted_by = None
+    if EMBEDDED.get(backbone) is not None and EMBEDDED[backbone].gguf_file and folder:
+        try:
+            converted_by = json.loads((Path(folder) / "config.json").read_text()).get(
+                "transformers_version")
+        except (OSError, ValueError, AttributeError):
+            converted_by = None
+    if converted_by is not None and converted_by != fitted_with:
+        install = "" if installed == fitted_with else f"install transformers=={fitted_with}, "
+        return (f" The model was fitted with transformers {fitted_with}; the embedded "
+                f"backbone here was converted from its GGUF by transformers {converted_by} "
+                f"(in {folder}), and conversions by other versions can differ in their "
+                f"files. To load the model, {install}remove {folder}: the next load "
+                f"converts it again.")
+    if fitted_with == installed:
         return ""
     return (f" The model was fitted with transformers {fitted_with} and this environment "
-            f"has {transformers.__version__}: an embedded backbone converted by another "
-            f"version differs in its files; with transformers=={fitted_with} installed it "
-            "loads.")
+            f"has {installed}.")

@@ -136,7 +136,8 @@ class LLMFeaturizer:
                     f"{loaded.fingerprint}) is not the one this model was trained on "
                     f"(fingerprint {self.fingerprint}); its predictions would be meaningless. "
                     "Install the original backbone, or refit on this one."
-                    + transformers_version_hint(self.transformers_version)
+                    + transformers_version_hint(self.transformers_version, self.backbone,
+                                                loaded.folder)
                 )
             if self.fingerprint is None:
                 import transformers

@@ -154,6 +154,31 @@ def test_a_refusal_names_the_transformers_version_the_model_was_fitted_with(tmp_
         restored.predict(PROBE)
 
 
+
+def test_a_refused_embedded_backbone_names_the_conversion_to_remove(tmp_path):
+    # The advice was "with transformers==X installed it loads", but the conversion made
+    # by another version is reused whatever is installed: it has to be made again.
+    import json
+
+    import transformers
+
+    from sklearn_relish._embedded import transformers_version_hint
+
+    folder = tmp_path / "SmolLM2-converted"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"transformers_version": "4.40.0"}))
+    name, installed = "embedded:SmolLM2-135M-Instruct-Q4_1", transformers.__version__
+    hint = transformers_version_hint("4.99.0", name, str(folder))
+    assert "converted from its GGUF by transformers 4.40.0" in hint
+    assert "install transformers==4.99.0, remove " + str(folder) in hint
+    same = transformers_version_hint(installed, name, str(folder))
+    assert "install" not in same and "remove " + str(folder) in same
+    # A conversion by the fitting version: not the cause, and not named.
+    (folder / "config.json").write_text(json.dumps({"transformers_version": "4.99.0"}))
+    assert "remove" not in transformers_version_hint("4.99.0", name, str(folder))
+    # A backbone of the user's own: its files do not depend on transformers.
+    assert "remove" not in transformers_version_hint("4.40.0", str(folder), str(folder))
+
 def test_identical_backbone_rebuilt_is_accepted(tmp_path):
     restored, expected = _fit_dump_rebuild(tmp_path / "A", seed_after=0)
     np.testing.assert_allclose(restored.predict(PROBE), expected, rtol=0, atol=1e-6)
