@@ -73,9 +73,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         for pool in self._pools():
             members = sorted(shuffled[start:start + pool], key=lambda i: self.lengths[i])
             start += pool
-            for size in _near_equal(pool, self.batch_size):
-                batches.append(members[:size])
-                members = members[size:]
+            sizes = _near_equal(pool, self.batch_size)
+            # In a random order: the smaller batches (one text fewer) would otherwise
+            # always hold the pool's longest texts, a little more weight in every epoch.
+            for k in torch.randperm(len(sizes)).tolist():
+                batches.append(members[:sizes[k]])
+                members = members[sizes[k]:]
         for b in torch.randperm(len(batches)).tolist():
             yield batches[b]
 

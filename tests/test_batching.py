@@ -34,6 +34,19 @@ def test_no_text_is_kept_in_a_short_batch_epoch_after_epoch():
     assert weight.max() / weight.min() < 1.1
 
 
+
+def test_the_smaller_batches_do_not_always_hold_the_longest_texts():
+    # 9 texts, 8 a batch: batches of 5 and 4, and the 4 were always the longest texts,
+    # so each of them weighed 1/4 of a step against 1/5 for the shortest, every epoch.
+    torch.manual_seed(0)
+    sampler = BucketBatchSampler(list(range(9)), 8)
+    sizes_of_longest = set()
+    for _ in range(50):
+        for batch in sampler:
+            if 8 in batch:
+                sizes_of_longest.add(len(batch))
+    assert sizes_of_longest == {4, 5}
+
 def test_buckets_cut_padding_and_stay_random_and_reproducible():
     rng = np.random.RandomState(0)
     lengths = rng.lognormal(3, 0.6, 2000).astype(int) + 1
