@@ -50,7 +50,8 @@ class LLMTextEncoder(TransformerMixin, LLMParamsMixin, PickleFormatMixin, BaseEs
         :class:`RelishTextRegressor`.
     layer : int, float or list of them, default=0.5
         Hidden states to read, as in :class:`RelishTextRegressor`; a list concatenates
-        the pooled features of several layers.
+        the pooled features of several layers (one pass of the LLM per layer, each only as
+        deep as its layer, and each layer's states cached on their own).
     pooling : {"mean", "last", "mean+last"}, default="mean"
         Mean over a text's tokens, its last token (what decoder LLMs summarise into), or
         both side by side.
@@ -167,7 +168,8 @@ trust_remote_code, backbone_kwargs, verbose
         return self
 
     def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
-        """Fit and return the features of ``X`` (the LLM runs once per distinct text).
+        """Fit and return the features of ``X`` (the LLM runs once per distinct text and
+        layer, each pass only as deep as its layer).
 
         It takes no fit parameters, as ``fit`` takes none: a ``sample_weight`` routed to it
         by a Pipeline is refused rather than silently ignored.
