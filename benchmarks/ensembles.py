@@ -132,6 +132,7 @@ def summarise(runs: Path) -> str:
            "trained on). An ensemble is the mean of its members' predictions, as "
            "`VotingRegressor` computes it. Head fit seconds exclude featurization (states "
            "cached first); with trained blocks they are the blocks' and the head's training.", ""]
+    per_seed = {}  # (corpus, n_texts) -> {seed: (trained pair's test, chosen's test, rater)}
     for corpus_name, seed, n_texts in sorted({(r["corpus"], r["seed"], r["n_texts"])
                                               for r in rows}, key=str):
         corpus, _, valid, test = parts(corpus_name, seed, n_texts)
@@ -149,6 +150,10 @@ def summarise(runs: Path) -> str:
         shown = {(m,): "one head" for m in sorted(mine)} | fixed_groups(list(mine))
         shown[chosen] = (shown.get(chosen, "") + "; " if chosen in shown else "") + \
             f"best validation Pearson of all {len(scores)} combinations"
+        pair = next((combo for combo, what in shown.items() if "gemma-k2 seeds" in what), None)
+        per_seed.setdefault((corpus_name, n_texts), {})[seed] = (
+            scores[pair][1] if pair else float("nan"), scores[chosen][1],
+            rater_on(corpus_name, test) if n_texts is None else float("nan"))
         subsample = f", {n_texts}-text subsample" if n_texts else ""
         out += [f"### {corpus_name}, seed {seed}{subsample} ({len(valid)} validation / "
                 f"{len(test)} test texts)", "",
@@ -160,7 +165,40 @@ def summarise(runs: Path) -> str:
             out.append(f"| {' + '.join(combo)} | {what} | {mark}{v:.1f}{mark} | {t:.1f} | "
                        f"{seconds:.0f} |")
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out + over_seeds(per_seed))
+
+
+def rater_on(corpus_name: str, test: np.ndarray) -> float:
+    """One human rater's Pearson with the ground truth on these test texts (human_rater.py)."""
+    from human_rater import rater_agreement, read_ratings, sdist_path
+
+    from sklearn_relish.datasets import load_vader
+
+    bunch = load_vader(corpus_name)
+    by_id = read_ratings(sdist_path(), corpus_name)
+    return rater_agreement([by_id[i] for i in bunch.ids], bunch.target, test)[0]
+
+
+def over_seeds(per_seed: dict) -> list[str]:
+    """Each corpus's splits side by side, beside one human rater on the same test texts."""
+    out = ["### Over the seeds", "",
+           "Test Pearson per seed's split, and mean ± sample std (ddof=1) where all three "
+           "splits have run. \"Trained pair\": the two `gemma-k2` members averaged, fixed in "
+           "advance; \"validation's choice\": the combination with the best validation "
+           "Pearson. One human rater: one rating drawn at random per text against the "
+           "ground truth, on the same test texts (`benchmarks/human_rater.py`).", "",
+           "| corpus | what | seed 0 | seed 1 | seed 2 | mean ± std |",
+           "|---|---|---:|---:|---:|---:|"]
+    for (corpus_name, n_texts), seeds in sorted(per_seed.items(), key=str):
+        if n_texts is not None:
+            continue
+        for k, what in enumerate(("trained pair", "validation's choice", "one human rater")):
+            values = [seeds[s][k] if s in seeds else float("nan") for s in (0, 1, 2)]
+            cells = " | ".join("" if np.isnan(v) else f"{v:.1f}" for v in values)
+            summary = ("" if np.isnan(values).any()
+                       else f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}")
+            out.append(f"| {corpus_name} | {what} | {cells} | {summary} |")
+    return [*out, ""]
 
 
 def main(argv=None) -> int:

@@ -122,14 +122,19 @@ def section(sdist: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sdist_path() -> Path:
+    """The VADER sdist that ``make install`` keeps in the data home."""
+    sdist = Path(get_data_home()) / "sklearn_relish" / _SDIST_NAME
+    if not sdist.is_file():
+        raise FileNotFoundError(f"{sdist} not found: run `make install` (it fetches it)")
+    return sdist
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
-    sdist = Path(get_data_home()) / "sklearn_relish" / _SDIST_NAME
-    if not sdist.is_file():
-        parser.error(f"{sdist} not found: run `make install` (it fetches the VADER sdist)")
-    text = section(sdist)
+    text = section(sdist_path())
     print(text)
     if not args.no_write:
         replace_section(HERE / "RESULTS.md", text, heading="## One human rater")
