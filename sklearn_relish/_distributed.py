@@ -188,7 +188,7 @@ def _run_on_cluster(client, featurizer, chunks: list[list], kind: str,
             index = next(upcoming, None)
             if index is not None:
                 pending.add(submit(index))
-    finally:  # on an error, no task goes on writing after this call has returned
+    finally:  # on an error, no queued chunk starts (running ones finish and commit)
         if in_flight:
             client.cancel([task for _, _, task in in_flight.values()])
         for _, texts, _ in in_flight.values():

@@ -386,8 +386,9 @@ def transformers_version_hint(fitted_with: str | None, backbone: str,
         return (f" The model was fitted with transformers {fitted_with}; the embedded "
                 f"backbone here was converted from its GGUF by transformers {converted_by} "
                 f"(in {folder}), and conversions by other versions can differ in their "
-                f"files. To load the model, {install}remove {folder}: the next load "
-                f"converts it again.")
+                f"files. To load the model, {install}remove {folder} and restart Python "
+                f"(or call sklearn_relish.clear_backbones()): the next load converts it "
+                f"again.")
     if fitted_with == installed:
         return ""
     return (f" The model was fitted with transformers {fitted_with} and this environment "

@@ -16,6 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 
 def new_temp_file(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> tuple[int, str]:
     """An open descriptor and the path of a new, empty file in ``folder`` (umask applies)."""
@@ -100,11 +105,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any],
     os.close(handle)
     try:
         write(tmp)
+        # On disk before the rename: else a power cut can leave the new name on an empty
+        # or partial file (ext4 and XFS may commit the rename before the data). Before the
+        # chmod below too, which may take away the write access Windows' fsync needs.
+        sync_to_disk(tmp)
         if overwrite and target.exists():  # a private (0600) file stays private
             os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
-        # On disk before the rename: else a power cut can leave the new name on an empty
-        # or partial file (ext4 and XFS may commit the rename before the data).
-        sync_to_disk(tmp)
         publish(tmp, target, overwrite)
         sync_to_disk(target.parent)  # the rename itself, where the system allows it
     finally:
@@ -114,16 +120,25 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any],
 
 
 def sync_to_disk(path: str | os.PathLike) -> None:
-    """``fsync`` a file or a folder. Folders cannot be opened on Windows and some network
-    file systems refuse ``fsync`` on them; the write itself has happened, so that is let be."""
+    """``fsync`` a file or a folder (macOS: ``F_FULLFSYNC``, its ``fsync`` leaves the data
+    in the drive's cache). Folders cannot be opened on Windows and some network file
+    systems refuse to sync them; the write itself has happened, so that is let be."""
     folder = os.path.isdir(path)
+    # POSIX syncs through a read-only descriptor (a 0444 file can be synced); Windows'
+    # fsync (_commit) needs write access.
     try:
-        handle = os.open(path, os.O_RDONLY if folder else os.O_RDWR)
+        handle = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
     except OSError:
         if folder:
             return
         raise
     try:
+        if hasattr(fcntl, "F_FULLFSYNC"):
+            try:
+                fcntl.fcntl(handle, fcntl.F_FULLFSYNC)
+                return
+            except OSError:
+                pass  # not every macOS file system has it: a plain fsync then
         os.fsync(handle)
     except OSError:
         if not folder:

@@ -10,8 +10,10 @@ So the checkpoint's files are hashed whole, once. Measured on this 2-core machin
 weights just loaded usually are, and 8.7 s from a cold disk; an 8B checkpoint (16 GB)
 takes about 16 s warm. Each file's digest is then memoised by its path, size,
 modification time, ctime and inode under ``relish_home()``, so later loads cost a ``stat``
-per file (0.3 ms). Hashing files rather than tensors also makes the fingerprint the same
-whatever dtype or device the weights are loaded in.
+per file (0.3 ms); a file changed in the 3 s before it was hashed is hashed again at the
+next load, since a timestamp tick could hide a second change. Hashing files rather than
+tensors also makes the fingerprint the same whatever dtype or device the weights are loaded
+in.
 """
 
 from __future__ import annotations
@@ -163,7 +165,11 @@ def file_digest(path: Path, memo: dict[str, Any]) -> str:
     # "Racily clean", as git calls it: a file changed within a timestamp tick of this stat
     # (2 s on FAT, 1 s on ext3 and HFS+) could be rewritten at the same size within the same
     # tick, and the memo could not tell. Its digest is memoised once it is older than that.
-    if max(stat.st_mtime_ns, stat.st_ctime_ns) < started - _RACY_NS:
+    # The change time, which only the kernel sets (an mtime copied ahead by `tar x` or
+    # `rsync -a` from a machine whose clock ran fast would never be memoised); Windows'
+    # st_ctime is the creation time, so there the modification time.
+    changed = stat.st_mtime_ns if os.name == "nt" else stat.st_ctime_ns
+    if changed < started - _RACY_NS:
         memo[key] = [*entry, _entry_check(key, entry)]
     return sha.hexdigest()
 

@@ -276,6 +276,8 @@ def handed_over(keys: list[str], computed: list[CachedStates]):
     ``computed`` as it is handed over: a chunk of 1,000 long texts of an 8B backbone is
     about 4 GB of states, which were held whole beside their encoded copies (8 GB more)
     until the transaction ended."""
+    if len(keys) != len(computed):  # checked before the first row: no partial transaction
+        raise ValueError(f"{len(keys)} keys for {len(computed)} states")
     computed.reverse()  # popped from the end, handed over in order
     for key in keys:
         yield key, computed.pop()

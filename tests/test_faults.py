@@ -251,3 +251,17 @@ def test_a_folder_that_cannot_be_synced_does_not_fail_the_write(tmp_path, monkey
     path = tmp_path / "model.joblib"
     write_atomically(path, lambda tmp: Path(tmp).write_text("new"), overwrite=False)
     assert path.read_text() == "new" and len(synced) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root may write any file: the refusal only shows for other users")
+def test_a_read_only_file_can_still_be_overwritten_on_purpose(tmp_path):
+    # The new contents took the old file's mode (0444) before the sync opened them for
+    # writing: save_model(overwrite=True) onto a read-only model raised PermissionError.
+    from sklearn_relish._files import write_atomically
+
+    path = tmp_path / "model.joblib"
+    path.write_text("old")
+    path.chmod(0o444)
+    write_atomically(path, lambda tmp: Path(tmp).write_text("new"), overwrite=True)
+    assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o444

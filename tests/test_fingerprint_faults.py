@@ -175,3 +175,16 @@ def test_a_file_rewritten_within_a_timestamp_tick_is_not_served_from_the_memo(
                         else real_stat(self, **kw))
     clear_backbones()
     assert fingerprint(folder) != before
+
+
+def test_a_file_dated_in_the_future_is_still_memoised(tmp_path, monkeypatch):
+    # `tar x` or `rsync -a` from a machine whose clock ran fast dates files ahead: judged
+    # by their mtime, such weights were never memoised and were hashed whole at every load.
+    folder = Path(build_tiny_llama(tmp_path / "a"))
+    weights = folder / "model.safetensors"
+    day = 24 * 3600 * 10**9
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + day))
+    monkeypatch.setattr(_fingerprint, "_now_ns", lambda: weights.stat().st_ctime_ns + 60 * 10**9)
+    fingerprint(folder)
+    memo = json.loads(_fingerprint._memo_path().read_text())
+    assert str(weights.resolve()) in memo
