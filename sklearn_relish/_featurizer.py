@@ -448,4 +448,3 @@ def _ids_only(encoding) -> dict[str, list[list[int]]]:
     # The attention mask is rebuilt by padding; segment ids matter to BERT-like models.
     return {name: list(encoding[name]) for name in ("input_ids", "token_type_ids")
             if name in encoding}
-
