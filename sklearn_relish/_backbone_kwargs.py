@@ -7,6 +7,7 @@ entries and cache keys; a ``device_map`` naming GPUs this process lacks is refus
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from typing import Any
@@ -38,7 +39,16 @@ def check_backbone_kwargs(kwargs: Any) -> dict[str, Any]:
                 + (f"use the estimator's {owner}= parameter instead." if owner
                    else "the package sets it itself.")
             )
-    return dict(kwargs)
+    # A deep copy: transformers and accelerate rewrite nested arguments in place
+    # (max_memory={"cpu": "10GB"} became {"cpu": 10000000000}), which changed the user's
+    # dict and made the same dict miss the registry: the weights were loaded twice.
+    return copy.deepcopy(dict(kwargs))
+
+
+def shown(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` for an error message: a Hugging Face token is not printed into logs."""
+    return {key: "***" if "token" in str(key).lower() and value not in (None, False, True)
+            else value for key, value in kwargs.items()}
 
 
 def _describe(value: Any) -> Any:

@@ -31,6 +31,7 @@ from ._backbone_kwargs import (
     _placement,
     check_backbone_kwargs,
     kwargs_key,
+    shown,
 )
 from ._embedded import (  # noqa: F401  (re-exported: the backbone names live here too)
     EMBEDDED,
@@ -200,6 +201,9 @@ def _run_tag(dtype: torch.dtype, kwargs: dict[str, Any], trust_remote_code: bool
     states differ from the unquantised weights' although the files are the same), and
     whether the folder's own code runs it rather than transformers' implementation."""
     tag = str(dtype) + ("+remote-code" if trust_remote_code else "")
+    if trust_remote_code and kwargs.get("code_revision") is not None:
+        # Code from another commit than the weights: not in the folder, so not hashed.
+        tag += f"@{kwargs['code_revision']}"
     quantization = kwargs.get("quantization_config")
     if quantization is None:
         return tag
@@ -297,7 +301,7 @@ def load_backbone(
             # not left as a traceback from deep inside from_pretrained.
             kind = TypeError if isinstance(error, TypeError) else ValueError
             raise kind(f"backbone={name!r} could not be loaded with backbone_kwargs="
-                       f"{kwargs!r}: {type(error).__name__}: {error}") from error
+                       f"{shown(kwargs)!r}: {type(error).__name__}: {error}") from error
         finally:
             if bars:
                 hf_logging.enable_progress_bar()

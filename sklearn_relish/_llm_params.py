@@ -39,13 +39,16 @@ LLM_CONSTRAINTS: dict = {
     "verbose": ["verbose"],
 }
 
-# Parameter name -> featurizer attribute, for the settings that never change a text's
-# states, only how they are computed or shown: honoured when changed after fit.
+# Parameter name -> featurizer attribute, for the settings that change how a text's
+# states are computed (where, in which precision) or shown, not what they are: honoured
+# when changed after fit. A head trained on bfloat16 states predicts from float32 ones as
+# well, which is the way out of states that overflow at predict.
 INFERENCE_ONLY = {
     "featurize_batch_size": "batch_size",
     "cache": "cache",
     "cache_dir": "cache_dir",
     "device": "device",
+    "backbone_dtype": "dtype",
     # Where and how the weights are placed (device_map, quantisation): a revision naming
     # other weights is caught by the fingerprint check at the next load.
     "backbone_kwargs": "backbone_kwargs",
@@ -161,6 +164,6 @@ class LLMParamsMixin:
                 value = copy.deepcopy(value)
             if getattr(featurizer, attribute) != value:
                 setattr(featurizer, attribute, value)
-                if attribute in ("device", "backbone_kwargs"):
+                if attribute in ("device", "dtype", "backbone_kwargs"):
                     featurizer._loaded = None  # re-resolved (and re-loaded) on next use
         return featurizer

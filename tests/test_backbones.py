@@ -425,3 +425,42 @@ def test_backbone_kwargs_with_int_and_str_keys_make_one_key(tiny_llama):
     assert kwargs_key(memory) != kwargs_key({"max_memory": {0: "10GiB", "cpu": "64GiB"}})
     assert kwargs_key(memory) != kwargs_key({"max_memory": {"0": "20GiB", "cpu": "64GiB"}})
     assert count_hidden_states(tiny_llama, backbone_kwargs=memory) == 3
+
+
+def test_a_token_in_backbone_kwargs_is_not_printed_in_errors(tiny_llama):
+    # The refusal quoted backbone_kwargs whole: a Hugging Face token went into logs and CI.
+    _backbones.clear_backbones()
+    with pytest.raises(TypeError, match="backbone_kwargs") as refused:
+        _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32,
+                                 backbone_kwargs={"token": "hf_SECRETSECRET", "bogus": 1})
+    assert "hf_SECRETSECRET" not in str(refused.value) and "'bogus'" in str(refused.value)
+
+
+def test_backbone_kwargs_rewritten_by_transformers_stay_the_users(tiny_llama, monkeypatch):
+    # accelerate rewrites max_memory in place ({"cpu": "10GB"} -> {"cpu": 10000000000}):
+    # the user's dict changed, and the same dict then missed the registry (a second load).
+    import transformers
+
+    real = transformers.AutoModel.from_pretrained
+
+    def rewriting(*args, **kwargs):
+        kwargs["max_memory"]["cpu"] = 10_000_000_000  # as accelerate does
+        kwargs.pop("max_memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", rewriting)
+    _backbones.clear_backbones()
+    mine = {"max_memory": {"cpu": "10GB"}}
+    before = _backbones.N_LOADS
+    for _ in range(2):
+        _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32,
+                                 backbone_kwargs=mine)
+    assert mine == {"max_memory": {"cpu": "10GB"}}
+    assert _backbones.N_LOADS == before + 1
+
+
+def test_a_code_revision_is_part_of_the_run_tag():
+    # Remote code from another commit is not in the folder, so the fingerprint misses it.
+    tags = {_backbones._run_tag(torch.float32, kwargs, trust_remote_code=True)
+            for kwargs in ({}, {"code_revision": "a1"}, {"code_revision": "b2"})}
+    assert len(tags) == 3

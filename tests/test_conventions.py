@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import TARGETS, TEXTS, small_regressor
 
 from sklearn_relish import _net, cache_info
@@ -81,6 +82,13 @@ def test_inference_settings_changed_after_fit_take_effect(tiny_llama, tmp_path, 
     model.set_params(device="cpu", verbose=0)
     np.testing.assert_allclose(model.predict(TEXTS[:4]), expected, atol=1e-6)
     assert str(model.net_.device) == "cpu"
+
+    # The way out of states that overflow at predict, as the error advises: it was ignored.
+    model.set_params(backbone_dtype="bfloat16")
+    in_bfloat16 = model.predict(TEXTS[:4])
+    assert model.featurizer_.loaded.dtype == torch.bfloat16
+    assert not np.array_equal(in_bfloat16, expected)
+    np.testing.assert_allclose(in_bfloat16, expected, atol=0.1)
 
 
 def test_settings_that_change_states_are_not_inference_only(tiny_llama):
