@@ -207,7 +207,10 @@ def _run_tag(dtype: torch.dtype, kwargs: dict[str, Any], trust_remote_code: bool
     quantization = kwargs.get("quantization_config")
     if quantization is None:
         return tag
-    described = json.dumps(_describe(quantization), sort_keys=True, default=str)
+    # A dict as such (sorted by json), not its repr: the same settings in another order
+    # must give the same tag.
+    settings = quantization if isinstance(quantization, dict) else _describe(quantization)
+    described = json.dumps(settings, sort_keys=True, default=str)
     return f"{tag}+quantized-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
 
 
@@ -216,8 +219,8 @@ def _source(name: str) -> str:
     with ``~`` expanded (transformers takes "~/models/x" for a hub id), or the hub id."""
     source = resolve_backbone(name)
     _check_source(name, source)
-    if Path(source).expanduser().is_dir():
-        source = str(Path(source).expanduser())
+    if Path(source).expanduser().is_dir():  # absolute: workers may run in other folders
+        source = os.path.abspath(Path(source).expanduser())
     return source
 
 
@@ -260,7 +263,11 @@ def load_backbone(
     """Load (once per process) a frozen backbone and its tokenizer."""
     global N_LOADS
     kwargs = check_backbone_kwargs(backbone_kwargs)
-    key = (name, str(device), str(dtype), trust_remote_code, kwargs_key(kwargs))
+    # A local folder by its absolute path: "./m" after a chdir is another folder (or none),
+    # and was served the first one's weights.
+    local = Path(name).expanduser()
+    where = os.path.abspath(local) if local.is_dir() else name
+    key = (where, str(device), str(dtype), trust_remote_code, kwargs_key(kwargs))
     with _REGISTRY_LOCK:
         if key in _REGISTRY and _files_unchanged(_REGISTRY[key], trust_remote_code):
             return _REGISTRY[key]

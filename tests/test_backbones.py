@@ -464,3 +464,30 @@ def test_a_code_revision_is_part_of_the_run_tag():
     tags = {_backbones._run_tag(torch.float32, kwargs, trust_remote_code=True)
             for kwargs in ({}, {"code_revision": "a1"}, {"code_revision": "b2"})}
     assert len(tags) == 3
+
+
+def test_a_relative_backbone_path_means_the_folder_it_names_now(tiny_llama, tmp_path,
+                                                                  monkeypatch):
+    # The registry was keyed by the name as given: "./m" loaded in one folder was served
+    # again after a chdir to a folder with no "./m", instead of "no such backbone".
+    import shutil
+
+    shutil.copytree(tiny_llama, tmp_path / "here" / "m")
+    (tmp_path / "elsewhere").mkdir()
+    _backbones.clear_backbones()
+    monkeypatch.chdir(tmp_path / "here")
+    loaded = _backbones.load_backbone("./m", device=CPU, dtype=torch.float32)
+    assert Path(loaded.folder).is_absolute()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises((OSError, ValueError)):
+        _backbones.load_backbone("./m", device=CPU, dtype=torch.float32)
+
+
+def test_a_quantization_dict_is_tagged_whatever_its_key_order():
+    a = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    b = {"bnb_4bit_quant_type": "nf4", "load_in_4bit": True}
+    tag = _backbones._run_tag
+    assert tag(torch.bfloat16, {"quantization_config": a}, False) == tag(
+        torch.bfloat16, {"quantization_config": b}, False)
+    assert tag(torch.bfloat16, {"quantization_config": a}, False) != tag(
+        torch.bfloat16, {"quantization_config": {**a, "load_in_4bit": False}}, False)
