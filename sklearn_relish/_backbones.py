@@ -63,6 +63,22 @@ def _checkpoint_folder(source: str, kwargs: dict) -> Path | None:
         return None
 
 
+def _registry_name(name: str) -> str:
+    """A local folder by its absolute path: "./m" after a chdir is another folder (or
+    none), and was served the first one's weights."""
+    local = Path(name).expanduser()
+    return os.path.abspath(local) if local.is_dir() else name
+
+
+def _check_subfolder(name: str, source: str, kwargs: dict) -> None:
+    """A ``subfolder`` missing from a local backbone failed in transformers' tokenizer
+    code, with a message about sentencepiece that never named it."""
+    subfolder = kwargs.get("subfolder")
+    if subfolder and Path(source).is_dir() and not (Path(source) / subfolder).is_dir():
+        raise ValueError(f"backbone_kwargs['subfolder']={subfolder!r} is not a folder of "
+                         f"the backbone {name!r} ({source}).")
+
+
 def _check_source(name: str, source: str) -> None:
     """A path that does not exist is a clear error, not transformers' repo-id message."""
     path = Path(source).expanduser()
@@ -233,13 +249,15 @@ def count_hidden_states(name: str, *, trust_remote_code: bool = False,
     model's weights.
     """
     kwargs = check_backbone_kwargs(backbone_kwargs)
+    where = _registry_name(name)
     with _REGISTRY_LOCK:
         for key, loaded in _REGISTRY.items():
-            if (key[0], key[3], key[4]) == (name, trust_remote_code, kwargs_key(kwargs)):
+            if (key[0], key[3], key[4]) == (where, trust_remote_code, kwargs_key(kwargs)):
                 return loaded.n_hidden_states
     from transformers import AutoConfig
 
     source = _source(name)
+    _check_subfolder(name, source, kwargs)
     config = kwargs.pop("config", None)
     if config is None or isinstance(config, str | os.PathLike):
         # Every argument, as from_pretrained gives them to the config: one that names a
@@ -263,11 +281,8 @@ def load_backbone(
     """Load (once per process) a frozen backbone and its tokenizer."""
     global N_LOADS
     kwargs = check_backbone_kwargs(backbone_kwargs)
-    # A local folder by its absolute path: "./m" after a chdir is another folder (or none),
-    # and was served the first one's weights.
-    local = Path(name).expanduser()
-    where = os.path.abspath(local) if local.is_dir() else name
-    key = (where, str(device), str(dtype), trust_remote_code, kwargs_key(kwargs))
+    key = (_registry_name(name), str(device), str(dtype), trust_remote_code,
+           kwargs_key(kwargs))
     with _REGISTRY_LOCK:
         if key in _REGISTRY and _files_unchanged(_REGISTRY[key], trust_remote_code):
             return _REGISTRY[key]
@@ -278,6 +293,7 @@ def load_backbone(
         source = _source(name)
         if "device_map" in kwargs:
             _check_device_map(kwargs["device_map"])
+        _check_subfolder(name, source, kwargs)
         file_kwargs = {k: kwargs[k] for k in _FILE_KWARGS if k in kwargs}
         # Hashing the files names the weights and the tokenizer, not how they are run.
         every_weight = bool(_OTHER_WEIGHTS & set(kwargs))

@@ -491,3 +491,10 @@ def test_a_quantization_dict_is_tagged_whatever_its_key_order():
         torch.bfloat16, {"quantization_config": b}, False)
     assert tag(torch.bfloat16, {"quantization_config": a}, False) != tag(
         torch.bfloat16, {"quantization_config": {**a, "load_in_4bit": False}}, False)
+
+
+def test_a_missing_subfolder_is_named(tiny_llama):
+    _backbones.clear_backbones()
+    with pytest.raises(ValueError, match=r"backbone_kwargs\['subfolder'\]='nope'"):
+        _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32,
+                                 backbone_kwargs={"subfolder": "nope"})
