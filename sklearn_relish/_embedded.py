@@ -375,7 +375,8 @@ def transformers_version_hint(fitted_with: str | None, backbone: str,
     if fitted_with is None:
         return ""
     converted_by = None
-    if EMBEDDED.get(backbone) is not None and EMBEDDED[backbone].gguf_file and folder:
+    entry = EMBEDDED.get(backbone)
+    if entry is not None and entry.gguf_file and folder:
         try:
             converted_by = json.loads((Path(folder) / "config.json").read_text()).get(
                 "transformers_version")
