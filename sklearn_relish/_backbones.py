@@ -143,10 +143,12 @@ N_LOADS = 0  # how many times weights were read from disk (tests check sharing)
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` means CUDA where present; a CUDA request without CUDA falls back to CPU.
 
+    A CUDA device is always returned with its index (``"cuda"`` is the current device).
+
     The fallback is what lets a model trained on a GPU be unpickled and used on a laptop.
     """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except RuntimeError:
@@ -164,7 +166,12 @@ def resolve_device(device: str) -> torch.device:
             "using the CPU.", UserWarning, stacklevel=3,
         )
         return torch.device("cpu")
-    if resolved.type == "cuda" and resolved.index is not None:
+    if resolved.type == "cuda" and resolved.index is None:
+        # "cuda" is the current device: named by its index, so that "cuda" and "cuda:0"
+        # share one registry entry (one copy of the weights) and the seeded RNG forks the
+        # device that trains.
+        return torch.device("cuda", torch.cuda.current_device())
+    if resolved.type == "cuda":
         visible = torch.cuda.device_count()
         if resolved.index >= visible:
             raise ValueError(

@@ -84,9 +84,21 @@ def test_auto_device_follows_cuda_availability(monkeypatch, recwarn):
     assert _backbones.resolve_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert _backbones.resolve_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert _backbones.resolve_device("auto") == torch.device("cuda:0")
     assert _backbones.resolve_device("cuda:0") == torch.device("cuda:0")
     assert not [w for w in recwarn if "CUDA" in str(w.message)]  # no fallback, no warning
+
+
+def test_bare_cuda_is_the_current_device_by_its_index(monkeypatch):
+    # "cuda" and "cuda:1" (the current device) were two registry entries: two copies of
+    # an 8B backbone's weights on one card, and the training RNG forked device 0.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    for request in ("cuda", "auto", "cuda:1"):
+        assert _backbones.resolve_device(request) == torch.device("cuda:1"), request
+    assert _backbones.resolve_device("cuda:0") == torch.device("cuda:0")
 
 
 def test_a_cuda_index_this_machine_lacks_is_named(monkeypatch):
