@@ -12,7 +12,6 @@ back to the host in one copy.
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -32,11 +31,10 @@ from ._cache import CachedStates, cache_key, count_forward, memory_cache
 from ._early_exit import hidden_states_at
 from ._embedded import rename_legacy_backbone, transformers_version_hint
 from ._fingerprint import PREFIX, earlier_fingerprints, legacy_fingerprint
-from ._inputs import PAIR, PAIR_MARK, check_layer, format_texts
+from ._inputs import PAIR, check_layer, format_texts
 from ._store import StoreUnavailable, TokenStateStore, handed_over, warn_once
+from ._tokens import tokenize
 
-# transformers' log level is process-wide: one lock for everyone who lowers it for a moment.
-_LOG_LEVEL_LOCK = threading.Lock()
 # Padded tokens per forward pass with batch_size="auto". CPU: as fast as any budget measured
 # up to 4,096 (16,384 is slower) and keeps the forward pass's working memory small
 # (benchmarks/RESULTS.md, "Featurization batches on the CPU"); CUDA: large batches fill the
@@ -335,37 +333,10 @@ class LLMFeaturizer:
             store.put_many(handed_over(list(todo), computed))
         return len(todo)
 
-    def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[bool]]:
-        from transformers.utils import logging as hf_logging
-
-        tokenizer = self.loaded.tokenizer
-        with _LOG_LEVEL_LOCK:
-            verbosity = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()  # we report truncation ourselves, with a count
-            try:
-                return self._tokenize_quietly(tokenizer, texts, max_length)
-            finally:
-                hf_logging.set_verbosity(verbosity)
-
-    @staticmethod
-    def _tokenize_quietly(tokenizer, texts: list[str], max_length: int):
-        encoded = _encode(tokenizer, texts)
-        truncated = [len(row) > max_length for row in encoded["input_ids"]]
-        long_rows = [i for i, cut in enumerate(truncated) if cut]
-        if long_rows:
-            # Re-tokenize with the tokenizer's own truncation so special tokens survive
-            # (a pair loses tokens from its longer text first).
-            cut = _encode(tokenizer, [texts[i] for i in long_rows], truncation=True,
-                          max_length=max_length)
-            for name, rows in cut.items():
-                for i, row in zip(long_rows, rows, strict=True):
-                    encoded[name][i] = row
-        return encoded, truncated
-
     def _forward(self, texts: list[str], layer: int, max_length: int) -> list[CachedStates]:
         loaded = self.loaded
         with loaded.lock:
-            encoded, truncated = self._tokenize(texts, max_length)
+            encoded, truncated = tokenize(loaded.tokenizer, texts, max_length)
             ids = encoded["input_ids"]
             lengths = [len(row) for row in ids]
             states: list[torch.Tensor | None] = [None] * len(texts)
@@ -418,33 +389,3 @@ def _half(states: torch.Tensor) -> torch.Tensor:
     if states.dtype == torch.float16 or states.abs().max() <= _FLOAT16_MAX:
         return states.to(torch.float16, copy=True)
     return states.to(torch.bfloat16, copy=True)
-
-
-def _encode(tokenizer, texts: list[str], **kwargs) -> dict[str, list[list[int]]]:
-    """Token ids (and segment ids, where the tokenizer makes them) of texts and marked pairs.
-
-    Pairs joined by ``PAIR_MARK`` go through the tokenizer's pair encoding; the result
-    keeps the input order.
-    """
-    pairs = [i for i, text in enumerate(texts) if PAIR_MARK in text]
-    if not pairs:
-        return _ids_only(tokenizer(texts, add_special_tokens=True, **kwargs))
-    singles = [i for i, text in enumerate(texts) if PAIR_MARK not in text]
-    firsts, seconds = zip(*(texts[i].split(PAIR_MARK, 1) for i in pairs), strict=True)
-    parts = [(pairs, _ids_only(tokenizer(list(firsts), list(seconds), add_special_tokens=True,
-                                         **kwargs)))]
-    if singles:
-        parts.append((singles, _ids_only(tokenizer([texts[i] for i in singles],
-                                                   add_special_tokens=True, **kwargs))))
-    merged: dict[str, list] = {name: [None] * len(texts) for name in parts[0][1]}
-    for rows, encoded in parts:
-        for name in merged:
-            for i, row in zip(rows, encoded[name], strict=True):
-                merged[name][i] = row
-    return merged
-
-
-def _ids_only(encoding) -> dict[str, list[list[int]]]:
-    # The attention mask is rebuilt by padding; segment ids matter to BERT-like models.
-    return {name: list(encoding[name]) for name in ("input_ids", "token_type_ids")
-            if name in encoding}
