@@ -130,11 +130,13 @@ def test_an_ensemble_of_seeds_runs_the_llm_once_and_averages_its_members(tiny_ll
 
 
 def test_disk_cache_serves_a_new_process_worth_of_memory(tiny_llama, tmp_path):
-    LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS, "single")
+    computed = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS, "single")
     clear_cache()  # as if a new process: empty memory, counters at zero
     states = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS, "single")
     assert cache_info()["llm_texts"] == 0
     assert len(states) == len(TEXTS)
+    for served, original in zip(states, computed, strict=True):  # each text's own states
+        assert torch.equal(served, original)
 
 
 def test_cache_is_not_pickled_with_the_estimator(tiny_llama, tmp_path):

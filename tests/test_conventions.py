@@ -3,6 +3,7 @@ one meaning per ``layer`` value, and no training for a constant target."""
 
 from __future__ import annotations
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -62,6 +63,32 @@ def test_constant_target_needs_no_training(tiny_llama, monkeypatch):
     assert model.n_iter_ == 0 and model.loss_curve_ == []
 
 
+# -- scikit-learn's API checks, on text (their numeric versions: test_sklearn_checks.py) --
+def test_fit_again_on_the_same_data_gives_the_same_model(tiny_llama):
+    model = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+    first = model.predict(TEXTS)
+    np.testing.assert_array_equal(model.fit(TEXTS, TARGETS).predict(TEXTS), first)
+
+
+def test_predict_leaves_the_fitted_state_alone(tiny_llama):
+    model = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+    before = dict(model.__dict__)
+    model.predict(TEXTS[:3])
+    assert model.__dict__.keys() == before.keys()
+    assert all(model.__dict__[k] is before[k] for k in before), \
+        [k for k in before if model.__dict__[k] is not before[k]]
+
+
+def test_fit_leaves_the_parameters_alone(tiny_llama):
+    model = small_regressor(tiny_llama, backbone_kwargs={"revision": None})
+    before = {k: joblib.hash(v) for k, v in model.get_params().items()}
+    public = {k for k in vars(model) if not k.startswith("_")}
+    model.fit(TEXTS, TARGETS)
+    assert {k: joblib.hash(v) for k, v in model.get_params().items()} == before
+    added = {k for k in vars(model) if not k.startswith("_")} - public
+    assert added and all(k.endswith("_") for k in added), added  # fitted state ends in _
+
+
 # -- inference-only settings honoured after fit ------------------------------------------
 def test_inference_settings_changed_after_fit_take_effect(tiny_llama, tmp_path, capsys):
     model = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
@@ -74,7 +101,9 @@ def test_inference_settings_changed_after_fit_take_effect(tiny_llama, tmp_path, 
 
     model.set_params(cache=True, cache_dir=tmp_path / "states", featurize_batch_size=1,
                      verbose=1)
-    np.testing.assert_allclose(model.predict(["a new text"]), model.predict(["a new text"]))
+    # A new text (featurized, one per batch, into the new disk cache) and known ones.
+    predicted = model.predict(["a new text", *TEXTS[:4]])
+    np.testing.assert_allclose(predicted[1:], expected, atol=1e-6)
     assert model.featurizer_.batch_size == 1
     assert "Featurizing" in capsys.readouterr().err
     assert any((tmp_path / "states").iterdir())  # the disk cache was used
@@ -112,7 +141,7 @@ def test_layer_has_one_meaning_per_value(value, expected):
 
 @pytest.mark.parametrize("value", [1.5, -0.5, float("nan"), float("inf"), True, "middle"])
 def test_layer_values_without_a_meaning_are_refused(value):
-    with pytest.raises(ValueError, match="layer"):
+    with pytest.raises(ValueError, match=r"^layer( must be|=)"):
         check_layer(value)
 
 

@@ -1,8 +1,7 @@
 """RelishTextRegressor keeps scikit-learn's contract wherever a regressor is used."""
 
-import io
+import pickle
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,15 +29,21 @@ def test_is_a_regressor_with_string_input_tags():
 
 
 def test_init_loads_nothing(monkeypatch):
-    from sklearn_relish import _backbones
+    from sklearn_relish import _backbones, _featurizer
 
     def forbidden(*args, **kwargs):
         raise AssertionError("nothing may be loaded before fit")
 
+    # Where the featurizer looks it up (it imports the name), and at its source.
+    monkeypatch.setattr(_featurizer, "load_backbone", forbidden)
     monkeypatch.setattr(_backbones, "load_backbone", forbidden)
+    loads = _backbones.N_LOADS
     estimator = RelishTextRegressor("some/model-that-does-not-exist", lr=0.5)
-    clone(estimator)
-    assert estimator.get_params()["lr"] == 0.5
+    clone(estimator).set_params(lr=0.1)
+    repr(estimator)
+    pickle.loads(pickle.dumps(estimator))
+    assert _backbones.N_LOADS == loads
+    assert not any("model-that-does-not-exist" in key[0] for key in _backbones._REGISTRY)
 
 
 def test_predict_before_fit_raises_not_fitted():
@@ -118,26 +123,11 @@ def test_backbone_kwargs_edited_in_place_are_seen_at_predict(tiny_llama):
         model.predict(TEXTS[:2])
 
 
-def test_clone_of_fitted_is_unfitted_with_same_params(fitted):
-    copy = clone(fitted)
-    assert copy.get_params() == fitted.get_params()
-    with pytest.raises(NotFittedError):
-        copy.predict(TEXTS)
-
-
 def test_set_params_changes_the_model(tiny_llama):
     estimator = small_regressor(tiny_llama).set_params(n_iterations=4, latent_dim=8)
     estimator.fit(TEXTS, TARGETS)
     assert len(estimator.net_.module_.blocks) == 4
     assert estimator.net_.module_.latents.shape[-1] == 8
-
-
-def test_same_random_state_same_predictions(tiny_llama):
-    a = small_regressor(tiny_llama, random_state=3).fit(TEXTS, TARGETS).predict(TEXTS)
-    b = small_regressor(tiny_llama, random_state=3).fit(TEXTS, TARGETS).predict(TEXTS)
-    c = small_regressor(tiny_llama, random_state=4).fit(TEXTS, TARGETS).predict(TEXTS)
-    np.testing.assert_array_equal(a, b)
-    assert not np.allclose(a, c)
 
 
 @pytest.mark.parametrize("settings", [{}, {"early_stopping": True, "validation_fraction": 0.25},
@@ -188,8 +178,12 @@ def test_grid_search(tiny_llama):
     search = GridSearchCV(small_regressor(tiny_llama), {"n_iterations": [1, 2], "lr": [1e-3, 1e-2]},
                           cv=KFold(2, shuffle=True, random_state=0))
     search.fit(TEXTS, TARGETS)
-    assert set(search.best_params_) == {"n_iterations", "lr"}
-    assert search.predict(TEXTS).shape == (len(TEXTS),)
+    scores = search.cv_results_["mean_test_score"]
+    assert np.isfinite(scores).all() and len(set(scores)) > 1  # the candidates differ
+    assert search.best_score_ == scores.max()
+    # The refit is an ordinary fit of the best candidate on all the data.
+    best = small_regressor(tiny_llama, **search.best_params_).fit(TEXTS, TARGETS)
+    np.testing.assert_allclose(search.predict(TEXTS), best.predict(TEXTS), atol=1e-6)
 
 
 def test_cross_val_score(tiny_llama):
@@ -205,14 +199,6 @@ def test_transformed_target_regressor(tiny_llama):
     positive = np.log1p(np.exp(np.asarray(TARGETS)))
     model.fit(TEXTS, positive)
     assert np.isfinite(model.predict(TEXTS)).all()
-
-
-def test_joblib_round_trip_predicts_the_same(fitted):
-    buffer = io.BytesIO()
-    joblib.dump(fitted, buffer)
-    buffer.seek(0)
-    restored = joblib.load(buffer)
-    np.testing.assert_array_equal(restored.predict(TEXTS), fitted.predict(TEXTS))
 
 
 def test_pandas_series_and_dataframe_input(tiny_llama, fitted):

@@ -186,7 +186,7 @@ def test_constant_y_predicts_the_constant(tiny_llama):
 # -- parameters -----------------------------------------------------------------------------
 @pytest.mark.parametrize("params, match", [
     ({"loss": "l1"}, "loss"),
-    ({"lr": -1}, "lr"),
+    ({"lr": -1}, "'lr' parameter"),
     ({"max_length": 0}, "max_length"),
     ({"backbone_dtype": "float64"}, "backbone_dtype"),
     ({"prompt": "Review: no field"}, r"\{text\}"),
@@ -213,7 +213,8 @@ def test_numpy_ints_work_as_counts_as_grid_search_passes_them(tiny_llama):
 
 
 def test_invalid_device_string_is_a_value_error(tiny_llama):
-    fit_fails(tiny_llama, ValueError, "gpu", TEXTS, TARGETS, device="gpu")
+    fit_fails(tiny_llama, ValueError, "device='gpu' is not a valid torch device", TEXTS,
+              TARGETS, device="gpu")
 
 
 # -- accepted oddities ------------------------------------------------------------------------

@@ -175,6 +175,20 @@ def test_weights_scale_the_loss_per_text(tiny_llama, monkeypatch):
 
 
 def test_integer_weights_equal_repeated_texts(tiny_llama):
+    # A text of weight 2 trains like the same text given twice: in the loss, the target's
+    # mean and scale. One batch holds every row, so the order of rows plays no part.
+    params = dict(max_epochs=3, batch_size=64)
+    weights = np.ones(len(TEXTS))
+    weights[0] = 2
+    weighted = small_regressor(tiny_llama, **params).fit(TEXTS, Y, sample_weight=weights)
+    repeated = small_regressor(tiny_llama, **params).fit(TEXTS + TEXTS[:1], np.r_[Y, Y[:1]])
+    np.testing.assert_allclose(weighted.predict(TEXTS), repeated.predict(TEXTS), rtol=1e-5,
+                               atol=1e-6)
+    unweighted = small_regressor(tiny_llama, **params).fit(TEXTS, Y)
+    assert not np.allclose(unweighted.predict(TEXTS), weighted.predict(TEXTS), atol=1e-4)
+
+
+def test_uniform_weights_are_scale_free(tiny_llama):
     # Weight 2 on every text is the same as weight 1: only relative weights matter.
     params = dict(max_epochs=3)
     plain = small_regressor(tiny_llama, **params).fit(TEXTS, Y)

@@ -27,6 +27,22 @@ def _loaded(backbone):
     return load_backbone(backbone, device=torch.device("cpu"), dtype=torch.float32)
 
 
+@torch.no_grad()
+def _copy_error(top, loaded, first: int, n_blocks: int) -> float:
+    """Relative error of the copied blocks against the frozen model's own hidden states,
+    computed here rather than by the module's probe: one text at a time (no padding to
+    get wrong), float32 states in, blocks ``first .. first + n_blocks - 1`` run."""
+    errors = []
+    for text in ["good", "the plot was great but the acting was awful", LONG]:
+        encoded = loaded.tokenizer([text], return_tensors="pt")
+        hidden = loaded.model(**encoded, output_hidden_states=True).hidden_states
+        mask = encoded["attention_mask"].bool()
+        got = _top_layers.run_top(top, hidden[first], mask)
+        want = hidden[first + n_blocks]
+        errors.append(float((got - want).norm() / want.norm()))
+    return max(errors)
+
+
 def _state_digest(model) -> float:
     return float(sum(p.double().sum() for p in model.parameters()))
 
@@ -35,8 +51,9 @@ def _state_digest(model) -> float:
 def test_copied_blocks_reproduce_the_frozen_llama(tiny_llama, first, n_blocks):
     loaded = _loaded(tiny_llama)
     top = _top_layers.checked_top(loaded, first, n_blocks, torch.device("cpu"))
-    # The check itself: run again, independently of checked_top's verdict.
-    assert _top_layers._mismatch(top, loaded, first, n_blocks) < 1e-2
+    # Checked against the frozen model here, not by checked_top's own probe, which decided
+    # it was good enough.
+    assert _copy_error(top, loaded, first, n_blocks) < 1e-4
     assert sum(p.requires_grad for p in top.parameters()) > 0
 
 
@@ -69,13 +86,13 @@ def test_copied_blocks_reproduce_other_decoders(tmp_path, architecture):
     loaded = _loaded(str(tmp_path))
     for first, n_blocks in [(1, 2), (3, 1)]:
         top = _top_layers.checked_top(loaded, first, n_blocks, torch.device("cpu"))
-        assert _top_layers._mismatch(top, loaded, first, n_blocks) < 1e-2
+        assert _copy_error(top, loaded, first, n_blocks) < 1e-4
 
 
 def test_copied_blocks_reproduce_bert_without_its_embeddings(minilm):
     loaded = _loaded(minilm)
     top = _top_layers.checked_top(loaded, 4, 2, torch.device("cpu"))
-    assert _top_layers._mismatch(top, loaded, 4, 2) < 1e-2
+    assert _copy_error(top, loaded, 4, 2) < 1e-4
     # Neither BERT's embeddings nor its pooler are copied.
     assert not any("embeddings" in name or "pooler" in name
                    for name, _ in top.named_parameters())

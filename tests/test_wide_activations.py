@@ -84,7 +84,7 @@ def test_fit_on_loud_states_trains_instead_of_diverging(loud_llama, tmp_path):
     assert np.isfinite(model.predict(TEXTS)).all()
 
 
-def test_float16_rows_with_inf_from_older_versions_are_recomputed(tmp_path):
+def test_float16_rows_with_inf_from_older_versions_are_store_misses(tmp_path):
     # sklearn_relish before bfloat16 rows stored overflowed states as float16 inf.
     store = TokenStateStore(str(tmp_path))
     overflowed = torch.tensor([[1.0, float("inf")], [2.0, 3.0]], dtype=torch.float16)
