@@ -5,9 +5,13 @@ pickle cannot: an atomic write that never replaces a user's file unless asked, a
 checksum, so that a damaged or truncated file is refused with a ValueError instead of
 loading and predicting nonsense (a pickle with a few flipped bytes often still loads).
 
-A file written by :func:`save_model` is one header line, then joblib's bytes::
+A file written by :func:`save_model` is joblib's bytes, then one trailer line::
 
-    sklearn_relish-model 1 sha256=<hex digest of 'sklearn_relish-model 1 ' + the rest>\\n
+    \\nsklearn_relish-model 2 sha256=<hex digest of 'sklearn_relish-model 2 ' + joblib's bytes>\\n
+
+so ``joblib.load`` reads it as any joblib file (unpickling stops before the trailer) and
+:func:`load_model` checks it. Format 1 (sklearn_relish before 2026-12-05) put the line
+first, where it kept ``joblib.load`` from reading the file; such files still load here.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import functools
 import hashlib
 import inspect
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import IO, Any
@@ -95,9 +100,12 @@ def _warn_if_saved_with_other_versions(saved: dict[str, str] | None, kind: str) 
 
 
 _MAGIC = b"sklearn_relish-model"
-_FORMAT = 1
+_FORMAT = 2
+_HEADER_FORMAT = 1  # the line came first in format 1
 _CHUNK = 1 << 20
 _MAX_HEADER = 128  # the header is about 95 bytes; anything longer is not ours
+_TRAILER = re.compile(rb"\n" + _MAGIC + rb" (\d+) sha256=([0-9a-f]{64})\n\Z")
+_PICKLE_START, _PICKLE_STOP = b"\x80", b"."  # joblib's uncompressed files: pickle protocol 2+
 
 
 def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -105,7 +113,8 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
 
     The file is written under a temporary name, flushed to disk and renamed into place, so
     a crash or a full disk never leaves half a model where a good one was. An existing file
-    is kept unless ``overwrite=True``. Read it back with :func:`load_model`.
+    is kept unless ``overwrite=True``. Read it back with :func:`load_model`, which checks
+    the checksum; ``joblib.load`` reads it too, unchecked.
 
     Parameters
     ----------
@@ -131,12 +140,11 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
 
     def write(tmp: str) -> None:
         with open(tmp, "r+b") as stream:
-            header = _header(b"0" * 64)
-            stream.write(header)  # a placeholder of the same length, filled in below
             joblib.dump(model, stream)
-            digest = _digest(stream, len(header), _signed_part(b"%d" % _FORMAT))
-            stream.seek(0)
-            stream.write(_header(digest.encode()))
+            size = stream.tell()
+            digest = _digest(stream, 0, size, _signed_part(b"%d" % _FORMAT))
+            stream.seek(size)
+            stream.write(b"\n%s %d sha256=%s\n" % (_MAGIC, _FORMAT, digest.encode()))
 
     try:
         write_atomically(path, write, overwrite)
@@ -145,20 +153,20 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     return path
 
 
-def _header(digest: bytes) -> bytes:
-    return b"%s %d sha256=%s\n" % (_MAGIC, _FORMAT, digest)
-
-
 def _signed_part(version: bytes) -> bytes:
     # The digest also covers the format number, so a flipped digit there reads as damage.
     return b"%s %s " % (_MAGIC, version)
 
 
-def _digest(stream: IO[bytes], start: int, prefix: bytes) -> str:
+def _digest(stream: IO[bytes], start: int, end: int | None, prefix: bytes) -> str:
+    """sha256 of ``prefix`` and the bytes from ``start`` to ``end`` (None: the end)."""
     stream.seek(start)
     sha = hashlib.sha256(prefix)
-    while chunk := stream.read(_CHUNK):
+    left = end - start if end is not None else None
+    while chunk := stream.read(_CHUNK if left is None else min(_CHUNK, left)):
         sha.update(chunk)
+        if left is not None:
+            left -= len(chunk)
     return sha.hexdigest()
 
 
@@ -178,12 +186,12 @@ def load_model(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}.")
     with open(path, "rb") as stream:
-        verified = stream.read(len(_MAGIC)) == _MAGIC
-        if verified:
-            _verify(stream, path)
+        if stream.read(len(_MAGIC)) == _MAGIC:
+            _verify_header(stream, path)  # format 1
+            verified = True
         else:
-            # A plain joblib file (e.g. from joblib.dump): no checksum to check.
-            stream.seek(0)
+            verified = _verify_trailer(stream, path)
+            stream.seek(0)  # joblib stops at the pickle's end, before any trailer
         model = _unpickle(stream, path, verified)
     if not _is_model(model):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a fitted model.")
@@ -195,8 +203,7 @@ def _is_model(model: Any) -> bool:
 
 
 def _check_is_model(model: Any) -> None:
-    """Refused before writing: load_model would refuse the file, and plain joblib cannot
-    read it (the header), so the user would be left with a file nothing opens."""
+    """Refused before writing: load_model would refuse the file it wrote."""
     if not _is_model(model):
         raise TypeError(f"save_model saves fitted estimators (with predict or transform); "
                         f"got a {type(model).__name__}.")
@@ -209,27 +216,57 @@ def _damaged(path: Path, why: str) -> ValueError:
     )
 
 
-def _verify(stream: IO[bytes], path: Path) -> None:
-    """Check the header and the checksum; leave ``stream`` at the start of the payload."""
+def _verify_header(stream: IO[bytes], path: Path) -> None:
+    """Format 1: check the header and the checksum; leave ``stream`` at the payload."""
     stream.seek(0)
     line = stream.readline(_MAX_HEADER)
     parts = line.rstrip(b"\n").split(b" ")
     if not line.endswith(b"\n") or len(parts) != 3 or not parts[2].startswith(b"sha256="):
         raise _damaged(path, "its header is unreadable")
     expected = parts[2][len(b"sha256="):].decode("ascii", "replace")
-    intact = _digest(stream, len(line), _signed_part(parts[1])) == expected
-    if parts[1].isdigit() and int(parts[1]) > _FORMAT:
+    intact = _digest(stream, len(line), None, _signed_part(parts[1])) == expected
+    # Later formats put the line last: a header of another format is not ours to read.
+    _check_format(parts[1], _HEADER_FORMAT, intact, path)
+    stream.seek(len(line))
+
+
+def _verify_trailer(stream: IO[bytes], path: Path) -> bool:
+    """Check the trailer of a format-2 file; False for a plain joblib file (no checksum).
+
+    A file that ends in a newline, or names sklearn_relish near its end, is one of ours
+    whatever the damage, and so is an uncompressed pickle that does not end in the pickle's
+    STOP: a damaged trailer must not make a file pass for an unchecked joblib file.
+    """
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(max(0, size - _MAX_HEADER))
+    tail = stream.read()
+    stream.seek(0)
+    first = stream.read(1)
+    found = _TRAILER.search(tail)
+    if found is None:
+        if tail.endswith(b"\n") or _MAGIC in tail:
+            raise _damaged(path, "its checksum line is unreadable")
+        if first == _PICKLE_START and not tail.endswith(_PICKLE_STOP):
+            raise _damaged(path, "it ends before its pickle does")
+        return False  # a joblib file (compressed ones start with their own marks)
+    payload_end = size - (len(tail) - found.start())
+    version, expected = found.group(1), found.group(2).decode()
+    intact = _digest(stream, 0, payload_end, _signed_part(version)) == expected
+    _check_format(version, _FORMAT, intact, path)
+    return True
+
+
+def _check_format(version: bytes, readable: int, intact: bool, path: Path) -> None:
+    if version.isdigit() and int(version) > _FORMAT:
         # Refused whether or not its digest matches: an intact file of a later format
         # must not be read as this one.
         damaged = "" if intact else ", or it is damaged or truncated"
         raise ValueError(
             f"{path} was written by a newer sklearn_relish (model file format "
-            f"{int(parts[1])}){damaged}; upgrade sklearn_relish and try again."
+            f"{int(version)}){damaged}; upgrade sklearn_relish and try again."
         )
-    if intact:
-        stream.seek(len(line))
-        return
-    raise _damaged(path, "its checksum does not match its contents")
+    if not intact or version != b"%d" % readable:
+        raise _damaged(path, "its checksum does not match its contents")
 
 
 def _unpickle(stream: IO[bytes], path: Path, verified: bool) -> Any:

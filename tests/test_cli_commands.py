@@ -313,6 +313,7 @@ def test_predict_refuses_before_predicting(data, fitted, tmp_path):
     # A column the predictions would overwrite, a bad coverage, an unknown output type:
     # each named at once, nothing written, the user's table intact.
     (tmp_path / "own.csv").write_text("review,prediction\ngood film,my value\n")
+    model_file = fitted.read_bytes()
     cases = [(["own.csv", "-o", "o.csv"], "already has a column 'prediction'"),
              ([data / "new.jsonl", "-o", "o.csv", "--coverage", "90"], "--coverage"),
              ([data / "new.jsonl", "-o", "o.xlsx"], "unknown file type '.xlsx'"),
@@ -322,7 +323,7 @@ def test_predict_refuses_before_predicting(data, fitted, tmp_path):
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["own.csv"]
-    assert fitted.read_bytes()[:20] == b"sklearn_relish-model"
+    assert fitted.read_bytes() == model_file
 
 
 def test_text_maps_a_renamed_column_onto_the_fitted_one(fitted, tmp_path):
@@ -341,6 +342,11 @@ def test_text_maps_a_renamed_column_onto_the_fitted_one(fitted, tmp_path):
     done = relish("predict", fitted, tmp_path / "renamed.csv", "-o", tmp_path / "x.csv",
                   "--text", "body", "--text-pair", "body")
     assert done.returncode == 2 and "fitted on 1 text column(s) ('review')" in done.stderr
+    # --text-pair without --text was silently ignored.
+    done = relish("predict", fitted, tmp_path / "renamed.csv", "-o", tmp_path / "y.csv",
+                  "--text-pair", "body")
+    assert done.returncode == 2 and "--text-pair needs --text" in done.stderr
+    assert not (tmp_path / "y.csv").exists()
 
 
 def test_json_lines_with_a_byte_order_mark_and_integer_ids_round_trip(fitted, tmp_path):

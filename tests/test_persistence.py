@@ -342,7 +342,7 @@ def test_plain_joblib_file_cut_short_is_a_value_error(fitted, tmp_path):
 def test_newer_file_format_asks_for_an_upgrade(fitted, tmp_path):
     path = save_model(fitted, tmp_path / "model.joblib")
     content = path.read_bytes()
-    path.write_bytes(content.replace(b"sklearn_relish-model 1 ", b"sklearn_relish-model 7 ", 1))
+    path.write_bytes(content.replace(b"sklearn_relish-model 2 ", b"sklearn_relish-model 7 ", 1))
     with pytest.raises(ValueError, match="newer sklearn_relish"):
         load_model(path)
 
@@ -351,12 +351,56 @@ def test_an_intact_file_of_a_newer_format_is_refused_too(fitted, tmp_path):
     # Its digest matches (a later version signed it): it must not be read as format 1.
     import hashlib
 
-    payload = save_model(fitted, tmp_path / "model.joblib").read_bytes().split(b"\n", 1)[1]
-    digest = hashlib.sha256(b"sklearn_relish-model 2 " + payload).hexdigest()
+    payload = save_model(fitted, tmp_path / "model.joblib").read_bytes().rsplit(b"\n", 2)[0]
+    digest = hashlib.sha256(b"sklearn_relish-model 3 " + payload).hexdigest()
     newer = tmp_path / "newer.joblib"
-    newer.write_bytes(b"sklearn_relish-model 2 sha256=%s\n%s" % (digest.encode(), payload))
-    with pytest.raises(ValueError, match=r"newer sklearn_relish \(model file format 2\); "):
+    newer.write_bytes(b"%s\nsklearn_relish-model 3 sha256=%s\n" % (payload, digest.encode()))
+    with pytest.raises(ValueError, match=r"newer sklearn_relish \(model file format 3\); "):
         load_model(newer)
+
+
+def _format_1(model, path):
+    """A file as sklearn_relish wrote them before format 2: the checksum line first."""
+    import hashlib
+
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    payload = buffer.getvalue()
+    digest = hashlib.sha256(b"sklearn_relish-model 1 " + payload).hexdigest()
+    path.write_bytes(b"sklearn_relish-model 1 sha256=%s\n%s" % (digest.encode(), payload))
+    return path
+
+
+def test_joblib_load_reads_what_save_model_writes(fitted, tmp_path):
+    # The checksum line comes after the pickle: a CLI model opens with plain joblib too.
+    path = save_model(fitted, tmp_path / "model.joblib")
+    np.testing.assert_array_equal(joblib.load(path).predict(PROBE), fitted.predict(PROBE))
+
+
+def test_format_1_files_still_load_and_are_checked(fitted, tmp_path):
+    path = _format_1(fitted, tmp_path / "old.joblib")
+    np.testing.assert_array_equal(load_model(path).predict(PROBE), fitted.predict(PROBE))
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x10
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="checksum does not match"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("where", ["magic", "newline", "both"])
+def test_a_damaged_checksum_line_never_passes_for_a_plain_joblib_file(fitted, tmp_path, where):
+    # Else a flipped byte in the line would skip the check of the flips in the pickle.
+    content = bytearray(save_model(fitted, tmp_path / "model.joblib").read_bytes())
+    line = content.rindex(b"sklearn_relish-model")
+    content[len(content) // 2] ^= 0x01  # damage in the pickle as well
+    if where in ("magic", "both"):
+        content[line + 3] ^= 0x20
+    if where in ("newline", "both"):
+        content[-1] ^= 0x01
+    path = tmp_path / "bad.joblib"
+    path.write_bytes(bytes(content))
+    with pytest.raises(ValueError, match="damaged or truncated"):
+        load_model(path)
 
 
 def test_intact_file_that_cannot_unpickle_says_so(tmp_path, monkeypatch):
