@@ -118,6 +118,8 @@ def _model_and_texts(args: argparse.Namespace,
         model.set_params(verbose=0)
     fitted_names = [str(name) for name in getattr(model, "feature_names_in_", [])]
     names = fitted_names
+    if args.text_pair and not args.text:
+        raise CommandError("--text-pair needs --text (the first text column) as well")
     if args.text:
         names = [args.text] + ([args.text_pair] if args.text_pair else [])
         if fitted_names and len(names) != len(fitted_names):
@@ -295,6 +297,7 @@ def add_commands(commands: Any) -> None:
     for sub in (fit_parser, predict_parser, evaluate_parser):
         sub.add_argument("--force", action="store_true", help="replace existing outputs")
         if sub is not fit_parser:
-            sub.add_argument("--text", help="text column, if the model does not record it")
-            sub.add_argument("--text-pair", help="second text column, for pairs")
+            sub.add_argument("--text", help="text column (default: the one fitted on); "
+                             "another name maps this file's column onto the fitted one")
+            sub.add_argument("--text-pair", help="second text column, for pairs (with --text)")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")

