@@ -5,7 +5,11 @@ in test_cache.py, backbone fingerprints in test_backbones.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -253,15 +257,50 @@ def test_a_folder_that_cannot_be_synced_does_not_fail_the_write(tmp_path, monkey
     assert path.read_text() == "new" and len(synced) == 1
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="root may write any file: the refusal only shows for other users")
+# Run as its own script: as another user when the suite runs as root (CI does), since root
+# may write any file and the refusal would never show.
+_OVERWRITE_READ_ONLY = """
+import importlib.util, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("relish_files", sys.argv[1])
+files = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(files)
+path = Path(sys.argv[2]) / "model.joblib"
+path.write_text("old")
+path.chmod(0o444)
+files.write_atomically(path, lambda tmp: Path(tmp).write_text("new"), overwrite=True)
+assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o444, path.stat()
+"""
+
+
+def _as_nobody() -> list[str]:
+    """A command prefix running Python as uid 65534, or skip where none can."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: the refusal only shows for other users")
+    source = Path(__file__).resolve().parents[1] / "sklearn_relish" / "_files.py"
+    for python in dict.fromkeys([sys.executable, shutil.which("python3")]):
+        prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python]
+        if python and subprocess.run([*prefix, "-c", f"open({str(source)!r}).close()"],
+                                     capture_output=True).returncode == 0:
+            return prefix
+    pytest.skip("no Python that uid 65534 may run can read the package here")
+
+
 def test_a_read_only_file_can_still_be_overwritten_on_purpose(tmp_path):
     # The new contents took the old file's mode (0444) before the sync opened them for
     # writing: save_model(overwrite=True) onto a read-only model raised PermissionError.
-    from sklearn_relish._files import write_atomically
-
-    path = tmp_path / "model.joblib"
-    path.write_text("old")
-    path.chmod(0o444)
-    write_atomically(path, lambda tmp: Path(tmp).write_text("new"), overwrite=True)
-    assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o444
+    source = Path(__file__).resolve().parents[1] / "sklearn_relish" / "_files.py"
+    if os.geteuid() != 0:
+        subprocess.run([sys.executable, "-c", _OVERWRITE_READ_ONLY, str(source),
+                        str(tmp_path)], check=True)
+        return
+    prefix = _as_nobody()
+    folder = Path(tempfile.mkdtemp())  # not under pytest's folder, which only root enters
+    try:
+        folder.chmod(0o777)
+        done = subprocess.run([*prefix, "-c", _OVERWRITE_READ_ONLY, str(source), str(folder)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
