@@ -148,6 +148,19 @@ class RelishNet(NeuralNetRegressor):
     2-D float32 target is asked of the user.
     """
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A head trained on "cuda:1" (or on "cuda" while GPU 1 was current) names that GPU;
+        # skorch would load it there and fail on a machine with one GPU, with a message
+        # about torch.load. It goes to this machine's current GPU instead (no GPU at all:
+        # skorch maps it to the CPU).
+        device = state.get("device")
+        if isinstance(device, str) and device.startswith("cuda:") and \
+                torch.cuda.is_available():
+            index = torch.device(device).index
+            if index is not None and index >= torch.cuda.device_count():
+                state["device"] = "cuda"
+        super().__setstate__(state)
+
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         # skorch's partial_fit swallows KeyboardInterrupt and returns a half-trained net;
         # a scikit-learn fit must let Ctrl-C through (cross_val_score would carry on with

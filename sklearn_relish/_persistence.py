@@ -244,11 +244,15 @@ def _verify_trailer(stream: IO[bytes], path: Path) -> bool:
     first = stream.read(1)
     found = _TRAILER.search(tail)
     if found is None:
-        if tail.endswith(b"\n") or _MAGIC in tail:
+        if _MAGIC in tail:
             raise _damaged(path, "its checksum line is unreadable")
-        if first == _PICKLE_START and not tail.endswith(_PICKLE_STOP):
+        if first != _PICKLE_START:
+            return False  # a compressed joblib file: its last bytes are any bytes
+        if tail.endswith(b"\n"):
+            raise _damaged(path, "its checksum line is unreadable")
+        if not tail.endswith(_PICKLE_STOP):
             raise _damaged(path, "it ends before its pickle does")
-        return False  # a joblib file (compressed ones start with their own marks)
+        return False  # a plain joblib file
     payload_end = size - (len(tail) - found.start())
     version, expected = found.group(1), found.group(2).decode()
     intact = _digest(stream, 0, payload_end, _signed_part(version)) == expected

@@ -61,7 +61,11 @@ def test_pickle_holds_the_head_not_the_backbone(minilm):
 
 # -- CUDA -> CPU -----------------------------------------------------------------------------
 def test_cuda_request_without_cuda_falls_back_to_cpu(monkeypatch):
+    def no_current_device():
+        raise AssertionError("asked CUDA for its current device without CUDA")
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", no_current_device)
     for request in ("cuda", "cuda:1"):
         with pytest.warns(UserWarning, match="CUDA is not available"):
             assert _backbones.resolve_device(request) == torch.device("cpu")
@@ -88,6 +92,24 @@ def test_auto_device_follows_cuda_availability(monkeypatch, recwarn):
     assert _backbones.resolve_device("auto") == torch.device("cuda:0")
     assert _backbones.resolve_device("cuda:0") == torch.device("cuda:0")
     assert not [w for w in recwarn if "CUDA" in str(w.message)]  # no fallback, no warning
+
+
+@pytest.mark.parametrize("saved, gpus, loaded", [("cuda:1", 1, "cuda"), ("cuda:1", 2, "cuda:1"),
+                                                 ("cuda", 1, "cuda"), ("cpu", 1, "cpu")])
+def test_a_head_saved_on_a_gpu_this_machine_lacks_loads_on_its_current_one(
+        monkeypatch, saved, gpus, loaded):
+    # skorch loaded a "cuda:1" head onto GPU 1 and failed where there is one GPU.
+    from skorch import NeuralNetRegressor
+
+    from sklearn_relish._net import RelishNet
+
+    seen = {}
+    monkeypatch.setattr(NeuralNetRegressor, "__setstate__",
+                        lambda self, state: seen.update(state))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    RelishNet.__new__(RelishNet).__setstate__({"device": saved})
+    assert seen["device"] == loaded
 
 
 def test_bare_cuda_is_the_current_device_by_its_index(monkeypatch):
@@ -319,13 +341,24 @@ def test_flipped_bytes_are_refused_not_loaded(fitted, tmp_path, seed):
         load_model(bad)
 
 
-@pytest.mark.parametrize("keep", [1, 10, 30, 95, 96, 200, -100])
+@pytest.mark.parametrize("keep", [1, 10, 30, 95, 96, 200, -100, -97, -95, -64, -20, -1])
 def test_cut_files_are_refused(fitted, tmp_path, keep):
     good = save_model(fitted, tmp_path / "good.joblib").read_bytes()
     bad = tmp_path / "bad.joblib"
     bad.write_bytes(good[:keep])
     with pytest.raises(ValueError, match="damaged or truncated"):
         load_model(bad)
+
+
+@pytest.mark.parametrize("compress", range(1, 33))
+def test_compressed_joblib_files_load_whatever_their_last_byte(compress, tmp_path):
+    # Their last byte is any byte: one ending in a newline was taken for a damaged
+    # checksum line. Each level and payload gives another ending.
+    path = tmp_path / "small.joblib"
+    value = _Predictor()
+    value.payload = np.random.default_rng(compress).random(64)
+    joblib.dump(value, path, compress=("zlib", compress % 9 + 1))
+    np.testing.assert_array_equal(load_model(path).payload, value.payload)
 
 
 def test_plain_joblib_file_cut_short_is_a_value_error(fitted, tmp_path):
