@@ -44,8 +44,11 @@ RUNS = HERE / "ensembles_runs.jsonl"
 # A member's alias names its backbone and any setting that differs from the package's
 # defaults. "gemma-k2" is the fine-tuned regime chosen on every corpus's seed-0 hold-out
 # (top_layers_select.py): Gemma with its 2 blocks under the layer read trained at lr 1e-4.
+# "gemma-l75" reads Gemma's layer at three quarters of its depth instead of the middle: a
+# member that sees other states, for diversity.
 MEMBERS = {"smollm2": (SMOLLM2, {}), "gemma": (GEMMA3, {}), "minilm": (MINILM, {}),
-           "gemma-k2": (GEMMA3, {"train_top_layers": 2, "top_layers_lr": 1e-4})}
+           "gemma-k2": (GEMMA3, {"train_top_layers": 2, "top_layers_lr": 1e-4}),
+           "gemma-l75": (GEMMA3, {"layer": 0.75})}
 VALIDATION_SHARE = 0.1
 
 
@@ -126,7 +129,8 @@ def summarise(runs: Path) -> str:
            f"benchmarks/ensembles.py --summarise`. Fitted on: {'; '.join(machines)}. "
            "Members are RELISH with package defaults but the backbone and random_state "
            "(`gemma-k2`: Gemma with 2 blocks under the head trained at lr 1e-4, the "
-           "configuration top_layers_select.py chose on the seed-0 hold-outs), "
+           "configuration top_layers_select.py chose on the seed-0 hold-outs; "
+           "`gemma-l75`: Gemma's layer at three quarters of its depth), "
            "each fitted on 90% of the seed's training "
            "split; the other 10% is the validation part that scores ensembles (never "
            "trained on). An ensemble is the mean of its members' predictions, as "
