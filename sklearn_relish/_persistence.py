@@ -103,7 +103,7 @@ _MAGIC = b"sklearn_relish-model"
 _FORMAT = 2
 _HEADER_FORMAT = 1  # the line came first in format 1
 _CHUNK = 1 << 20
-_MAX_HEADER = 128  # the header is about 95 bytes; anything longer is not ours
+_MAX_HEADER = 128  # the checksum line is 95 or 96 bytes; a longer one is not ours
 _TRAILER = re.compile(rb"\n" + _MAGIC + rb" (\d+) sha256=([0-9a-f]{64})\n\Z")
 _PICKLE_START, _PICKLE_STOP = b"\x80", b"."  # joblib's uncompressed files: pickle protocol 2+
 
@@ -233,9 +233,10 @@ def _verify_header(stream: IO[bytes], path: Path) -> None:
 def _verify_trailer(stream: IO[bytes], path: Path) -> bool:
     """Check the trailer of a format-2 file; False for a plain joblib file (no checksum).
 
-    A file that ends in a newline, or names sklearn_relish near its end, is one of ours
-    whatever the damage, and so is an uncompressed pickle that does not end in the pickle's
-    STOP: a damaged trailer must not make a file pass for an unchecked joblib file.
+    A file that names sklearn_relish near its end is one of ours whatever the damage, and
+    so is an uncompressed pickle that ends in anything but the pickle's STOP (a newline
+    included): a damaged trailer must not make a file pass for an unchecked joblib file.
+    Compressed joblib files end in any byte and are left to joblib.
     """
     size = stream.seek(0, os.SEEK_END)
     stream.seek(max(0, size - _MAX_HEADER))
