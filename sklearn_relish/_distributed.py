@@ -121,7 +121,7 @@ def featurize_to_store(
     check_prompt(estimator.prompt, kind)
     try:  # fail here, clearly, rather than on every worker after its first chunk
         if client is None:
-            TokenStateStore(store_dir).check_writable()
+            _check_writable(store_dir)
         else:  # the workers' view of the folder, which the client may not share
             client.submit(_check_writable, store_dir, pure=False).result()
     except StoreUnavailable as error:
