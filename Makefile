@@ -41,7 +41,8 @@ bench-quality: install
 # skorch wheel, SmolLM2's tokenizer files and the VADER data (a few MB in all).
 device-carry: install
 	rm -rf .device && mkdir -p .device/wheels .device/tokenizer
-	$(PIP) download -q --no-deps -d .device/wheels skorch
+	# The skorch tested here, not whatever PyPI holds today.
+	$(PIP) download -q --no-deps -d .device/wheels "skorch==$$($(PY) -c 'import skorch; print(skorch.__version__)')"
 	$(PY) -c "from transformers import AutoTokenizer; from sklearn_relish._backbones import SMOLLM2, resolve_backbone; AutoTokenizer.from_pretrained(resolve_backbone(SMOLLM2)).save_pretrained('.device/tokenizer')"
 	$(PY) -c "from sklearn.datasets import get_data_home; import shutil; shutil.copytree(get_data_home(), '.device/scikit_learn_data')"
 

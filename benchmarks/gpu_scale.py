@@ -8,15 +8,19 @@ backbone, or ``--tokenizer``) turns VADER tweets into realistic token counts. Pe
 - featurization by the package (``featurize_batch_size="auto"``, last layer and middle
   layer with early exit), by the package at 32 texts per batch, against the *floor* (a bare
   forward over the same length-sorted batches) and the authors' way (every text padded to
-  256 tokens, 32 per batch); the second of two passes is timed;
+  256 tokens, 32 per batch); the second of two passes is timed (padding's warm-up is one
+  batch: all its batches have one shape);
 - head training: seconds per epoch of ``RelishTextRegressor`` on the cached states of
   3,024 tweets (5 epochs, no early stopping), and ``predict`` on 840 cached tweets;
-- peak GPU memory of each phase, and the card's name.
+- GPU memory: the weights once built, and the peak of each phase on its own (reset before
+  it); the card's name.
 
     python benchmarks/gpu_scale.py                        # 135m, 1b and 8b on cuda
     python benchmarks/gpu_scale.py --device cpu --tiny --no-write   # smoke test, a minute
 
-Results are appended to ``benchmarks/RESULTS.md`` under "## GPU scale" with the command.
+Results are appended to ``benchmarks/RESULTS.md`` under "## GPU scale" with the command;
+``--rows FILE`` also writes each config's row as JSON the moment it is measured, so a run
+cut short by a time limit still returns what it finished.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import json
 import shlex
 import sys
 import threading
@@ -35,7 +40,7 @@ import numpy as np
 import torch
 
 from sklearn_relish import RelishTextRegressor, _backbones
-from sklearn_relish._backbones import LoadedBackbone, kwargs_key
+from sklearn_relish._backbones import LoadedBackbone
 from sklearn_relish._featurizer import LLMFeaturizer, plan_batches
 
 CONFIGS = {  # name: (hidden, layers, heads, kv heads, intermediate)
@@ -53,9 +58,11 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def timed(function: Callable[[], object], device: torch.device) -> float:
-    """Seconds of the second of two calls (the first pays for warm-up), synchronised."""
-    function()
+def timed(function: Callable[[], object], device: torch.device,
+          warm_up: Callable[[], object] | None = None) -> float:
+    """Seconds of a call after a first one that pays for warm-up (``warm_up``, a shorter
+    call of the same shapes, where given), synchronised."""
+    (warm_up or function)()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -65,12 +72,22 @@ def timed(function: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_gib(device: torch.device) -> str:
+    """The peak since the last reset, then reset: each phase is measured on its own."""
     if device.type != "cuda":
         return "-"
     peak = torch.cuda.max_memory_allocated(device) / 1024**3
-    torch.cuda.reset_peak_memory_stats(device)
+    reset_peak(device)
     return f"{peak:.1f}"
+
+
+def allocated_gib(device: torch.device) -> str:
+    return f"{torch.cuda.memory_allocated(device) / 1024**3:.1f}" if device.type == "cuda" else "-"
 
 
 def tokenizer_folder(argument: str | None) -> str:
@@ -94,13 +111,21 @@ def register_random_backbone(size: str, tokenizer_path: str, device: torch.devic
                          num_key_value_heads=kv_heads, intermediate_size=intermediate,
                          max_position_embeddings=2048)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaModel(config).to(dtype).eval().requires_grad_(False)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in bfloat16: no float32 copy (29 GB at 8B) first
+    try:
+        with torch.device(device):
+            model = LlamaModel(config).eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(default_dtype)
     name = f"random-llama-{size}"
     loaded = LoadedBackbone(name, model, tokenizer, f"sha256:random-{size}", device, dtype,
                             threading.Lock(), run_tag=str(dtype))
-    key = (name, str(device), str(dtype), False, kwargs_key({}))
-    _backbones._REGISTRY[key] = loaded
+    _backbones._REGISTRY[_backbones.registry_key(name, device, dtype, False, {})] = loaded
+    # What the estimators will ask for: a key that missed here sent them to the hub.
+    if _backbones.load_backbone(name, device=_backbones.resolve_device(str(device)),
+                                dtype=dtype) is not loaded:
+        raise SystemExit(f"the registry does not serve {name} to the estimators")
     return name, loaded
 
 
@@ -131,11 +156,13 @@ def padded_forward(loaded: LoadedBackbone, texts: list[str]):
 
 def measure(size: str, texts: list[str], y: np.ndarray, args, device: torch.device) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    reset_peak(device)
     start = time.perf_counter()
     name, loaded = register_random_backbone(size, args.tokenizer, device, dtype)
     n_params = sum(p.numel() for p in loaded.model.parameters())
-    row: dict = {"config": size, "params_b": n_params / 1e9,
-                 "build_s": time.perf_counter() - start, "build_gib": peak_gib(device)}
+    row: dict = {"config": size, "params_b": n_params / 1e9, "card": card_name(device),
+                 "build_s": time.perf_counter() - start, "weights_gib": allocated_gib(device),
+                 "build_peak_gib": peak_gib(device)}
     common = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), cache=False)
     ids = loaded.tokenizer(texts)["input_ids"]
     batches = plan_batches([len(i) for i in ids], "auto", device.type)
@@ -149,16 +176,19 @@ def measure(size: str, texts: list[str], y: np.ndarray, args, device: torch.devi
                              .transform(texts, "single"), device)
     row["middle_s"] = timed(lambda: LLMFeaturizer(name, layer=0.5, **common).transform(
         texts, "single"), device)
-    row["padded_s"] = (timed(padded_forward(loaded, texts), device)
+    reset_peak(device)  # the peak below is padding's own
+    row["padded_s"] = (timed(padded_forward(loaded, texts), device,
+                             warm_up=padded_forward(loaded, texts[:PAPER_BATCH]))
                        if not args.no_padded else float("nan"))
     row["padded_gib"] = peak_gib(device)
 
     train, test = texts[:N_TRAIN], texts[N_TRAIN:N_TRAIN + N_PREDICT]
-    model = RelishTextRegressor(name, layer=-1, device=str(device), max_epochs=HEAD_EPOCHS,
+    model = RelishTextRegressor(name, layer=-1, device=str(device), max_epochs=1,
                                 early_stopping=False, random_state=0,
                                 backbone_dtype=common["dtype"])
-    model.fit(train, y[:N_TRAIN])  # featurizes once: the timed fit reads the memory cache
-    model.fit(train, y[:N_TRAIN])
+    model.fit(train, y[:N_TRAIN])  # featurizes once (and warms up): the timed fit reads the cache
+    reset_peak(device)  # the head's peak, without the featurization's
+    model.set_params(max_epochs=HEAD_EPOCHS).fit(train, y[:N_TRAIN])
     epochs = [float(d) for d in model.net_.history[:, "dur"]]
     row["epoch_s"] = float(np.median(epochs))
     row["head_gib"] = peak_gib(device)
@@ -167,9 +197,13 @@ def measure(size: str, texts: list[str], y: np.ndarray, args, device: torch.devi
     return row
 
 
+def card_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
 def render(rows: list[dict], device: torch.device, n_texts: int, n_tokens: int,
            command: str) -> str:
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    card = card_name(device)
     lines = [
         f"## GPU scale, {dt.datetime.now():%Y-%m-%d %H:%M}",
         "",
@@ -177,12 +211,13 @@ def render(rows: list[dict], device: torch.device, n_texts: int, n_tokens: int,
         f"{'bfloat16' if device.type == 'cuda' else 'float32'}; {n_texts:,} VADER tweets "
         f"({n_tokens:,} tokens); featurization times are the second of two passes, last "
         f"layer unless said; head: {N_TRAIN:,} cached tweets, median epoch of "
-        f"{HEAD_EPOCHS}; predict: {N_PREDICT} cached tweets.",
+        f"{HEAD_EPOCHS}; predict: {N_PREDICT} cached tweets. Peak GiB: the weights once built, "
+        "then each phase's own peak.",
         "",
         "| config | params (B) | package, auto batches (s) | bare forward, same batches (s) "
         "| package / floor | 32 per batch (s) | middle layer, early exit (s) "
         "| padded to 256 (s) | padded / package | head epoch (s) | predict (s) "
-        "| peak GiB: weights / featurize / padded / head |",
+        "| GiB: weights / featurize / padded / head |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -191,7 +226,7 @@ def render(rows: list[dict], device: torch.device, n_texts: int, n_tokens: int,
             f"| {r['package_s'] / r['floor_s']:.2f}x | {r['batch32_s']:.2f} "
             f"| {r['middle_s']:.2f} | {r['padded_s']:.2f} "
             f"| {r['padded_s'] / r['package_s']:.1f}x | {r['epoch_s']:.2f} "
-            f"| {r['predict_s']:.2f} | {r['build_gib']} / {r['package_gib']} / "
+            f"| {r['predict_s']:.2f} | {r['weights_gib']} / {r['package_gib']} / "
             f"{r['padded_gib']} / {r['head_gib']} |")
     return "\n".join(lines) + "\n"
 
@@ -207,15 +242,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", default=None, help="folder with tokenizer files")
     parser.add_argument("--no-padded", action="store_true", help="skip padding to 256")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="append each config's row to this JSON-lines file once measured")
     args = parser.parse_args(argv)
     if args.tiny:
         args.configs, args.n_texts = ["tiny"], min(args.n_texts, 400)
         global N_TRAIN, N_PREDICT, HEAD_EPOCHS
-        N_TRAIN, N_PREDICT, HEAD_EPOCHS = 300, 100, 2
+        # Three quarters trained on, the rest predicted: whatever --n-texts leaves.
+        N_TRAIN, HEAD_EPOCHS = args.n_texts * 3 // 4, 2
+        N_PREDICT = args.n_texts - N_TRAIN
     args.tokenizer = tokenizer_folder(args.tokenizer)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda needs a GPU; use --device cpu --tiny for a smoke test")
+    # As the estimators resolve it ("cuda" is "cuda:0"): the registry key must match theirs.
+    device = _backbones.resolve_device(args.device)
     from sklearn_relish.datasets import load_vader
 
     texts, y = load_vader("tweets", return_X_y=True)
@@ -223,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for size in args.configs:
         rows.append(measure(size, texts, y, args, device))
+        if args.rows:
+            with open(args.rows, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(rows[-1]) + "\n")
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the next config starts from an empty card

@@ -1,21 +1,40 @@
 #!/usr/bin/env bash
-# One prepared device session (the device tool's `run`, repository root, 10 minutes at most):
-# the test suite on CUDA, then benchmarks/gpu_scale.py on the 135M, 1B and 8B configs.
+# One prepared device session (the device tool's `run`, repository root): the 135M, 1B and 8B
+# timings first (the reason to hold a GPU), then the CUDA path check, then the test suite.
 #
 # Prepare here first: `make device-carry` fills .device/ (ignored by git) with the skorch
 # wheel the device machine lacks, SmolLM2's tokenizer files and the VADER data. Then run
-#   bash benchmarks/gpu_session.sh      with carry=[".device"], timeout_s=580
-# Results come back in $OUT: pytest.log and gpu_scale.md (append the latter to RESULTS.md).
+#   bash benchmarks/gpu_session.sh      with carry=[".device"], timeout_s=430
+# which leaves a 15-minute lease room for a second, shorter call. Each step has its own
+# limit and writes as it goes, so a step cut short still returns what it finished.
+# Back in $OUT (8 files at most): versions.txt, gpu_scale.md (append to RESULTS.md),
+# gpu_scale.jsonl (one row per config, as measured), gpu_scale.log, check/ (report.json and
+# two pickles a CPU-only machine can load) and pytest.log (the whole log).
 set -uo pipefail
 OUT=${OUT:-/tmp/relish-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export SCIKIT_LEARN_DATA=$PWD/.device/scikit_learn_data
-python -m pip install -q --no-deps --no-index .device/wheels/*.whl
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-# The embedded backbones do not travel (over 64 MiB): their tests skip. Tests of optional
-# extras the machine lacks (pyarrow, matplotlib for the CLI) may fail there: read the log.
-timeout 300 python -m pytest -q -p no:cacheprovider tests 2>&1 | tail -40 > "$OUT/pytest.log"
-tail -3 "$OUT/pytest.log"
-timeout 250 python benchmarks/gpu_scale.py --tokenizer .device/tokenizer --no-write \
-    | tee "$OUT/gpu_scale.md"
+# The image's Python is python3 (the one holding CUDA torch); skorch is the one dependency
+# it lacks: without it nothing below can run, so stop here.
+python3 -m pip install -q --no-deps --no-index .device/wheels/*.whl || exit 1
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python3 -c "import sys, torch, transformers, sklearn, skorch, numpy
+print('python', sys.version.split()[0], '| torch', torch.__version__, '| transformers',
+      transformers.__version__, '| scikit-learn', sklearn.__version__, '| skorch',
+      skorch.__version__, '| numpy', numpy.__version__)"
+} 2>&1 | tee "$OUT/versions.txt"
+
+timeout 240 python3 benchmarks/gpu_scale.py --tokenizer .device/tokenizer --no-write \
+    --rows "$OUT/gpu_scale.jsonl" 2> "$OUT/gpu_scale.log" | tee "$OUT/gpu_scale.md"
+echo "gpu_scale exit $?"
+timeout 45 python3 benchmarks/gpu_check.py --out "$OUT/check" >> "$OUT/gpu_scale.log" 2>&1
+echo "gpu_check exit $?: $(grep -h "GPU CHECK" "$OUT/gpu_scale.log")"
+
+# The embedded backbones do not travel (over 64 MiB): their tests skip. pytest-xdist and
+# pytest-timeout are on the image: 8 workers, and no single test may hang the session.
+timeout 120 python3 -m pytest -q -p no:cacheprovider -n 8 --timeout 90 --durations 10 tests \
+    > "$OUT/pytest.log" 2>&1
+echo "pytest exit $?"
+tail -5 "$OUT/pytest.log"

@@ -277,6 +277,13 @@ def count_hidden_states(name: str, *, trust_remote_code: bool = False,
     return int(config.num_hidden_layers) + 1
 
 
+def registry_key(name: str, device: torch.device, dtype: torch.dtype,
+                 trust_remote_code: bool, kwargs: dict[str, Any]) -> tuple:
+    """What one loaded copy is filed under: a name, device, dtype and load arguments."""
+    return (_registry_name(name), str(device), str(dtype), trust_remote_code,
+            kwargs_key(kwargs))
+
+
 def load_backbone(
     name: str,
     *,
@@ -288,8 +295,7 @@ def load_backbone(
     """Load (once per process) a frozen backbone and its tokenizer."""
     global N_LOADS
     kwargs = check_backbone_kwargs(backbone_kwargs)
-    key = (_registry_name(name), str(device), str(dtype), trust_remote_code,
-           kwargs_key(kwargs))
+    key = registry_key(name, device, dtype, trust_remote_code, kwargs)
     with _REGISTRY_LOCK:
         if key in _REGISTRY and _files_unchanged(_REGISTRY[key], trust_remote_code):
             return _REGISTRY[key]
