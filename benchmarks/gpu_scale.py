@@ -33,13 +33,14 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sklearn_relish import RelishTextRegressor, _backbones
+from sklearn_relish import RelishTextRegressor, _backbones, _featurizer
 from sklearn_relish._backbones import LoadedBackbone
 from sklearn_relish._featurizer import LLMFeaturizer, plan_batches
 
@@ -129,6 +130,17 @@ def register_random_backbone(size: str, tokenizer_path: str, device: torch.devic
     return name, loaded
 
 
+@contextmanager
+def token_budget(device_type: str, budget: int) -> Iterator[None]:
+    """``featurize_batch_size="auto"`` with another budget of padded tokens per batch."""
+    default = _featurizer.TOKEN_BUDGET[device_type]
+    _featurizer.TOKEN_BUDGET[device_type] = budget
+    try:
+        yield
+    finally:
+        _featurizer.TOKEN_BUDGET[device_type] = default
+
+
 def bare_forward(loaded: LoadedBackbone, texts: list[str], device_type: str):
     """The floor: tokenize, cut into the package's own batches, pad, run; nothing else."""
     def run():
@@ -171,6 +183,12 @@ def measure(size: str, texts: list[str], y: np.ndarray, args, device: torch.devi
     row["package_s"] = timed(lambda: LLMFeaturizer(name, layer=-1, **common).transform(
         texts, "single"), device)
     row["package_gib"] = peak_gib(device)
+    # The CUDA default (16,384 padded tokens a batch) is a guess until timed beside others.
+    row["budget_s"] = {}
+    for budget in args.budgets:
+        with token_budget(device.type, budget):
+            row["budget_s"][budget] = timed(lambda: LLMFeaturizer(
+                name, layer=-1, **common).transform(texts, "single"), device)
     row["floor_s"] = timed(bare_forward(loaded, texts, device.type), device)
     row["batch32_s"] = timed(lambda: LLMFeaturizer(name, layer=-1, batch_size=32, **common)
                              .transform(texts, "single"), device)
@@ -228,6 +246,13 @@ def render(rows: list[dict], device: torch.device, n_texts: int, n_tokens: int,
             f"| {r['padded_s'] / r['package_s']:.1f}x | {r['epoch_s']:.2f} "
             f"| {r['predict_s']:.2f} | {r['weights_gib']} / {r['package_gib']} / "
             f"{r['padded_gib']} / {r['head_gib']} |")
+    default = _featurizer.TOKEN_BUDGET[device.type]
+    for r in rows:
+        if r["budget_s"]:
+            timings = {default: r["package_s"], **r["budget_s"]}
+            lines.append(f"\n{r['config']}, package featurization by token budget a batch: "
+                         + ", ".join(f"{b:,}{' (default)' if b == default else ''}: "
+                                     f"{timings[b]:.2f} s" for b in sorted(timings)))
     return "\n".join(lines) + "\n"
 
 
@@ -241,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-texts", type=int, default=4200)
     parser.add_argument("--tokenizer", default=None, help="folder with tokenizer files")
     parser.add_argument("--no-padded", action="store_true", help="skip padding to 256")
+    parser.add_argument("--budgets", type=int, nargs="*", default=[4096, 65536],
+                        help="other token budgets to time featurization with (none: skip)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--rows", type=Path, default=None,
                         help="append each config's row to this JSON-lines file once measured")
