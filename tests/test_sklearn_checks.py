@@ -23,14 +23,22 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn_relish import LLMTextEncoder, RelishTextRegressor
 
 
-class _NumericTagsRegressor(RelishTextRegressor):
+class _StableRepr:
+    """Test ids are built from the estimator's repr: with the random temporary folder of
+    the backbone in it, pytest-xdist's workers collected different ids and refused to run."""
+
+    def __repr__(self, N_CHAR_MAX=700):
+        return super().__repr__(N_CHAR_MAX).replace(_FOLDER, "<tiny-llama>")
+
+
+class _NumericTagsRegressor(_StableRepr, RelishTextRegressor):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = True
         return tags
 
 
-class _NumericTagsEncoder(LLMTextEncoder):
+class _NumericTagsEncoder(_StableRepr, LLMTextEncoder):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = True
