@@ -33,8 +33,11 @@ timeout 45 python3 benchmarks/gpu_check.py --out "$OUT/check" >> "$OUT/gpu_scale
 echo "gpu_check exit $?: $(grep -h "GPU CHECK" "$OUT/gpu_scale.log")"
 
 # The embedded backbones do not travel (over 64 MiB): their tests skip. pytest-xdist and
-# pytest-timeout are on the image: 8 workers, and no single test may hang the session.
-timeout 120 python3 -m pytest -q -p no:cacheprovider -n 8 --timeout 90 --durations 10 tests \
+# pytest-timeout are on the image (KINDS.md): 8 workers, and no single test may hang the
+# session; without them, one process (the suite took 216 s with 2 workers on 2 CPU cores).
+PARALLEL=()
+python3 -c "import xdist, pytest_timeout" 2>/dev/null && PARALLEL=(-n 8 --timeout 90)
+timeout 120 python3 -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" --durations 10 tests \
     > "$OUT/pytest.log" 2>&1
 echo "pytest exit $?"
 tail -5 "$OUT/pytest.log"
