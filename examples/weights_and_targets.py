@@ -50,7 +50,6 @@ for name, sample_weight in (("unweighted", None), ("corpus-balanced", weights)):
     print(f"{name:>16}: " + ", ".join(f"{c} Pearson {100 * r:.1f}" for c, r in scores.items()))
 
 # Two targets for the same texts: the human rating and the rule-based compound score.
-
 analyzer = SentimentIntensityAnalyzer()
 X_tr, X_te, y_tr, y_te = parts["tweets"]
 rule = [analyzer.polarity_scores(text)["compound"] for text in X_tr + X_te]
