@@ -2,8 +2,9 @@
 
 Checks that ``device="auto"`` puts the backbone and the head on the GPU, that the backbone
 runs in bfloat16 there, and that a GPU-trained model pickles and then loads and predicts in
-a process that sees no GPU at all. The pickle and the tiny backbone are written to
-``--out`` so they can also be loaded on another, CPU-only machine.
+a process that sees no GPU at all. The pickles and a report are written to ``--out``; the
+tiny backbone stays at /tmp/relish-gpu-check/tiny-llama, so another, CPU-only machine loads
+the pickles after ``build_tiny_llama`` (tests/conftest.py) has rebuilt it at that path.
 
     python benchmarks/gpu_check.py --out /tmp/gpu-check
 """

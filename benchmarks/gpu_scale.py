@@ -123,9 +123,10 @@ def register_random_backbone(size: str, tokenizer_path: str, device: torch.devic
     loaded = LoadedBackbone(name, model, tokenizer, f"sha256:random-{size}", device, dtype,
                             threading.Lock(), run_tag=str(dtype))
     _backbones._REGISTRY[_backbones.registry_key(name, device, dtype, False, {})] = loaded
-    # What the estimators will ask for: a key that missed here sent them to the hub.
-    if _backbones.load_backbone(name, device=_backbones.resolve_device(str(device)),
-                                dtype=dtype) is not loaded:
+    # The key the estimators will ask for: one that missed here sent them to the hub.
+    asked = _backbones.registry_key(name, _backbones.resolve_device(str(device)), dtype,
+                                    False, {})
+    if _backbones._REGISTRY.get(asked) is not loaded:
         raise SystemExit(f"the registry does not serve {name} to the estimators")
     return name, loaded
 
@@ -184,11 +185,18 @@ def measure(size: str, texts: list[str], y: np.ndarray, args, device: torch.devi
         texts, "single"), device)
     row["package_gib"] = peak_gib(device)
     # The CUDA default (16,384 padded tokens a batch) is a guess until timed beside others.
-    row["budget_s"] = {}
+    row["budget_s"], row["budget_gib"] = {}, {}
     for budget in args.budgets:
-        with token_budget(device.type, budget):
-            row["budget_s"][budget] = timed(lambda: LLMFeaturizer(
-                name, layer=-1, **common).transform(texts, "single"), device)
+        reset_peak(device)
+        try:
+            with token_budget(device.type, budget):
+                row["budget_s"][budget] = timed(lambda: LLMFeaturizer(
+                    name, layer=-1, **common).transform(texts, "single"), device)
+        except torch.OutOfMemoryError:  # a budget too large for the card: noted, row kept
+            row["budget_s"][budget] = float("nan")
+            gc.collect()
+            torch.cuda.empty_cache()
+        row["budget_gib"][budget] = peak_gib(device)
     row["floor_s"] = timed(bare_forward(loaded, texts, device.type), device)
     row["batch32_s"] = timed(lambda: LLMFeaturizer(name, layer=-1, batch_size=32, **common)
                              .transform(texts, "single"), device)
@@ -250,9 +258,12 @@ def render(rows: list[dict], device: torch.device, n_texts: int, n_tokens: int,
     for r in rows:
         if r["budget_s"]:
             timings = {default: r["package_s"], **r["budget_s"]}
-            lines.append(f"\n{r['config']}, package featurization by token budget a batch: "
+            peaks = {default: r["package_gib"], **r["budget_gib"]}
+            lines.append(f"\n{r['config']}, package featurization by token budget a batch "
+                         "(nan: out of memory): "
                          + ", ".join(f"{b:,}{' (default)' if b == default else ''}: "
-                                     f"{timings[b]:.2f} s" for b in sorted(timings)))
+                                     f"{timings[b]:.2f} s, {peaks[b]} GiB"
+                                     for b in sorted(timings)))
     return "\n".join(lines) + "\n"
 
 
