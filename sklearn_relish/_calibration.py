@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import KFold
 
 from ._intervals import calibrate
 from ._net import (
@@ -22,31 +21,25 @@ from ._net import (
     predict_states,
     train_head,
 )
+from ._splits import describe_count, fold_ids, one_per_input, release_split
 
 
-def fold_ids(n_texts: int, n_folds: int, seed: int) -> np.ndarray:
-    """The fold (0..K-1) each text is left out of: shuffled K-fold, sizes within one."""
-    ids = np.empty(n_texts, dtype=np.int64)
-    splitter = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for fold, (_, left_out) in enumerate(splitter.split(np.arange(n_texts))):
-        ids[left_out] = fold
-    return ids
-
-
-def check_folds(n_texts: int, method: str, n_folds: int) -> None:
-    # Each fold head needs at least 2 texts to train on and each fold 1 text to score.
-    if n_texts < 2 * n_folds:
+def check_folds(groups: np.ndarray, method: str, n_folds: int) -> None:
+    # Each fold head needs at least 2 texts to train on and each fold 1 text to score;
+    # copies of a text share a fold, so it is distinct texts that count.
+    n_distinct = len(np.unique(groups))
+    if n_distinct < 2 * n_folds:
         raise ValueError(
             f"intervals={method!r} with interval_folds={n_folds} needs at least {2 * n_folds} "
-            f"texts (2 per fold); got {n_texts}. Lower interval_folds or use "
-            "intervals='split'."
+            f"texts (2 per fold); got {describe_count(len(groups), n_distinct)}. Lower "
+            "interval_folds or use intervals='split'."
         )
 
 
 def fit_fold_heads(params: Any, input_dim: int, states: list[torch.Tensor],
                    scaled: np.ndarray, weights: np.ndarray, target: np.ndarray,
                    y_mean: Any, y_scale: Any, seed: int, device: torch.device,
-                   n_outputs: int, featurizer: Any = None,
+                   n_outputs: int, featurizer: Any = None, groups: np.ndarray | None = None,
                    ) -> tuple[list[RelishNet], np.ndarray, np.ndarray]:
     """Train ``params.interval_folds`` heads, each without one fold.
 
@@ -54,11 +47,12 @@ def fit_fold_heads(params: Any, input_dim: int, states: list[torch.Tensor],
     scale of ``y`` (sorted within each fold) and the fold of each of them. Texts of
     weight 0 train (with no influence) but do not calibrate, as in split conformal.
     """
-    folds = fold_ids(len(states), params.interval_folds, seed)
+    groups = np.arange(len(states)) if groups is None else groups
+    folds = fold_ids(groups, params.interval_folds, seed)
     nets, scores, score_folds = [], [], []
     for fold in range(params.interval_folds):
         train = np.flatnonzero(folds != fold)
-        left_out = [int(i) for i in np.flatnonzero((folds == fold) & (weights > 0))]
+        left_out = one_per_input(np.flatnonzero((folds == fold) & (weights > 0)), groups)
         if not np.any(weights[train] > 0):
             raise ValueError(
                 f"Fold {fold} of intervals={params.intervals!r} has only texts of "
@@ -69,8 +63,9 @@ def fit_fold_heads(params: Any, input_dim: int, states: list[torch.Tensor],
         fold_seed = (seed + 1 + fold) % np.iinfo(np.int32).max
         net = train_head(params, input_dim, [states[i] for i in train], scaled[train],
                          weights[train], fold_seed, device, n_outputs, featurizer,
-                         constant=not np.any(np.asarray(y_scale) > 0))
+                         constant=not np.any(np.asarray(y_scale) > 0), groups=groups[train])
         drop_training_state(net)
+        release_split(net)
         nets.append(net)
         # The same absolute errors "split" takes on its hold-out, on the left-out fold.
         fold_scores = calibrate("cv", lambda rows, net=net: predict_states(
@@ -85,6 +80,7 @@ def calibration_scores(params: Any, net: RelishNet, input_dim: int,
                        states: list[torch.Tensor], scaled: np.ndarray, weights: np.ndarray,
                        target: np.ndarray, y_mean: Any, y_scale: Any, seed: int,
                        device: torch.device, n_outputs: int, featurizer: Any = None,
+                       groups: np.ndarray | None = None,
                        ) -> tuple[np.ndarray | None, list[RelishNet] | None, np.ndarray | None]:
     """The conformity scores of ``params.intervals`` for the trained main head ``net``.
 
@@ -95,7 +91,7 @@ def calibration_scores(params: Any, net: RelishNet, input_dim: int,
     if params.intervals in ("cv", "cv+"):
         fold_nets, scores, folds = fit_fold_heads(
             params, input_dim, states, scaled, weights, target, y_mean, y_scale, seed,
-            device, n_outputs, featurizer)
+            device, n_outputs, featurizer, groups)
         if params.intervals == "cv":  # the main head's margin: the fold heads can go
             return np.sort(scores, axis=0), None, None
         return scores, fold_nets, folds
@@ -105,6 +101,9 @@ def calibration_scores(params: Any, net: RelishNet, input_dim: int,
     if net.train_split is not None:
         _, valid = net.train_split(TokenStateDataset(states, scaled, weights))
         held_out = [int(i) for i in valid.indices if weights[i] > 0]
+        if groups is not None:
+            held_out = one_per_input(held_out, groups)
+        release_split(net)
     scores = calibrate(params.intervals, lambda rows: predict_states(
         net, [states[i] for i in rows]), held_out, target, y_mean, y_scale)
     return scores, None, None

@@ -26,6 +26,7 @@ from ._net import (
 )
 from ._persistence import PickleFormatMixin
 from ._sklearn_compat import Count, StrOptions
+from ._splits import distinct_ids
 from ._targets import check_sample_weight, check_target, target_mean, target_names, target_scale
 
 
@@ -102,7 +103,10 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         and restore the weights of the last epoch that improved it.
         Under cross-validation the hold-out comes from each training fold only.
     validation_fraction : float, default=0.1
-        Share of the training data held out for early stopping.
+        Share of the training data held out for early stopping (and for the
+        ``"split"`` and ``"cqr"`` intervals), drawn over distinct texts: every copy of a
+        repeated text (one row per rating) falls on the same side, as in the folds of
+        ``"cv"`` and ``"cv+"``, and calibrates the intervals once.
     patience : int, default=3
         Epochs without validation improvement before stopping.
     train_top_layers : int, default=0
@@ -179,8 +183,9 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         Name(s) of the target(s) when ``y`` was a Series or DataFrame (absent otherwise).
     calibration_scores_ : ndarray of shape (n_calibration, n_targets) or None
         Conformity scores: sorted, on the hold-out; with ``"cv"`` (sorted) and ``"cv+"``
-        (by fold), the out-of-fold errors of all training texts (weight > 0). None for
-        ``"split"`` and ``"cqr"`` without early stopping.
+        (by fold), the out-of-fold errors of all training texts (weight > 0). One per
+        distinct text (its first copy of weight > 0). None for ``"split"`` and ``"cqr"``
+        without early stopping.
     interval_method_ : str
         The ``intervals`` the model was fitted with (what :meth:`predict_interval` uses).
     interval_nets_ : list of skorch.NeuralNetRegressor or None
@@ -333,8 +338,10 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         if len(texts) < 2:
             raise ValueError(f"At least 2 texts are needed to fit; got {len(texts)}.")
         check_prompt(self.prompt, kind)
+        # Copies of a text (one row per rating) stay on one side of every internal split.
+        groups = distinct_ids(texts)
         if self.intervals in ("cv", "cv+"):
-            check_folds(len(texts), self.intervals, self.interval_folds)
+            check_folds(groups, self.intervals, self.interval_folds)
         if self.latent_dim % self.n_heads:
             raise ValueError(
                 f"latent_dim={self.latent_dim} must be divisible by n_heads={self.n_heads}."
@@ -359,12 +366,13 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         n_outputs = 1 if target.ndim == 1 else target.shape[1]
 
         net = train_head(self, featurizer.hidden_size, states, scaled, weights, seed, device,
-                         n_outputs, featurizer, constant=not np.any(spread > 0))
+                         n_outputs, featurizer, constant=not np.any(spread > 0),
+                         groups=groups)
         diagnostics = training_diagnostics(net)
         drop_training_state(net)
         scores, fold_nets, folds = calibration_scores(
             self, net, featurizer.hidden_size, states, scaled, weights, target, y_mean, spread,
-            seed, device, n_outputs, featurizer)
+            seed, device, n_outputs, featurizer, groups)
 
         self._record_columns(X, kind)
         names = target_names(y)

@@ -10,7 +10,6 @@ hold as many texts as a budget of padded elements allows, in the order given, so
 
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 from numbers import Real
@@ -27,6 +26,7 @@ from ._batching import BucketBatchSampler, fill_batches, inference_budget, longe
 from ._head import RelishHead
 from ._intervals import PointAndQuantileLoss, outputs_per_target
 from ._sklearn_compat import Count, Interval, StrOptions
+from ._splits import DistinctTextSplit, describe_count, holdout_size
 
 # torch has one random stream per process: fits that overlap in threads would seed and
 # restore it over each other (another fit's initialisation, batch order and dropout), so
@@ -228,27 +228,29 @@ class RelishNet(NeuralNetRegressor):
 
 
 def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
-              n_outputs: int = 1, featurizer: Any = None) -> RelishNet:
+              n_outputs: int = 1, featurizer: Any = None,
+              groups: np.ndarray | None = None) -> RelishNet:
     """The skorch training loop for a head configured by an estimator's parameters.
 
     ``params`` is the estimator (anything with its head and training attributes): the
     estimator keeps flat, grid-searchable parameters and this turns them into skorch's.
     With ``params.train_top_layers``, ``featurizer`` reads the states below the trained
-    blocks and the module is a :class:`TopLayersHead`.
+    blocks and the module is a :class:`TopLayersHead`. ``groups`` (:func:`distinct_ids`)
+    keeps every copy of a repeated text on one side of the early-stopping hold-out.
     """
-    from skorch.dataset import ValidSplit
-
     early_stopping = params.early_stopping
-    if early_stopping and math.ceil(n_samples * params.validation_fraction) >= n_samples:
+    n_distinct = n_samples if groups is None else len(np.unique(groups))
+    counted = describe_count(n_samples, n_distinct)
+    held_out = holdout_size(n_distinct, params.validation_fraction)
+    if early_stopping and held_out >= n_distinct:
         raise ValueError(
-            f"validation_fraction={params.validation_fraction} of {n_samples} texts holds "
+            f"validation_fraction={params.validation_fraction} of {counted} holds "
             "out every one of them for early stopping, leaving none to train on; lower it "
             "or set early_stopping=False.")
-    # ceil, as skorch's ValidSplit (scikit-learn's ShuffleSplit) rounds the hold-out.
-    if early_stopping and math.ceil(n_samples * params.validation_fraction) < 2:
+    if early_stopping and held_out < 2:
         warnings.warn(
             f"early_stopping needs at least 2 validation texts, but "
-            f"validation_fraction={params.validation_fraction} of {n_samples} texts gives "
+            f"validation_fraction={params.validation_fraction} of {counted} gives "
             f"fewer; training for max_epochs={params.max_epochs} without it.",
             UserWarning,
             stacklevel=4,
@@ -298,7 +300,8 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
         batch_size=params.batch_size,
         max_epochs=params.max_epochs,
         train_split=(
-            ValidSplit(params.validation_fraction, random_state=seed) if early_stopping else None
+            DistinctTextSplit(params.validation_fraction, random_state=seed, groups=groups)
+            if early_stopping else None
         ),
         callbacks=callbacks,
         device=str(device),
@@ -308,7 +311,8 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
 
 def train_head(params: Any, input_dim: int, states: list[torch.Tensor], scaled: np.ndarray,
                weights: np.ndarray, seed: int, device: torch.device, n_outputs: int,
-               featurizer: Any = None, constant: bool = False) -> RelishNet:
+               featurizer: Any = None, constant: bool = False,
+               groups: np.ndarray | None = None) -> RelishNet:
     """Build a net for ``params`` and train it on ``states`` with standardised targets.
 
     A ``constant`` target (scale 0 over the whole training set) is not trained: the
@@ -316,7 +320,8 @@ def train_head(params: Any, input_dim: int, states: list[torch.Tensor], scaled: 
     torch seed is neither used nor disturbed: training draws from a private stream
     seeded with ``seed``, which fits in other threads wait to share (``_TRAINING_LOCK``).
     """
-    net = build_net(params, input_dim, len(states), seed, device, n_outputs, featurizer)
+    net = build_net(params, input_dim, len(states), seed, device, n_outputs, featurizer,
+                    groups)
     cuda = [device.index or 0] if device.type == "cuda" else []
     with _TRAINING_LOCK, torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)

@@ -12,7 +12,6 @@ from conftest import TARGETS, TEXTS, small_regressor
 from sklearn.base import clone
 
 from sklearn_relish import _intervals
-from sklearn_relish._calibration import fold_ids
 from sklearn_relish._intervals import (
     PointAndQuantileLoss,
     conformity_scores,
@@ -20,6 +19,7 @@ from sklearn_relish._intervals import (
     intervals,
     score_quantile,
 )
+from sklearn_relish._splits import distinct_ids, fold_ids
 
 
 # -- the maths ------------------------------------------------------------------------------
@@ -174,10 +174,15 @@ def test_coverage_outside_zero_one_is_refused(coverage):
 
 
 # -- the estimator ------------------------------------------------------------------------------
+# 64 distinct texts: 4 copies of each of TEXTS would calibrate once each (16 texts held
+# out would give 4 scores, too few for 90% bounds).
+DISTINCT_64 = [f"{text} ({copy})" for copy in range(4) for text in TEXTS]
+
+
 @pytest.fixture(scope="module")
 def calibrated(tiny_llama):
     params = dict(early_stopping=True, validation_fraction=0.25, max_epochs=4)
-    return small_regressor(tiny_llama, **params).fit(TEXTS * 4, TARGETS * 4)
+    return small_regressor(tiny_llama, **params).fit(DISTINCT_64, TARGETS * 4)
 
 
 def test_default_model_has_intervals_around_its_predictions(calibrated):
@@ -247,7 +252,7 @@ def test_cqr_head_has_three_outputs_and_the_same_point_contract(tiny_llama):
 def test_several_targets_get_bounds_per_target(tiny_llama, method):
     y = np.column_stack([TARGETS * 4, np.asarray(TARGETS * 4) * 10])
     model = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.25,
-                            max_epochs=3, intervals=method).fit(TEXTS * 4, y)
+                            max_epochs=3, intervals=method).fit(DISTINCT_64, y)
     bounds = model.predict_interval(TEXTS[:3])
     assert bounds.shape == (3, 2, 2)
     widths = bounds[..., 1] - bounds[..., 0]
@@ -279,13 +284,17 @@ def cv_plus(tiny_llama):
 
 def test_cv_plus_scores_every_training_text_out_of_fold(cv_plus):
     assert len(cv_plus.interval_nets_) == 4
-    assert cv_plus.calibration_scores_.shape == (32, 1)  # all texts, not a hold-out
-    assert sorted(np.bincount(cv_plus.calibration_folds_)) == [8, 8, 8, 8]
-    # Each score is the error of the head that did not see the text. The folds are drawn
-    # from the fit's seed, which random_state=0 gives as below.
+    # All 16 texts (each given twice: one score per text), not a hold-out.
+    assert cv_plus.calibration_scores_.shape == (16, 1)
+    assert sorted(np.bincount(cv_plus.calibration_folds_)) == [4, 4, 4, 4]
+    # Each score is the error of the head that did not see the text (nor its copy: each
+    # text comes twice, and both copies share a fold). The folds are drawn from the fit's
+    # seed, which random_state=0 gives as below.
     seed = np.random.RandomState(0).randint(np.iinfo(np.int32).max)
-    text_folds = fold_ids(32, 4, seed)
-    y, texts = np.asarray(TARGETS * 2), TEXTS * 2
+    y, texts = np.asarray(TARGETS), TEXTS
+    text_folds = fold_ids(distinct_ids(TEXTS * 2), 4, seed)
+    np.testing.assert_array_equal(text_folds[:16], text_folds[16:])
+    text_folds = text_folds[:16]
     [(_, states, featurizer)] = cv_plus._token_state_chunks(texts)
     for fold, net in enumerate(cv_plus.interval_nets_):
         point = cv_plus._head_outputs(net, states, featurizer)[0][:, 0]

@@ -1,0 +1,113 @@
+"""The early-stopping hold-out and the interval folds never split the copies of a text.
+
+Data with one row per rating repeats every text; split by row, the head was judged and
+calibrated on copies of texts it had trained on (90% intervals covered 20 to 70% of new
+texts). Without repeats the splits must stay exactly the row-wise ones, so fits on
+distinct texts do not change.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TARGETS, TEXTS, small_regressor
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from sklearn.model_selection import KFold
+from skorch.dataset import ValidSplit
+
+from sklearn_relish import _calibration
+from sklearn_relish._splits import DistinctTextSplit, distinct_ids, fold_ids
+
+SEEDS = st.integers(0, 2**31 - 2)
+
+
+def _rows(n: int) -> torch.utils.data.Dataset:
+    return torch.utils.data.TensorDataset(torch.arange(n))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(3, 400), fraction=st.floats(0.05, 0.6), seed=SEEDS)
+def test_without_repeats_the_hold_out_is_skorchs_row_for_row(n, fraction, seed):
+    assume(math.ceil(n * fraction) < n)
+    expected = ValidSplit(fraction, random_state=seed)(_rows(n))
+    for groups in (None, np.arange(n)):
+        got = DistinctTextSplit(fraction, random_state=seed, groups=groups)(_rows(n))
+        for part, reference in zip(got, expected, strict=True):
+            assert list(part.indices) == list(reference.indices)  # same rows, same order
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(st.sampled_from("abcdefghijkl"), min_size=4, max_size=80),
+       fraction=st.floats(0.1, 0.5), seed=SEEDS)
+def test_every_copy_of_a_text_falls_on_one_side(texts, fraction, seed):
+    n_distinct = len(set(texts))
+    assume(math.ceil(n_distinct * fraction) < n_distinct)
+    train, valid = DistinctTextSplit(fraction, random_state=seed,
+                                     groups=distinct_ids(texts))(_rows(len(texts)))
+    assert sorted([*train.indices, *valid.indices]) == list(range(len(texts)))
+    trained = {texts[i] for i in train.indices}
+    held_out = {texts[i] for i in valid.indices}
+    assert trained.isdisjoint(held_out)
+    assert len(held_out) == math.ceil(n_distinct * fraction)
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=st.lists(st.sampled_from("abcdefghijkl"), min_size=6, max_size=80),
+       n_folds=st.integers(2, 5), seed=SEEDS)
+def test_copies_share_a_fold_and_distinct_texts_get_kfolds_folds(texts, n_folds, seed):
+    assume(len(set(texts)) >= n_folds)
+    folds = fold_ids(distinct_ids(texts), n_folds, seed)
+    for text in set(texts):
+        assert len({int(folds[i]) for i, t in enumerate(texts) if t == text}) == 1
+    # Distinct texts: KFold's own folds, so fits without repeats are unchanged.
+    n = len(texts)
+    expected = np.empty(n, dtype=int)
+    for fold, (_, left_out) in enumerate(
+            KFold(n_folds, shuffle=True, random_state=seed).split(np.arange(n))):
+        expected[left_out] = fold
+    np.testing.assert_array_equal(fold_ids(n, n_folds, seed), expected)
+    np.testing.assert_array_equal(fold_ids(np.arange(n), n_folds, seed), expected)
+
+
+def test_a_pair_is_its_own_input_and_order_matters():
+    ids = distinct_ids([("a", "b"), ("a", "b"), "a", ("b", "a"), ["a", "b"], "a"])
+    np.testing.assert_array_equal(ids, [0, 0, 1, 2, 0, 1])
+
+
+def test_a_fit_calibrates_only_on_texts_it_never_trained_on(tiny_llama, monkeypatch):
+    # Three copies of each text, as with one row per rating.
+    texts, targets = TEXTS * 3, TARGETS * 3
+    seen = {}
+    calibrate = _calibration.calibrate
+
+    def spy(method, predict_raw, held_out, *args, **kwargs):
+        seen["held_out"] = list(held_out)
+        return calibrate(method, predict_raw, held_out, *args, **kwargs)
+
+    monkeypatch.setattr(_calibration, "calibrate", spy)
+    model = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.25)
+    model.fit(texts, targets)
+    assert model.net_.train_split.groups is None  # served the split; not pickled
+    # The fit's split, drawn again from its seed with the row ids it had.
+    split = model.net_.train_split
+    split.groups = distinct_ids(texts)
+    train, valid = split(_rows(len(texts)))
+    trained = {texts[i] for i in train.indices}
+    held_out = {texts[i] for i in valid.indices}
+    assert len(held_out) == 4 and held_out.isdisjoint(trained)  # ceil(0.25 * 16) texts
+    assert len(valid.indices) == 12  # with all their copies
+    # Each held-out text calibrates once: its 3 copies are one text, not 3 exchangeable
+    # ones (counted 3 times, 4 texts passed for 12 and the intervals came out too narrow).
+    assert set(seen["held_out"]) <= set(valid.indices)
+    assert {texts[i] for i in seen["held_out"]} == held_out
+    assert model.calibration_scores_.shape == (4, 1)
+
+
+def test_a_hold_out_of_every_distinct_text_is_refused_by_count(tiny_llama):
+    model = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.6)
+    with pytest.raises(ValueError, match=r"of 2 distinct texts \(of 4\) holds out every one"):
+        model.fit(["good", "bad", "good", "bad"], [1.0, -1.0, 1.5, -1.5])
