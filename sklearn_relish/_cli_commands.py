@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from ._cli_tables import (
     write_table,
 )
 
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
+             "false": False, "no": False, "off": False, "0": False}
+
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
     """``["lr=1e-3", "backbone=org/model"]`` -> ``{"lr": 0.001, "backbone": "org/model"}``."""
@@ -39,6 +43,10 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
         if name not in valid:
             raise CommandError(f"--param {name!r}: not a parameter of RelishTextRegressor; "
                                f"valid: {', '.join(sorted(valid))}")
+        if isinstance(valid[name], bool) and raw.strip().lower() in _BOOLEANS:
+            # A shell user writes early_stopping=false as often as False.
+            params[name] = _BOOLEANS[raw.strip().lower()]
+            continue
         try:
             params[name] = ast.literal_eval(raw)  # numbers, True/False/None, lists
         except (ValueError, SyntaxError, TypeError):  # TypeError: {[1]: 2}, unhashable
@@ -102,8 +110,8 @@ def fit(args: argparse.Namespace) -> int:
         raise row_error(error, args.data) from None
     save_model(model, output, overwrite=args.force)
     scored = 0 if model.calibration_scores_ is None else len(model.calibration_scores_)
-    calibration = (f"{scored} scored out of fold over {model.interval_folds} folds"
-                   if model.interval_method_ in ("cv", "cv+") else f"{scored} held out")
+    calibration = (f"{scored} texts scored out of fold over {model.interval_folds} folds"
+                   if model.interval_method_ in ("cv", "cv+") else f"{scored} texts held out")
     print(f"fitted on {len(table)} rows of {args.data} ({model.n_iter_} epochs, best "
           f"{model.best_iteration_}; {calibration} for intervals); saved to {output}")
     return 0
@@ -111,9 +119,24 @@ def fit(args: argparse.Namespace) -> int:
 
 def _model_and_texts(args: argparse.Namespace,
                      verbatim: bool = False) -> tuple[Any, Any, Any]:
-    from . import load_model
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    from . import RelishTextRegressor, load_model
 
     model = load_model(args.model)
+    # save_model keeps any estimator (a Pipeline, an unfitted model): the commands run
+    # a fitted RelishTextRegressor, and read its text and target columns off it.
+    if not isinstance(model, RelishTextRegressor):
+        raise CommandError(
+            f"{args.model} holds a {type(model).__name__}, not a RelishTextRegressor; the "
+            "relish commands run models written by `relish fit` or a RelishTextRegressor "
+            "saved with save_model (use other estimators from Python)")
+    try:
+        check_is_fitted(model)
+    except NotFittedError:
+        raise CommandError(f"{args.model} holds a RelishTextRegressor that was never "
+                           "fitted; fit it first (relish fit)") from None
     if args.quiet:  # the model keeps the verbosity it was fitted with
         model.set_params(verbose=0)
     fitted_names = [str(name) for name in getattr(model, "feature_names_in_", [])]
@@ -204,14 +227,26 @@ def evaluate(args: argparse.Namespace) -> int:
     outputs = _outputs_for(targets, getattr(model, "target_names_", None),
                            len(_target_names(model)), args.model)
     truth = _numeric(columns(table, targets, args.data, "target"), args.data).to_numpy(float)
-    plot = refuse_to_overwrite(args.plot or f"{Path(args.data).stem}_predicted_vs_true.png",
-                               args.force, inputs=[args.data, args.model])
+    # The default plot is named after the data and the model, so evaluating a second
+    # model on the same file draws its own. A default plot that exists is kept and the
+    # metrics still printed (evaluating only reads); a --plot that exists is refused
+    # before the predictions, like every output the user names.
+    default_plot = Path(f"{Path(args.data).stem}_{Path(args.model).stem}_predicted_vs_true.png")
+    if not args.plot and os.path.lexists(default_plot) and not args.force:
+        plot = None
+    else:
+        plot = refuse_to_overwrite(args.plot or default_plot, args.force,
+                                   inputs=[args.data, args.model])
     predictions = _predict(model, texts, args.data).reshape(len(table), -1)[:, outputs]
     print(f"{'target':<16} {'Pearson':>8} {'Spearman':>9} {'NRMSE':>7} {'R2':>7}   (x100 but R2)")
     for j, name in enumerate(targets):
         report = regression_report(truth[:, j], predictions[:, j])
         print(f"{name:<16} {100 * report['pearson']:8.1f} {100 * report['spearman']:9.1f} "
               f"{100 * report['nrmse']:7.1f} {report['r2']:7.3f}")
+    if plot is None:
+        print(f"predicted against true values: not drawn, {default_plot} exists (--force "
+              "replaces it, --plot names another file)")
+        return 0
     _scatter(truth, predictions, targets, plot, args.force)
     print(f"predicted against true values: {plot}")
     return 0
@@ -291,7 +326,9 @@ def add_commands(commands: Any) -> None:
     evaluate_parser.add_argument("data")
     evaluate_parser.add_argument("--target", action="append",
                                  help="target column(s) (default: the ones fitted on)")
-    evaluate_parser.add_argument("--plot", help="PNG of predicted against true values")
+    evaluate_parser.add_argument(
+        "--plot", help="PNG of predicted against true values (default: "
+        "DATA_MODEL_predicted_vs_true.png in the current folder, drawn unless it exists)")
     evaluate_parser.set_defaults(run=evaluate)
 
     for sub in (fit_parser, predict_parser, evaluate_parser):

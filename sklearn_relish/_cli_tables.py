@@ -198,6 +198,14 @@ def text_columns(table: Any, names: list[str], path: str | os.PathLike) -> Any:
         texts[name] = texts[name].map(
             lambda cell: str(cell) if isinstance(cell, numbers.Number)
             and not pandas.isna(cell) else cell)
+    # Named here, in the file's terms: the estimator would say "X[1] is missing" and
+    # suggest pandas' fillna to someone who never opened Python.
+    missing = texts.isna().to_numpy()
+    if missing.any():
+        row, col = (int(i) for i in np.argwhere(missing)[0])
+        raise CommandError(
+            f"{path}: {row_label(path, row)}: text {names[col]!r} is empty (a blank cell, or "
+            "a null, is read as missing, not as an empty text); fill it or drop the row")
     return texts
 
 

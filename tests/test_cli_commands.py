@@ -39,7 +39,9 @@ def fitted(data, tiny_llama):
     done = relish("fit", data / "train.csv", "--text", "review", "--target", "score",
                   "-o", data / "model.joblib", "--param", f"backbone={tiny_llama}", *SMALL)
     assert done.returncode == 0, done.stderr
-    assert "saved to" in done.stdout and "16 held out for intervals" in done.stdout
+    # 16 distinct texts, each 4 times: a quarter of the texts (4) held out, with their
+    # copies, each calibrating once.
+    assert "saved to" in done.stdout and "4 texts held out for intervals" in done.stdout
     return data / "model.joblib"
 
 
@@ -49,7 +51,7 @@ def test_cv_plus_intervals_from_the_command_line(data, tiny_llama, tmp_path):
                   "-o", tmp_path / "cv.joblib", "--param", f"backbone={tiny_llama}", *SMALL,
                   "--param", "intervals=cv+", "--param", "interval_folds=3")
     assert done.returncode == 0, done.stderr
-    assert "64 scored out of fold over 3 folds for intervals" in done.stdout
+    assert "16 texts scored out of fold over 3 folds for intervals" in done.stdout
     out = tmp_path / "predictions.csv"
     done = relish("predict", tmp_path / "cv.joblib", data / "new.jsonl", "-o", out,
                   "--coverage", "0.8")
@@ -78,10 +80,46 @@ def test_evaluate_prints_the_papers_metrics_and_draws_the_plot(data, fitted, tmp
     done = relish("evaluate", fitted, data / "train.csv", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Pearson" in done.stdout and "score" in done.stdout
-    plot = tmp_path / "train_predicted_vs_true.png"
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot = tmp_path / "train_model_predicted_vs_true.png"  # the data's and the model's names
+    drawn = plot.read_bytes()
+    assert drawn[:8] == b"\x89PNG\r\n\x1a\n"
+    # Evaluating again still prints the metrics and keeps the plot it would have redrawn.
     again = relish("evaluate", fitted, data / "train.csv", cwd=tmp_path)
-    assert again.returncode == 2 and "exists; pass --force" in again.stderr
+    assert again.returncode == 0 and again.stdout.startswith(done.stdout.splitlines()[0])
+    assert "not drawn, train_model_predicted_vs_true.png exists" in again.stdout
+    assert plot.read_bytes() == drawn
+    # A plot the user names is an output like any other: refused before the work.
+    named = relish("evaluate", fitted, data / "train.csv", "--plot", plot, cwd=tmp_path)
+    assert named.returncode == 2 and "exists; pass --force" in named.stderr
+    assert named.stdout == "" and plot.read_bytes() == drawn
+
+
+def test_a_second_model_on_the_same_data_draws_its_own_plot(data, fitted, tmp_path):
+    other = tmp_path / "other.joblib"
+    other.write_bytes(fitted.read_bytes())
+    for model in (fitted, other):
+        assert relish("evaluate", model, data / "train.csv", cwd=tmp_path).returncode == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "train_model_predicted_vs_true.png", "train_other_predicted_vs_true.png"]
+
+
+def test_a_model_file_the_commands_cannot_run_is_named(data, fitted, tmp_path):
+    # save_model keeps a Pipeline or an unfitted model; the commands stopped with an
+    # AttributeError traceback on them.
+    from sklearn.pipeline import make_pipeline
+
+    from sklearn_relish import RelishTextRegressor, load_model, save_model
+
+    save_model(make_pipeline(load_model(fitted)), tmp_path / "pipe.joblib")
+    save_model(RelishTextRegressor(), tmp_path / "unfitted.joblib")
+    for name, message in (("pipe", "holds a Pipeline, not a RelishTextRegressor"),
+                          ("unfitted", "never fitted")):
+        for command in (["predict", "-o", tmp_path / f"{name}.csv"], ["evaluate"]):
+            done = relish(command[0], tmp_path / f"{name}.joblib", data / "train.csv",
+                          *command[1:], cwd=tmp_path)
+            assert done.returncode == 2 and message in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr
+    assert not list(tmp_path.glob("*.csv")) and not list(tmp_path.glob("*.png"))
 
 
 def test_outputs_are_never_overwritten_without_force(data, fitted, tmp_path):
@@ -140,7 +178,7 @@ def test_missing_text_is_named_by_its_row(tmp_path, tiny_llama):
     done = relish("fit", tmp_path / "gap.csv", "--text", "t", "--target", "y", "-o",
                   tmp_path / "m.joblib", "--param", f"backbone={tiny_llama}", "--quiet")
     assert done.returncode == 2 and "data row 2 (line 3)" in done.stderr, done.stderr
-    assert "missing" in done.stderr
+    assert "text 't' is empty" in done.stderr and "fillna" not in done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -202,14 +240,18 @@ def test_a_text_column_of_digits_is_read_as_text(tmp_path):
 
 
 def test_numbers_in_a_json_lines_text_column_become_text(tmp_path):
-    from sklearn_relish._cli_tables import read_table, text_columns
+    from sklearn_relish._cli_tables import CommandError, read_table, text_columns
 
-    (tmp_path / "codes.jsonl").write_text('{"code": 7, "y": 1}\n{"code": "abc", "y": 2}\n'
-                                          '{"code": null, "y": 3}\n')
+    (tmp_path / "codes.jsonl").write_text('{"code": 7, "y": 1}\n{"code": "abc", "y": 2}\n')
     table = read_table(tmp_path / "codes.jsonl", text_columns=["code"])
     texts = text_columns(table, ["code"], "codes.jsonl")
-    assert list(texts["code"][:2]) == ["7", "abc"] and pd.isna(texts["code"][2])
+    assert list(texts["code"]) == ["7", "abc"]
     assert table["code"][0] == 7  # the table itself, written back by predict, is unchanged
+    # A null is no number to turn into text: named in the file's terms.
+    (tmp_path / "codes.jsonl").write_text('{"code": 7, "y": 1}\n{"code": null, "y": 3}\n')
+    table = read_table(tmp_path / "codes.jsonl", text_columns=["code"])
+    with pytest.raises(CommandError, match=r"^codes.jsonl: data row 2: text 'code' is empty"):
+        text_columns(table, ["code"], "codes.jsonl")
 
 
 def test_predict_writes_the_other_columns_back_as_they_were(data, fitted, tmp_path):

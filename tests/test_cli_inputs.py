@@ -45,6 +45,17 @@ def test_bad_param_values_are_named_as_params():
     assert parse_params(["lr=0.01", "intervals=cv+"]) == {"lr": 0.01, "intervals": "cv+"}
 
 
+def test_switches_take_the_shells_spellings_of_true_and_false():
+    assert parse_params(["early_stopping=false", "input_norm=Yes"]) == {
+        "early_stopping": False, "input_norm": True}
+    assert parse_params(["early_stopping=False"]) == {"early_stopping": False}
+    # Only switches: elsewhere "false" stays a word, for the estimator to judge.
+    with pytest.raises(CommandError, match="--param .*intervals='false'"):
+        parse_params(["intervals=false"])
+    with pytest.raises(CommandError, match="early_stopping='maybe'"):
+        parse_params(["early_stopping=maybe"])
+
+
 def test_an_output_that_is_a_folder_is_refused_before_the_work(tmp_path):
     (tmp_path / "out").mkdir()
     for force in (False, True):
