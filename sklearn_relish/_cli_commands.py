@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,13 @@ def predict(args: argparse.Namespace) -> int:
             result[f"lower{suffix}"], result[f"upper{suffix}"] = bounds[:, j, 0], bounds[:, j, 1]
     write_table(result, output, args.force)
     print(f"{len(result)} predictions written to {output}")
+    if args.coverage is not None and not np.all(np.isfinite(bounds)):
+        # Not an error (the bounds are honest), but a column of inf surprises in a sheet.
+        n_scores = len(model.calibration_scores_)
+        print(f"note: the bounds are infinite: {n_scores} calibration texts certify a "
+              f"coverage of at most {n_scores / (n_scores + 1):.3f}, below {args.coverage}; "
+              "lower --coverage, or refit on more texts (or with --param intervals=cv)",
+              file=sys.stderr)
     return 0
 
 

@@ -60,6 +60,17 @@ def test_cv_plus_intervals_from_the_command_line(data, tiny_llama, tmp_path):
     assert np.all(result["lower"] < result["upper"])
 
 
+def test_infinite_bounds_are_written_with_a_note_that_says_why(data, fitted, tmp_path):
+    out = tmp_path / "predictions.csv"
+    done = relish("predict", fitted, data / "new.jsonl", "-o", out, "--coverage", "0.95")
+    assert done.returncode == 0, done.stderr
+    assert np.all(np.isinf(pd.read_csv(out)[["lower", "upper"]].to_numpy()))
+    assert "4 calibration texts certify a coverage of at most 0.800" in done.stderr
+    done = relish("predict", fitted, data / "new.jsonl", "-o", out, "--coverage", "0.8",
+                  "--force")
+    assert done.returncode == 0 and "note:" not in done.stderr
+
+
 @pytest.mark.parametrize("new", ["new.parquet", "new.jsonl"])
 def test_predict_with_intervals_in_every_format(data, fitted, new, tmp_path):
     out = tmp_path / "predictions.csv"
