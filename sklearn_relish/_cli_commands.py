@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._cli_tables import (
+    READERS,
     CommandError,
     columns,
     file_kind,
@@ -104,6 +105,9 @@ def fit(args: argparse.Namespace) -> int:
                            f"{args.sample_weight!r} is {weights.iat[row]}, below 0")
     # Before hours of fitting; --force never replaces the training data itself.
     output = refuse_to_overwrite(args.output, args.force, inputs=[args.data])
+    if output.suffix.lower() in READERS:  # -o predictions.csv, meant for predict
+        raise CommandError(f"{output}: fit writes a model file (a pickle), not a table; "
+                           "name it e.g. model.joblib")
     params.setdefault("verbose", 0 if args.quiet else 1)
     try:
         model = RelishTextRegressor(**params).fit(texts, y, sample_weight=weights)

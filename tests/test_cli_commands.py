@@ -183,6 +183,13 @@ def test_missing_and_unknown_files(tmp_path, fitted):
     assert done.returncode == 2 and "damaged or truncated" in done.stderr
 
 
+def test_fit_refuses_a_table_name_for_its_model_file(data, tmp_path):
+    done = relish("fit", data / "train.csv", "--text", "review", "--target", "score",
+                  "-o", tmp_path / "out_model.csv")
+    assert done.returncode == 2 and "fit writes a model file" in done.stderr
+    assert not (tmp_path / "out_model.csv").exists()
+
+
 def test_missing_text_is_named_by_its_row(tmp_path, tiny_llama):
     pd.DataFrame({"t": ["good", "", "ok"], "y": [1, 2, 0]}).to_csv(tmp_path / "gap.csv",
                                                                    index=False)
