@@ -102,6 +102,20 @@ def test_return_X_y(fake_sdist):
     assert y.shape == (len(X),) == (3,)
 
 
+def test_as_frame_gives_the_same_rows_as_pandas_objects(fake_sdist):
+    pd = pytest.importorskip("pandas")
+    plain = load_vader("movies", data_home=fake_sdist)
+    bunch = load_vader("movies", as_frame=True, data_home=fake_sdist)
+    assert isinstance(bunch.data, pd.DataFrame) and list(bunch.data.columns) == ["text"]
+    assert list(bunch.data["text"]) == plain.data and list(bunch.data.index) == plain.ids
+    assert bunch.target.name == "sentiment"
+    np.testing.assert_array_equal(bunch.target.to_numpy(), plain.target)
+    assert list(bunch.frame.columns) == ["text", "sentiment"] and bunch.frame.index.name == "id"
+    X, y = load_vader("movies", as_frame=True, return_X_y=True, data_home=fake_sdist)
+    pd.testing.assert_frame_equal(X, bunch.data)
+    pd.testing.assert_series_equal(y, bunch.target)
+
+
 def test_unknown_corpus_lists_valid_names(tmp_path):
     with pytest.raises(ValueError, match="amazon.*movies.*nyt.*tweets"):
         load_vader("imdb", data_home=tmp_path)

@@ -289,6 +289,7 @@ def load_vader(
     corpus: str,
     *,
     return_X_y: bool = False,
+    as_frame: bool = False,
     data_home: str | os.PathLike | None = None,
     download_if_missing: bool = True,
 ):
@@ -313,6 +314,10 @@ def load_vader(
         Which corpus to load.
     return_X_y : bool, default=False
         If True, return ``(data, target)`` instead of a Bunch.
+    as_frame : bool, default=False
+        If True (pandas needed), ``data`` is a DataFrame with one column ``"text"``,
+        ``target`` a Series ``"sentiment"``, both indexed by the sentence ids, and the
+        Bunch gains ``frame``, the two side by side; as scikit-learn's loaders do.
     data_home : str or path-like, default=None
         Folder for the sdist and the extracted files. By default
         ``<get_data_home()>/sklearn_relish``, which honours the
@@ -334,6 +339,8 @@ def load_vader(
             The original sentence ids.
         corpus : str
             The corpus name.
+        frame : DataFrame
+            Only with ``as_frame``: columns ``"text"`` and ``"sentiment"``.
         DESCR : str
             Description of the corpus, with citation and licence.
 
@@ -364,6 +371,16 @@ def load_vader(
     vader_dir = _prepare(data_home, download_if_missing)
     filename, title, description = _CORPORA[corpus]
     texts, target, ids = _parse(vader_dir / filename)
+    frame = None
+    if as_frame:
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("load_vader(as_frame=True) needs pandas: pip install pandas, "
+                              "or leave as_frame=False for a list and an array") from None
+        frame = pd.DataFrame({"text": texts, "sentiment": target},
+                             index=pd.Index(ids, name="id"))
+        texts, target = frame[["text"]], frame["sentiment"]
     if return_X_y:
         return texts, target
 
@@ -375,4 +392,7 @@ def load_vader(
         n_samples=f"{len(texts):,}",
         description=textwrap.fill(description, width=80),
     )
-    return Bunch(data=texts, target=target, ids=ids, corpus=corpus, DESCR=descr)
+    bunch = Bunch(data=texts, target=target, ids=ids, corpus=corpus, DESCR=descr)
+    if frame is not None:
+        bunch.frame = frame
+    return bunch
