@@ -170,6 +170,8 @@ def check_texts(X: Any) -> tuple[list, str]:
                 )
     if n_columns is None:
         return [_check_text(row, where[i]) for i, row in enumerate(rows)], SINGLE
+    if n_columns == 1:  # [["a"], ["b"]], as df[["text"]].values.tolist() gives: one column
+        return [_check_text(row[0], f"{where[i]}[0]") for i, row in enumerate(rows)], SINGLE
     if n_columns == 2:
         pairs = [
             (_check_text(row[0], f"{where[i]}[0]"), _check_text(row[1], f"{where[i]}[1]"))

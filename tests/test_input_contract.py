@@ -286,6 +286,10 @@ def test_pandas_series_and_one_column_frame_are_texts(fitted):
     frame = pd.DataFrame({"text": TEXTS[:6]}, index=index)
     np.testing.assert_allclose(fitted.predict(series), expected, atol=1e-6)
     np.testing.assert_allclose(fitted.predict(frame), expected, atol=1e-6)
+    # Rows of one text, as frame.values.tolist() gives them, are texts too (they were
+    # refused with "X has 1 columns; give one column of texts").
+    for rows in (frame.to_numpy().tolist(), [(text,) for text in TEXTS[:6]]):
+        np.testing.assert_allclose(fitted.predict(rows), expected, atol=1e-6)
 
 
 def test_two_column_frame_is_pairs(tiny_llama):
