@@ -12,6 +12,8 @@ back to the host in one copy.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -59,6 +61,22 @@ def plan_batches(lengths: list[int], batch_size: int | str, device_type: str) ->
 # batches to pad little, few enough that a million texts never sit in memory together.
 PREDICT_CHUNK = 2048
 
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside this package and scikit-learn.
+
+    A fixed level pointed into the package (predict's chunk loop) or into scikit-learn's
+    ``set_output`` wrapper, so Python's once-per-location filter showed the first
+    truncation warning and hid every later call's; the user's own line is the location.
+    """
+    import sklearn
+
+    inside = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+              os.path.dirname(os.path.abspath(sklearn.__file__)) + os.sep)
+    frame, level = sys._getframe(2), 2  # level 1: the function that calls warnings.warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 class BackboneMismatchError(ValueError):
     """The backbone found at load time is not the one the estimator was trained on."""
@@ -212,7 +230,7 @@ class LLMFeaturizer:
         so editing an output in place cannot change what a later call returns.
         """
         states, n_truncated = self.transform_counted(texts, kind)
-        self.warn_truncated(n_truncated, len(texts), stacklevel=4)
+        self.warn_truncated(n_truncated, len(texts))
         return states
 
     def transform_chunks(self, texts: list, kind: str
@@ -226,7 +244,7 @@ class LLMFeaturizer:
                                                        kind)
             n_truncated += truncated
             yield offset, states
-        self.warn_truncated(n_truncated, len(texts), stacklevel=5)
+        self.warn_truncated(n_truncated, len(texts))
 
     def transform_counted(self, texts: list, kind: str) -> tuple[list[torch.Tensor], int]:
         """:meth:`transform` without its warning: the states and how many were truncated."""
@@ -236,15 +254,16 @@ class LLMFeaturizer:
         # torch has no read-only tensors to share instead.
         return [found[key].states.clone() for key in keys], n_truncated
 
-    def warn_truncated(self, n_truncated: int, n_texts: int, stacklevel: int) -> None:
-        if n_truncated:
-            warnings.warn(
-                f"{n_truncated} of {n_texts} texts are longer than max_length="
-                f"{self._effective_max_length()} tokens and were truncated; raise max_length "
-                "to keep them whole.",
-                UserWarning,
-                stacklevel=stacklevel,
-            )
+    def warn_truncated(self, n_truncated: int, n_texts: int) -> None:
+        if not n_truncated:
+            return
+        limit = self._effective_max_length()
+        advice = ("raise max_length to keep them whole" if limit == self.max_length else
+                  f"max_length={self.max_length} is beyond the model's {limit} positions, "
+                  "so this is as long as a text can be: split longer texts")
+        warnings.warn(
+            f"{n_truncated} of {n_texts} texts are longer than max_length={limit} tokens and "
+            f"were truncated; {advice}.", UserWarning, stacklevel=_user_stacklevel())
 
     def _keys(self, texts: list, kind: str) -> tuple[list[str], list[str], int, int]:
         loaded = self.loaded

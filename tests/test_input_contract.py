@@ -259,6 +259,37 @@ def test_truncation_warning_counts_the_texts(fitted):
     assert np.isfinite(prediction).all()
 
 
+def test_every_call_that_truncates_warns_at_the_callers_line(fitted):
+    # The warning was filed under a line inside the package (predict's loop) or inside
+    # scikit-learn's set_output wrapper: Python's default filter then showed the first
+    # call's and hid every later one's, although the same texts were cut again.
+    import warnings
+
+    from sklearn_relish import LLMTextEncoder
+
+    long = "the plot was great but the acting was awful " * 20
+    encoder = LLMTextEncoder(fitted.backbone, max_length=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        fitted.predict([long, "fine"])
+        fitted.predict([long, "fine"])
+        encoder.fit_transform([long, "fine"])
+        encoder.transform([long, "fine"])
+    truncations = [w for w in caught if "were truncated" in str(w.message)]
+    assert len(truncations) == 4
+    assert {w.filename for w in truncations} == {__file__}
+
+
+def test_a_max_length_beyond_the_model_says_so_when_texts_are_cut(tiny_llama):
+    # The model holds 64 positions: asking for 100,000 cuts at 64, and "raise max_length"
+    # was no advice to someone who had.
+    from sklearn_relish import LLMTextEncoder
+
+    with pytest.warns(UserWarning, match=r"max_length=64 tokens.*max_length=100000 is "
+                                         r"beyond the model's 64 positions"):
+        LLMTextEncoder(tiny_llama, max_length=100_000).fit_transform(["very boring " * 80])
+
+
 def test_truncation_warning_on_fit(tiny_llama):
     X = list(WORDS[:N])  # one word each: a few tokens
     X[0] = X[1] = X[2] = "very boring " * 80
