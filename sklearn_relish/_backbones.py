@@ -328,14 +328,16 @@ def load_backbone(
                 **_placement(device, kwargs), **kwargs)
         except OSError as error:  # not on the hub, not in its cache, or offline
             raise _unavailable(name, error) from error
-        except (TypeError, ImportError) as error:
+        except (TypeError, ImportError, AttributeError, ValueError) as error:
             # Only these: an out-of-memory RuntimeError or a damaged checkpoint is not the
             # arguments' fault, and callers catching torch.OutOfMemoryError must see it.
+            # AttributeError: a value of the wrong type (quantization_config="4bit" has no
+            # quant_method); ValueError: one transformers refuses (attn_implementation).
             if not kwargs:
                 raise
             # An argument transformers (or a library it needs) refuses: named as ours,
             # not left as a traceback from deep inside from_pretrained.
-            kind = TypeError if isinstance(error, TypeError) else ValueError
+            kind = TypeError if isinstance(error, TypeError | AttributeError) else ValueError
             raise kind(f"backbone={name!r} could not be loaded with backbone_kwargs="
                        f"{shown(kwargs)!r}: {type(error).__name__}: {error}") from error
         finally:

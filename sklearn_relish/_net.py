@@ -330,7 +330,8 @@ def train_head(params: Any, input_dim: int, states: list[torch.Tensor], scaled: 
                     y=None)
         else:
             net.initialize()  # constant targets are predicted exactly: nothing to learn
-    check_trained_head(net, params.lr)
+    check_trained_head(net, params.lr, getattr(params, "train_top_layers", 0) and
+                       params.top_layers_lr)
     return net
 
 
@@ -387,11 +388,20 @@ def sync_net_device(net: RelishNet, device: str) -> None:
         net.device = target
 
 
-def check_trained_head(net: Any, lr: float) -> None:
-    """Refuse a head whose training diverged: its predictions would be NaN or garbage."""
+def check_trained_head(net: Any, lr: float, top_layers_lr: float | None = None) -> None:
+    """Refuse a head whose training diverged: its predictions would be NaN or garbage.
+
+    With trained blocks (``top_layers_lr``) either rate may be the culprit: both named.
+    """
     params = net.module_.parameters()
     if all(bool(torch.isfinite(p).all()) for p in params):
         return
+    if top_layers_lr:
+        raise ValueError(
+            f"Training diverged: the weights became NaN or infinite (lr={lr:g} for the head, "
+            f"top_layers_lr={top_layers_lr:g} for the trained blocks). Lower top_layers_lr "
+            "(1e-4 suits pretrained blocks) or lr (the default is 3e-4), or check the "
+            "targets for extreme values.")
     raise ValueError(
         f"Training diverged: the head's weights became NaN or infinite (lr={lr:g}). Lower lr "
         "(the default is 3e-4) or check the targets for extreme values."

@@ -91,6 +91,9 @@ def test_a_device_map_naming_absent_gpus_is_refused_by_name(tiny_llama, device_m
 @pytest.mark.parametrize("kwargs, error, words", [
     ({"no_such_argument": 3}, TypeError, "no_such_argument"),
     ({"attn_implementation": "flash_attention_2"}, ValueError, "FlashAttention2"),
+    # A value of the wrong type stopped with a bare AttributeError from inside transformers.
+    ({"quantization_config": "4bit"}, TypeError, "quant_method"),
+    ({"attn_implementation": "bogus"}, ValueError, "bogus"),
 ])
 def test_backbone_kwargs_transformers_refuses_are_named(tiny_llama, kwargs, error, words):
     with pytest.raises(error, match="could not be loaded with backbone_kwargs") as caught:

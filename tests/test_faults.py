@@ -118,6 +118,14 @@ def test_diverging_training_is_an_error(tiny_llama):
     assert not hasattr(model, "net_")
 
 
+def test_diverging_trained_blocks_name_their_own_rate(tiny_llama):
+    # It said "lr=0.0003 ... Lower lr" while the culprit was top_layers_lr.
+    model = small_regressor(tiny_llama, train_top_layers=1, top_layers_lr=1e10, max_epochs=3)
+    with pytest.raises(ValueError, match=r"Training diverged.*top_layers_lr=1e\+?10.*Lower "
+                                         r"top_layers_lr"):
+        model.fit(TEXTS, TARGETS)
+
+
 def test_non_finite_head_output_is_an_error_at_predict(tiny_llama):
     model = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
     with torch.no_grad():
