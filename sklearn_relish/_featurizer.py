@@ -78,6 +78,7 @@ def _user_stacklevel() -> int:
         frame, level = frame.f_back, level + 1
     return level
 
+
 class BackboneMismatchError(ValueError):
     """The backbone found at load time is not the one the estimator was trained on."""
 

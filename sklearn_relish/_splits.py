@@ -5,10 +5,10 @@ land in the hold-out: the head has seen them, so the hold-out's errors are small
 stopping judges on a leak, and intervals calibrated on those errors are too narrow for
 new texts (90% intervals covered 85 to 88% of new tweets' ratings where 400 tweets came
 once per rating, 5 times each: ``benchmarks/repeated_texts.py``; 20% in a review's repro
-with exact copies and 3 epochs). Here every
-copy of an input falls on the same side, and calibrates once. Without repeats the
-splits are exactly the row-wise ones scikit-learn's ``ShuffleSplit`` and ``KFold`` draw,
-so fits do not change.
+with exact copies and 3 epochs). Here every copy of an input falls on the same side, and
+calibrates once. Without repeats the splits are exactly the row-wise ones scikit-learn's
+``ShuffleSplit`` (as skorch's ``ValidSplit`` draws it) and ``KFold`` draw, so fits do not
+change.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch.utils.data
-from sklearn.model_selection import KFold
+from sklearn.model_selection import KFold, ShuffleSplit
 from skorch.dataset import ValidSplit
 
 __all__ = ["DistinctTextSplit", "describe_count", "distinct_ids", "fold_ids", "holdout_size",
@@ -105,7 +105,9 @@ class DistinctTextSplit(ValidSplit):
         if len(ids) != n_rows:
             raise ValueError(f"The split knows {len(ids)} texts but was given {n_rows}.")
         n_distinct = int(ids.max()) + 1 if n_rows else 0
-        train, valid = next(self._check_cv_float().split(np.arange(n_distinct)))
+        # The splitter ValidSplit builds for a float cv, over inputs instead of rows.
+        splitter = ShuffleSplit(test_size=self.cv, random_state=self.random_state)
+        train, valid = next(splitter.split(np.arange(n_distinct)))
         return (torch.utils.data.Subset(dataset, rows_of(ids, train)),
                 torch.utils.data.Subset(dataset, rows_of(ids, valid)))
 
@@ -117,6 +119,3 @@ def release_split(net) -> None:
     """Drop a trained net's row ids (its split is not drawn again after fit)."""
     if isinstance(getattr(net, "train_split", None), DistinctTextSplit):
         net.train_split.release()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(cv={self.cv!r}, random_state={self.random_state!r})"
