@@ -4,11 +4,10 @@ Data with one row per rating repeats each text. Split by row, copies of a traini
 land in the hold-out: the head has seen them, so the hold-out's errors are small, early
 stopping judges on a leak, and intervals calibrated on those errors are too narrow for
 new texts (90% intervals covered 85 to 88% of new tweets' ratings where 400 tweets came
-once per rating, 5 times each: ``benchmarks/repeated_texts.py``; 20% in a review's repro
-with exact copies and 3 epochs). Here every copy of an input falls on the same side, and
-calibrates once. Without repeats the splits are exactly the row-wise ones scikit-learn's
-``ShuffleSplit`` (as skorch's ``ValidSplit`` draws it) and ``KFold`` draw, so fits do not
-change.
+once per rating, 5 times each: ``benchmarks/repeated_texts.py``). Here every copy of an
+input falls on the same side, and calibrates once. Without repeats the splits are exactly
+the row-wise ones scikit-learn's ``ShuffleSplit`` (as skorch's ``ValidSplit`` draws it)
+and ``KFold`` draw, so fits do not change.
 """
 
 from __future__ import annotations

@@ -2,9 +2,8 @@
 
 Data with one row per rating repeats every text; split by row, the head was judged and
 calibrated on copies of texts it had trained on (90% intervals covered 85 to 88% of new
-tweets' ratings in benchmarks/repeated_texts.py, 20% in a review's repro with exact
-copies). Without repeats the splits must stay exactly the row-wise ones, so fits on
-distinct texts do not change.
+tweets' ratings in benchmarks/repeated_texts.py). Without repeats the splits must stay
+exactly the row-wise ones, so fits on distinct texts do not change.
 """
 
 from __future__ import annotations
