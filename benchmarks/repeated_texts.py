@@ -75,8 +75,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         f" rows); {args.new} other tweets with one random rating each measure the "
         f"{100 * args.coverage:.0f}% intervals; backbone {BACKBONE}, package defaults. "
         "Pearson: predictions against the new tweets' mean rating. Calibration texts: "
-        "scores the intervals rest on (one per distinct text when split by text). Fit "
-        "seconds are upper bounds (a LoRA benchmark shared the 2 cores).", "",
+        "scores the intervals rest on (one per distinct text when split by text).", "",
         "| seed | hold-out and folds split by | intervals | coverage of new texts % | mean width "
         "| Pearson | best epoch / epochs | hold-out loss | calibration scores | fit (s) |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
