@@ -70,13 +70,25 @@ def _registry_name(name: str) -> str:
     return os.path.abspath(local) if local.is_dir() else name
 
 
-def _check_subfolder(name: str, source: str, kwargs: dict) -> None:
-    """A ``subfolder`` missing from a local backbone failed in transformers' tokenizer
-    code, with a message about sentencepiece that never named it."""
+def _check_local_files(name: str, source: str, kwargs: dict) -> None:
+    """File arguments that a local backbone cannot honour, refused by name.
+
+    A missing ``subfolder`` failed in transformers' tokenizer code, with a message about
+    sentencepiece that never named it; a ``revision`` was ignored, so a model asked for
+    at one commit was silently fitted on whatever the folder held.
+    """
+    if not Path(source).is_dir():
+        return
     subfolder = kwargs.get("subfolder")
-    if subfolder and Path(source).is_dir() and not (Path(source) / subfolder).is_dir():
+    if subfolder and not (Path(source) / subfolder).is_dir():
         raise ValueError(f"backbone_kwargs['subfolder']={subfolder!r} is not a folder of "
                          f"the backbone {name!r} ({source}).")
+    if kwargs.get("revision") is not None:
+        raise ValueError(
+            f"backbone_kwargs['revision']={kwargs['revision']!r} cannot apply to the "
+            f"backbone {name!r}: it is a local folder ({source}), read as it is. Give a "
+            "Hugging Face id to load a revision, or check the revision out into the folder."
+        )
 
 
 def _check_source(name: str, source: str) -> None:
@@ -264,7 +276,7 @@ def count_hidden_states(name: str, *, trust_remote_code: bool = False,
     from transformers import AutoConfig
 
     source = _source(name)
-    _check_subfolder(name, source, kwargs)
+    _check_local_files(name, source, kwargs)
     config = kwargs.pop("config", None)
     if config is None or isinstance(config, str | os.PathLike):
         # Every argument, as from_pretrained gives them to the config: one that names a
@@ -306,7 +318,7 @@ def load_backbone(
         source = _source(name)
         if "device_map" in kwargs:
             _check_device_map(kwargs["device_map"])
-        _check_subfolder(name, source, kwargs)
+        _check_local_files(name, source, kwargs)
         file_kwargs = {k: kwargs[k] for k in _FILE_KWARGS if k in kwargs}
         # Hashing the files names the weights and the tokenizer, not how they are run.
         every_weight = bool(_OTHER_WEIGHTS & set(kwargs))

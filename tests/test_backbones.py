@@ -517,3 +517,17 @@ def test_a_missing_subfolder_is_named(tiny_llama):
     with pytest.raises(ValueError, match=r"backbone_kwargs\['subfolder'\]='nope'"):
         _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32,
                                  backbone_kwargs={"subfolder": "nope"})
+
+
+def test_a_revision_of_a_local_folder_is_refused_not_ignored(tiny_llama):
+    # transformers reads a local folder as it is whatever the revision: the user would
+    # get the folder's weights while believing they had pinned a commit.
+    _backbones.clear_backbones()
+    for load in (
+        lambda kwargs: _backbones.load_backbone(tiny_llama, device=CPU, dtype=torch.float32,
+                                                backbone_kwargs=kwargs),
+        lambda kwargs: _backbones.count_hidden_states(tiny_llama, backbone_kwargs=kwargs),
+    ):
+        with pytest.raises(ValueError, match=r"revision'\]='v2'.*local folder"):
+            load({"revision": "v2"})
+    assert _backbones.count_hidden_states(tiny_llama, backbone_kwargs={"revision": None}) > 1
