@@ -119,6 +119,10 @@ def featurize_to_store(
     estimator._validate_params()
     texts, kind = check_texts(X)
     check_prompt(estimator.prompt, kind)
+    # From the config alone: a layer past the backbone's depth is refused here, not by
+    # every worker after loading the weights, and before the store is made.
+    featurizer = estimator._featurizer_to_train_on()
+    featurizer.layer_index()
     try:  # fail here, clearly, rather than on every worker after its first chunk
         if client is None:
             _check_writable(store_dir)
@@ -129,7 +133,6 @@ def featurize_to_store(
 
     distinct = list(dict.fromkeys(texts))  # a text in two chunks would race to run twice
     chunks = [distinct[i:i + chunk_size] for i in range(0, len(distinct), chunk_size)]
-    featurizer = estimator._featurizer_to_train_on()
     if client is None:
         computed = sum(_fill(featurizer, chunk, kind, verify)["computed"] for chunk in chunks)
     else:

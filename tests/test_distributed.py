@@ -183,6 +183,13 @@ def test_bad_arguments_fail_before_any_work(tiny_llama, tmp_path):
     blocker.write_text("x")
     with pytest.raises(ValueError, match="cannot be used"):
         featurize_to_store(TEXTS, blocker, backbone=tiny_llama)
+    # A layer past the depth, from the config: no weights loaded, no store left behind.
+    loads = _backbones.N_LOADS
+    _backbones.clear_backbones()
+    with pytest.raises(ValueError, match="layer=99 is out of range"):
+        featurize_to_store(TEXTS, tmp_path / "store", backbone=tiny_llama, layer=99)
+    assert not (tmp_path / "store").exists()
+    assert _backbones.N_LOADS == loads
     assert cache_info()["llm_texts"] == 0
 
 
