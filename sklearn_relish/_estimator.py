@@ -431,7 +431,10 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
                       offset: int = 0) -> tuple[np.ndarray, ...]:
         """(point,) or (point, low, high) of one head, each ``(n, k)`` on the scale of y;
         ``offset`` is the first text's row in X, for messages."""
-        sync_net_device(net, self.device)
+        # A featurizer that loaded the backbone has resolved the device (and warned if it
+        # fell back to the CPU): resolving it again warned twice on one predict.
+        loaded = getattr(featurizer, "_loaded", None)
+        sync_net_device(net, str(loaded.device) if loaded is not None else self.device)
         if hasattr(net.module_, "featurizer"):  # trained top layers: one backbone identity
             net.module_.featurizer = featurizer
         raw = predict_states(net, states).astype(np.float64)

@@ -132,6 +132,22 @@ def test_a_cuda_index_this_machine_lacks_is_named(monkeypatch):
         _backbones.resolve_device("cuda:3")
 
 
+def test_a_cuda_request_without_cuda_warns_once_per_predict(tiny_llama, monkeypatch):
+    # The backbone and the head each resolved the device: two identical warnings came
+    # from one predict.
+    import warnings
+
+    model = small_regressor(tiny_llama, device="cpu").fit(TEXTS, TARGETS)
+    expected = model.predict(PROBE)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model.set_params(device="cuda")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        np.testing.assert_allclose(model.predict(PROBE), expected, rtol=0, atol=1e-6)
+    fallbacks = [w for w in caught if "CUDA is not available" in str(w.message)]
+    assert len(fallbacks) == 1, [str(w.message) for w in caught]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_model_fitted_on_cuda_predicts_on_a_cpu_only_machine(tiny_llama, monkeypatch):
     # float32 on both sides, so only GPU-vs-CPU arithmetic differs, not bfloat16 rounding.
