@@ -103,11 +103,12 @@ def fit(args: argparse.Namespace) -> int:
         row = int(np.flatnonzero(weights.to_numpy() < 0)[0])
         raise CommandError(f"{args.data}: {row_label(args.data, row)}: sample weight "
                            f"{args.sample_weight!r} is {weights.iat[row]}, below 0")
-    # Before hours of fitting; --force never replaces the training data itself.
+    # Before hours of fitting; --force never replaces the training data itself. A
+    # table's name is refused first: "exists, pass --force" invited replacing a table.
+    if Path(args.output).suffix.lower() in READERS:  # -o predictions.csv, meant for predict
+        raise CommandError(f"{args.output}: fit writes a model file (a pickle), not a "
+                           "table; name it e.g. model.joblib")
     output = refuse_to_overwrite(args.output, args.force, inputs=[args.data])
-    if output.suffix.lower() in READERS:  # -o predictions.csv, meant for predict
-        raise CommandError(f"{output}: fit writes a model file (a pickle), not a table; "
-                           "name it e.g. model.joblib")
     params.setdefault("verbose", 0 if args.quiet else 1)
     try:
         model = RelishTextRegressor(**params).fit(texts, y, sample_weight=weights)

@@ -188,6 +188,14 @@ def test_fit_refuses_a_table_name_for_its_model_file(data, tmp_path):
                   "-o", tmp_path / "out_model.csv")
     assert done.returncode == 2 and "fit writes a model file" in done.stderr
     assert not (tmp_path / "out_model.csv").exists()
+    # Over an existing table, the refusal is the same: "exists; pass --force" would have
+    # invited replacing the user's predictions with a pickle.
+    (tmp_path / "out_model.csv").write_text("id,prediction\n1,0.5\n")
+    done = relish("fit", data / "train.csv", "--text", "review", "--target", "score",
+                  "-o", tmp_path / "out_model.csv")
+    assert done.returncode == 2 and "fit writes a model file" in done.stderr
+    assert "--force" not in done.stderr
+    assert (tmp_path / "out_model.csv").read_text() == "id,prediction\n1,0.5\n"
 
 
 def test_missing_text_is_named_by_its_row(tmp_path, tiny_llama):
