@@ -79,7 +79,9 @@ def featurize_to_store(
     -------
     counts : dict
         ``texts`` (rows given), ``distinct`` (distinct rows) and ``computed`` (texts the
-        store lacked and now holds; empty texts among them need no LLM).
+        store lacked and now holds; empty texts among them need no LLM). A chunk sent
+        again after its worker died counts only what the second run computed: texts the
+        lost worker had committed are in the store but not in ``computed``.
 
     Raises
     ------
