@@ -8,6 +8,7 @@ trainings, no LLM pass) and score each on the fold it never saw.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -21,18 +22,38 @@ from ._net import (
     predict_states,
     train_head,
 )
-from ._splits import describe_count, fold_ids, one_per_input, release_split
+from ._splits import (
+    describe_count,
+    fold_ids,
+    holdout_takes_all,
+    one_per_input,
+    release_split,
+)
 
 
-def check_folds(groups: np.ndarray, method: str, n_folds: int) -> None:
-    # Each fold head needs at least 2 texts to train on and each fold 1 text to score;
-    # copies of a text share a fold, so it is distinct texts that count.
+def check_folds(groups: np.ndarray, params: Any) -> None:
+    """Refuse, before any LLM runs, folds whose heads could not train.
+
+    Each fold head needs at least 2 texts to train on and each fold 1 text to score;
+    copies of a text share a fold, so it is distinct texts that count. With early
+    stopping, each fold head's own hold-out must leave it texts to train on: refused
+    later, the error came after the main head's training and counted one fold's texts.
+    """
+    method, n_folds = params.intervals, params.interval_folds
     n_distinct = len(np.unique(groups))
     if n_distinct < 2 * n_folds:
         raise ValueError(
             f"intervals={method!r} with interval_folds={n_folds} needs at least {2 * n_folds} "
             f"texts (2 per fold); got {describe_count(len(groups), n_distinct)}. Lower "
             "interval_folds or use intervals='split'."
+        )
+    smallest = n_distinct - math.ceil(n_distinct / n_folds)  # KFold's largest fold left out
+    if params.early_stopping and holdout_takes_all(smallest, params.validation_fraction):
+        raise ValueError(
+            f"intervals={method!r} with interval_folds={n_folds}: a fold head trains on "
+            f"{smallest} distinct texts of {n_distinct}, and validation_fraction="
+            f"{params.validation_fraction} holds out every one of them for early stopping. "
+            "Lower validation_fraction or interval_folds, or set early_stopping=False."
         )
 
 
@@ -52,7 +73,8 @@ def fit_fold_heads(params: Any, input_dim: int, states: list[torch.Tensor],
     nets, scores, score_folds = [], [], []
     for fold in range(params.interval_folds):
         train = np.flatnonzero(folds != fold)
-        left_out = one_per_input(np.flatnonzero((folds == fold) & (weights > 0)), groups)
+        left_out = one_per_input(np.flatnonzero((folds == fold) & (weights > 0)), groups,
+                                 seed + fold)
         if not np.any(weights[train] > 0):
             raise ValueError(
                 f"Fold {fold} of intervals={params.intervals!r} has only texts of "
@@ -89,6 +111,7 @@ def calibration_scores(params: Any, net: RelishNet, input_dim: int,
     nothing to calibrate on (no early-stopping hold-out with ``"split"`` or ``"cqr"``).
     """
     if params.intervals in ("cv", "cv+"):
+        release_split(net)  # the main head's hold-out is not drawn again
         fold_nets, scores, folds = fit_fold_heads(
             params, input_dim, states, scaled, weights, target, y_mean, y_scale, seed,
             device, n_outputs, featurizer, groups)
@@ -102,7 +125,7 @@ def calibration_scores(params: Any, net: RelishNet, input_dim: int,
         _, valid = net.train_split(TokenStateDataset(states, scaled, weights))
         held_out = [int(i) for i in valid.indices if weights[i] > 0]
         if groups is not None:
-            held_out = one_per_input(held_out, groups)
+            held_out = one_per_input(held_out, groups, seed)
         release_split(net)
     scores = calibrate(params.intervals, lambda rows: predict_states(
         net, [states[i] for i in rows]), held_out, target, y_mean, y_scale)

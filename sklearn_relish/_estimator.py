@@ -26,7 +26,7 @@ from ._net import (
 )
 from ._persistence import PickleFormatMixin
 from ._sklearn_compat import Count, StrOptions
-from ._splits import distinct_ids
+from ._splits import check_holdout, distinct_ids
 from ._targets import check_sample_weight, check_target, target_mean, target_names, target_scale
 
 
@@ -184,8 +184,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
     calibration_scores_ : ndarray of shape (n_calibration, n_targets) or None
         Conformity scores: sorted, on the hold-out; with ``"cv"`` (sorted) and ``"cv+"``
         (by fold), the out-of-fold errors of all training texts (weight > 0). One per
-        distinct text (its first copy of weight > 0). None for ``"split"`` and ``"cqr"``
-        without early stopping.
+        distinct text (one of its copies of weight > 0, drawn at random). None for
+        ``"split"`` and ``"cqr"`` without early stopping.
     interval_method_ : str
         The ``intervals`` the model was fitted with (what :meth:`predict_interval` uses).
     interval_nets_ : list of skorch.NeuralNetRegressor or None
@@ -340,8 +340,10 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         check_prompt(self.prompt, kind)
         # Copies of a text (one row per rating) stay on one side of every internal split.
         groups = distinct_ids(texts)
+        if self.early_stopping:  # before the LLM runs, not after
+            check_holdout(self.validation_fraction, len(texts), int(groups.max()) + 1)
         if self.intervals in ("cv", "cv+"):
-            check_folds(groups, self.intervals, self.interval_folds)
+            check_folds(groups, self)
         if self.latent_dim % self.n_heads:
             raise ValueError(
                 f"latent_dim={self.latent_dim} must be divisible by n_heads={self.n_heads}."

@@ -26,7 +26,7 @@ from ._batching import BucketBatchSampler, fill_batches, inference_budget, longe
 from ._head import RelishHead
 from ._intervals import PointAndQuantileLoss, outputs_per_target
 from ._sklearn_compat import Count, Interval, StrOptions
-from ._splits import DistinctTextSplit, describe_count, holdout_size
+from ._splits import DistinctTextSplit, check_holdout, describe_count, holdout_size
 
 # torch has one random stream per process: fits that overlap in threads would seed and
 # restore it over each other (another fit's initialisation, batch order and dropout), so
@@ -241,13 +241,9 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
     early_stopping = params.early_stopping
     n_distinct = n_samples if groups is None else len(np.unique(groups))
     counted = describe_count(n_samples, n_distinct)
-    held_out = holdout_size(n_distinct, params.validation_fraction)
-    if early_stopping and held_out >= n_distinct:
-        raise ValueError(
-            f"validation_fraction={params.validation_fraction} of {counted} holds "
-            "out every one of them for early stopping, leaving none to train on; lower it "
-            "or set early_stopping=False.")
-    if early_stopping and held_out < 2:
+    if early_stopping:
+        check_holdout(params.validation_fraction, n_samples, n_distinct)
+    if early_stopping and holdout_size(n_distinct, params.validation_fraction) < 2:
         warnings.warn(
             f"early_stopping needs at least 2 validation texts, but "
             f"validation_fraction={params.validation_fraction} of {counted} gives "

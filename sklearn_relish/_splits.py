@@ -5,9 +5,9 @@ land in the hold-out: the head has seen them, so the hold-out's errors are small
 stopping judges on a leak, and intervals calibrated on those errors are too narrow for
 new texts (90% intervals covered 85 to 88% of new tweets' ratings where 400 tweets came
 once per rating, 5 times each: ``benchmarks/repeated_texts.py``). Here every copy of an
-input falls on the same side, and calibrates once. Without repeats the splits are exactly
-the row-wise ones scikit-learn's ``ShuffleSplit`` (as skorch's ``ValidSplit`` draws it)
-and ``KFold`` draw, so fits do not change.
+input falls on the same side, and one copy, drawn at random, calibrates. Without repeats
+the splits are exactly the row-wise ones scikit-learn's ``ShuffleSplit`` (as skorch's
+``ValidSplit`` draws it) and ``KFold`` draw, so fits do not change.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch.utils.data
 from sklearn.model_selection import KFold, ShuffleSplit
 from skorch.dataset import ValidSplit
 
-__all__ = ["DistinctTextSplit", "describe_count", "distinct_ids", "fold_ids", "holdout_size",
-           "one_per_input", "release_split", "rows_of"]
+__all__ = ["DistinctTextSplit", "check_holdout", "describe_count", "distinct_ids", "fold_ids",
+           "holdout_size", "holdout_takes_all", "one_per_input", "release_split", "rows_of"]
 
 
 def distinct_ids(texts: Sequence) -> np.ndarray:
@@ -47,17 +47,19 @@ def rows_of(ids: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     return rows[np.argsort(rank[ids[rows]], kind="stable")]
 
 
-def one_per_input(rows: Sequence[int], ids: np.ndarray) -> list[int]:
-    """The first of ``rows`` for each input: copies of a text would count its error
-    once per copy, as if each were another text, and make intervals too narrow (a
-    calibration set of 6 texts rated 5 times each is 6 texts, not 30)."""
-    seen: set[int] = set()
-    kept = []
+def one_per_input(rows: Sequence[int], ids: np.ndarray, seed: int) -> list[int]:
+    """One of ``rows`` for each input, drawn at random among its copies (``seed``), in
+    order of first appearance: copies of a text would count its error once per copy, as
+    if each were another text, and make intervals too narrow (a calibration set of 6
+    texts rated 5 times each is 6 texts, not 30). Not the first copy: rows sorted by
+    rating within each text made every calibration target its text's lowest rating."""
+    copies: dict[int, list[int]] = {}
     for row in rows:
-        if int(ids[row]) not in seen:
-            seen.add(int(ids[row]))
-            kept.append(int(row))
-    return kept
+        copies.setdefault(int(ids[row]), []).append(int(row))
+    rng = np.random.default_rng(seed)
+    # The stream is drawn only for repeated inputs: without repeats nothing changes.
+    return [found[0] if len(found) == 1 else found[int(rng.integers(len(found)))]
+            for found in copies.values()]
 
 
 def describe_count(n_rows: int, n_distinct: int) -> str:
@@ -70,6 +72,23 @@ def describe_count(n_rows: int, n_distinct: int) -> str:
 def holdout_size(n_distinct: int, fraction: float) -> int:
     """Distinct inputs held out: ``ShuffleSplit`` rounds the fraction up."""
     return math.ceil(n_distinct * fraction)
+
+
+def holdout_takes_all(n_distinct: int, fraction: float) -> bool:
+    """Whether early stopping's hold-out would leave no input to train on. A hold-out of
+    fewer than 2 inputs is not this: early stopping is then skipped with a warning (so
+    rows that all repeat one text still fit)."""
+    held_out = holdout_size(n_distinct, fraction)
+    return held_out >= 2 and held_out >= n_distinct
+
+
+def check_holdout(fraction: float, n_rows: int, n_distinct: int) -> None:
+    """Refuse an early-stopping hold-out that would leave no input to train on."""
+    if holdout_takes_all(n_distinct, fraction):
+        raise ValueError(
+            f"validation_fraction={fraction} of {describe_count(n_rows, n_distinct)} holds "
+            "out every one of them for early stopping, leaving none to train on; lower it "
+            "or set early_stopping=False.")
 
 
 def fold_ids(ids: np.ndarray | int, n_folds: int, seed: int) -> np.ndarray:

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from sklearn.model_selection import KFold
 from skorch.dataset import ValidSplit
 
-from sklearn_relish import _calibration
-from sklearn_relish._splits import DistinctTextSplit, distinct_ids, fold_ids
+from sklearn_relish import _calibration, cache_info
+from sklearn_relish._splits import DistinctTextSplit, distinct_ids, fold_ids, one_per_input
 
 SEEDS = st.integers(0, 2**31 - 2)
 
@@ -111,3 +111,52 @@ def test_a_hold_out_of_every_distinct_text_is_refused_by_count(tiny_llama):
     model = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.6)
     with pytest.raises(ValueError, match=r"of 2 distinct texts \(of 4\) holds out every one"):
         model.fit(["good", "bad", "good", "bad"], [1.0, -1.0, 1.5, -1.5])
+
+
+def test_rows_that_all_repeat_one_text_fit_without_early_stopping(tiny_llama):
+    # One distinct text cannot be split: early stopping is skipped with a warning, as
+    # for any hold-out under 2 texts, rather than refused with advice that cannot help.
+    model = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.01)
+    with pytest.warns(UserWarning, match="early_stopping needs at least 2 validation texts"):
+        model.fit(["good movie"] * 10, [1.0, 2.0, 3.0] * 3 + [1.0])
+    assert np.isfinite(model.predict(["good movie"])).all()
+
+
+def test_folds_whose_heads_would_hold_out_everything_are_refused_before_the_llm(tiny_llama):
+    # 4 distinct texts in 2 folds: each fold head trains on 2, and a fraction of 0.6
+    # holds out both. Refused after the main head's training, the error counted one
+    # fold's texts and never named the folds.
+    texts = ["a b", "c d", "e f", "g h"] * 3
+    before = cache_info()["llm_texts"]
+    model = small_regressor(tiny_llama, intervals="cv", interval_folds=2,
+                            early_stopping=True, validation_fraction=0.6)
+    with pytest.raises(ValueError, match=r"interval_folds=2: a fold head trains on 2 distinct "
+                                         r"texts of 4, and validation_fraction=0.6"):
+        model.fit(texts, np.arange(12.0))
+    assert cache_info()["llm_texts"] == before
+
+
+@pytest.mark.parametrize("intervals", ["split", "cv", "cv+", "cqr"])
+def test_no_row_ids_outlive_the_fit(tiny_llama, intervals):
+    # The ids served the splits only; "cv" and "cv+" kept the main head's in the pickle
+    # (8 bytes a row).
+    model = small_regressor(tiny_llama, intervals=intervals, interval_folds=2,
+                            early_stopping=True, validation_fraction=0.25)
+    model.fit(TEXTS * 2, TARGETS * 2)
+    for net in [model.net_, *(model.interval_nets_ or [])]:
+        assert getattr(net.train_split, "groups", None) is None
+
+
+def test_the_copy_that_calibrates_is_drawn_not_the_first():
+    # Rows sorted by rating within each text (a groupby's order) made every calibration
+    # target its text's lowest rating.
+    ids = np.repeat(np.arange(200), 5)
+    rows = np.arange(1000)
+    picked = one_per_input(rows, ids, seed=0)
+    assert sorted(ids[picked]) == list(range(200))  # each text once, in its own rows
+    positions = np.asarray(picked) % 5
+    assert np.bincount(positions, minlength=5).min() >= 20  # about 40 each, not all 0
+    assert one_per_input(rows, ids, seed=0) == picked  # seeded
+    assert one_per_input(rows, ids, seed=1) != picked
+    # Without repeats every row is kept, in order, and no draw is made.
+    assert one_per_input([7, 3, 5], np.arange(8), seed=0) == [7, 3, 5]
