@@ -40,6 +40,7 @@ Four calibrations:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -298,4 +299,16 @@ class IntervalMixin:
         if not chunks:
             return np.zeros((0, *np.shape(self.y_mean_), 2))
         bounds = np.concatenate(chunks)
+        if not np.isfinite(bounds).all():
+            # Honest, not an error; but a silent column of inf surprised users of the
+            # Python API (the command line already said why).
+            from ._featurizer import _user_stacklevel
+
+            n_scores = len(self.calibration_scores_)
+            warnings.warn(
+                f"The bounds are infinite for {int((~np.isfinite(bounds)).any(axis=-1).sum())} "
+                f"interval(s): {n_scores} calibration texts certify a coverage of at most "
+                f"{n_scores / (n_scores + 1):.3f}, below coverage={coverage}. Lower coverage, "
+                "or refit on more texts (or with intervals='cv', which calibrates on every "
+                "training text).", UserWarning, stacklevel=_user_stacklevel())
         return bounds[:, 0, :] if np.ndim(self.y_mean_) == 0 else bounds

@@ -204,9 +204,18 @@ def test_calibration_uses_the_hold_out_errors(calibrated):
     np.testing.assert_allclose(pred - bounds[:, 0], expected)
 
 
-def test_too_high_a_coverage_for_the_hold_out_is_infinite(calibrated):
-    bounds = calibrated.predict_interval(TEXTS[:2], coverage=0.99)  # 16 texts: at most 16/17
+def test_too_high_a_coverage_for_the_hold_out_is_infinite_and_says_so(calibrated):
+    # Honest bounds, but a silent column of inf left Python users guessing why.
+    with pytest.warns(UserWarning, match=r"infinite for 2 interval\(s\): 16 calibration "
+                                         r"texts certify a coverage of at most 0\.941") as got:
+        bounds = calibrated.predict_interval(TEXTS[:2], coverage=0.99)  # 16 texts: 16/17
     assert np.all(np.isinf(bounds))
+    assert got[0].filename == __file__  # the caller's line, not the package's
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # finite bounds: no warning
+        assert np.isfinite(calibrated.predict_interval(TEXTS[:2], coverage=0.9)).all()
 
 
 @pytest.mark.parametrize("fitted", ["calibrated", "cv_plus"])
