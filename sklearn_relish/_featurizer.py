@@ -35,7 +35,7 @@ from ._embedded import rename_legacy_backbone, transformers_version_hint
 from ._fingerprint import PREFIX, earlier_fingerprints, legacy_fingerprint
 from ._inputs import PAIR, check_layer, format_texts
 from ._store import StoreUnavailable, TokenStateStore, handed_over, warn_once
-from ._tokens import tokenize
+from ._tokens import tokenize, tokens_before_text
 
 # Padded tokens per forward pass with batch_size="auto". CPU: as fast as any budget measured
 # up to 4,096 (16,384 is slower) and keeps the forward pass's working memory small
@@ -209,7 +209,8 @@ class LLMFeaturizer:
 
     def _check_room_for_text(self, loaded: LoadedBackbone, max_length: int,
                              native_pairs: bool) -> None:
-        """Refuse a ``max_length`` that the tokenizer's special tokens alone fill.
+        """Refuse a ``max_length`` that the special tokens alone fill, or the prompt's part
+        before the text.
 
         The tokenizer cannot truncate below them (it would keep the text whole), so such
         a limit would silently not apply and a long text would overflow the model.
@@ -221,6 +222,18 @@ class LLMFeaturizer:
                 f"max_length={max_length} leaves no room for text: {self.backbone!r} adds "
                 f"{specials} special token(s) to each {'pair' if native_pairs else 'text'}; "
                 f"use max_length >= {needed}."
+            )
+        if self.prompt is None:
+            return
+        with loaded.lock:  # fast tokenizers are not re-entrant
+            before = tokens_before_text(loaded.tokenizer, self.prompt)
+        if before >= max_length:
+            # Every text cut away: one prediction for every text, with only a truncation
+            # warning that advised what the user had already done.
+            raise ValueError(
+                f"max_length={max_length} leaves no room for text: the prompt takes "
+                f"{before} tokens (special tokens included) before the text, and the end is "
+                "what truncation cuts; raise max_length or shorten the prompt."
             )
 
     # -- featurization --------------------------------------------------------------------

@@ -6,6 +6,7 @@ when a batch is made, so each text is tokenized once whatever batch it lands in.
 
 from __future__ import annotations
 
+import string
 import threading
 from typing import Any
 
@@ -76,3 +77,10 @@ def _ids_only(encoding) -> dict[str, list[list[int]]]:
     # The attention mask is rebuilt by padding; segment ids matter to BERT-like models.
     return {name: list(encoding[name]) for name in ("input_ids", "token_type_ids")
             if name in encoding}
+
+
+def tokens_before_text(tokenizer: Any, prompt: str) -> int:
+    """Tokens a prompt puts before its first text, special tokens included: truncation
+    cuts the end, so a ``max_length`` at or below this keeps no token of any text."""
+    prefix = next(iter(string.Formatter().parse(prompt)), ("",))[0] or ""
+    return len(tokenizer(prefix, add_special_tokens=True)["input_ids"])

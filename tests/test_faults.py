@@ -186,6 +186,28 @@ def test_max_length_without_room_for_text_is_refused_before_anything_runs(minilm
         assert np.isfinite(model.predict(["word " * 2000])).all()
 
 
+def test_a_prompt_that_fills_max_length_is_refused(tiny_llama):
+    # Truncation cuts the end: every text was cut away, every prediction was the same,
+    # and the only sign was a truncation warning advising to raise max_length.
+    from transformers import AutoTokenizer
+
+    from sklearn_relish import cache_info
+    from sklearn_relish._tokens import tokens_before_text
+
+    prompt = "Rate the sentiment of the following tweet on a scale from -4 to 4: {text}"
+    before = tokens_before_text(AutoTokenizer.from_pretrained(tiny_llama), prompt)
+    assert before > 5
+    llm_texts = cache_info()["llm_texts"]
+    with pytest.raises(ValueError, match=rf"max_length={before} leaves no room for text: "
+                                         rf"the prompt takes {before} tokens"):
+        small_regressor(tiny_llama, prompt=prompt, max_length=before).fit(TEXTS, TARGETS)
+    assert cache_info()["llm_texts"] == llm_texts
+    # One token more keeps one token of each text: allowed (with the truncation warning).
+    model = small_regressor(tiny_llama, prompt=prompt, max_length=before + 1)
+    with pytest.warns(UserWarning, match="truncated"):
+        model.fit(TEXTS, TARGETS)
+
+
 def test_a_long_legal_file_name_can_be_written(tmp_path):
     # The temporary name added 18 characters to the target's: a legal 240-byte name failed
     # with "File name too long".
