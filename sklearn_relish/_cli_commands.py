@@ -131,7 +131,14 @@ def _model_and_texts(args: argparse.Namespace,
 
     from . import RelishTextRegressor, load_model
 
-    model = load_model(args.model)
+    try:
+        model = load_model(args.model)
+    except ValueError as error:
+        if "is not a model file" not in str(error):
+            raise
+        # Most often the data named first: say which argument is which.
+        raise CommandError(f"{error} The model comes first: relish {args.command} MODEL "
+                           "DATA") from None
     # save_model keeps any estimator (a Pipeline, an unfitted model): the commands run
     # a fitted RelishTextRegressor, and read its text and target columns off it.
     if not isinstance(model, RelishTextRegressor):

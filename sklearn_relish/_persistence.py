@@ -216,6 +216,18 @@ def _damaged(path: Path, why: str) -> ValueError:
     )
 
 
+# How joblib's files begin: an uncompressed pickle, or one of its compressors' prefixes.
+_JOBLIB_STARTS = (_PICKLE_START, b"x", b"\x1f\x8b", b"BZ", b"]\x00", b"\xfd7zXZ",
+                  b'\x04"M\x18')
+
+
+def _not_a_model(path: Path) -> ValueError:
+    # A table given as the model (swapped arguments) was called damaged, and its owner
+    # told to restore a backup.
+    return ValueError(f"{path} is not a model file (it begins as neither a pickle nor a "
+                      "compressed joblib file does), or is damaged or truncated.")
+
+
 def _verify_header(stream: IO[bytes], path: Path) -> None:
     """Format 1: check the header and the checksum; leave ``stream`` at the payload."""
     stream.seek(0)
@@ -242,11 +254,14 @@ def _verify_trailer(stream: IO[bytes], path: Path) -> bool:
     stream.seek(max(0, size - _MAX_HEADER))
     tail = stream.read()
     stream.seek(0)
-    first = stream.read(1)
+    head = stream.read(8)
+    first = head[:1]
     found = _TRAILER.search(tail)
     if found is None:
         if _MAGIC in tail:
             raise _damaged(path, "its checksum line is unreadable")
+        if not head.startswith(_JOBLIB_STARTS):
+            raise _not_a_model(path)
         if first != _PICKLE_START:
             return False  # a compressed joblib file: its last bytes are any bytes
         if tail.endswith(b"\n"):

@@ -182,6 +182,11 @@ def test_missing_and_unknown_files(tmp_path, fitted):
     done = relish("predict", tmp_path / "model.joblib", tmp_path / "data.xlsx", "-o",
                   tmp_path / "p.csv")
     assert done.returncode == 2 and "damaged or truncated" in done.stderr
+    # The data named first: told which argument is which, not to restore a backup.
+    (tmp_path / "new.csv").write_text("text\nfine\n")
+    done = relish("predict", tmp_path / "new.csv", fitted, "-o", tmp_path / "p.csv")
+    assert done.returncode == 2 and "new.csv is not a model file" in done.stderr
+    assert "relish predict MODEL DATA" in done.stderr and "backup" not in done.stderr
 
 
 def test_fit_refuses_a_table_name_for_its_model_file(data, tmp_path):

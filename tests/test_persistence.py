@@ -342,6 +342,15 @@ def test_damaged_file_is_a_clear_value_error(fitted, tmp_path, damage):
         load_model(bad)
 
 
+def test_a_table_given_as_the_model_is_named_not_a_model_file(tmp_path):
+    table = tmp_path / "new.csv"
+    table.write_text("text,score\ngreat,3\n")
+    with pytest.raises(ValueError, match=r"new.csv is not a model file") as error:
+        load_model(table)
+    assert "backup" not in str(error.value)  # nothing of the user's needs restoring
+    assert table.read_text() == "text,score\ngreat,3\n"
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_flipped_bytes_are_refused_not_loaded(fitted, tmp_path, seed):
     # A pickle with a few flipped bytes in its weights still unpickles and predicts
