@@ -19,7 +19,7 @@ SMALL = ["--param", "latent_dim=16", "--param", "n_heads=2", "--param", "n_itera
 
 def relish(*args, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "sklearn_relish._cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "sklearn_relish", *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
