@@ -23,6 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._batching import BucketBatchSampler, fill_batches, inference_budget, longest_first
+from ._console import print_epoch_line
 from ._head import RelishHead
 from ._intervals import PointAndQuantileLoss, outputs_per_target
 from ._sklearn_compat import Count, Interval, StrOptions
@@ -302,6 +303,8 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
         callbacks=callbacks,
         device=str(device),
         verbose=params.verbose,
+        # A sink other than print prints whatever verbose says: set only when verbose.
+        **({"callbacks__print_log__sink": print_epoch_line} if params.verbose else {}),
     )
 
 

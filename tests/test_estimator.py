@@ -229,11 +229,20 @@ def test_pairs_are_ordered(tiny_llama):
     assert model.predict(pairs)[0] != model.predict([(b, a) for a, b in pairs])[0]
 
 
-def test_verbose_shows_progress(tiny_llama, capsys):
-    small_regressor(tiny_llama, verbose=1).fit(TEXTS, TARGETS)
+def test_verbose_shows_progress(tiny_llama, capsys, monkeypatch):
+    # Captured output is no terminal: the epoch table comes without colour codes (piped
+    # to a log file, every line had them); where colour shows, skorch's colours stay.
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    small_regressor(tiny_llama, verbose=1, early_stopping=True).fit(TEXTS, TARGETS)
     captured = capsys.readouterr()
     assert "Featurizing" in captured.err
-    assert "train_loss" in captured.out
+    assert "train_loss" in captured.out and "valid_loss" in captured.out
+    assert "\x1b[" not in captured.out
+    monkeypatch.setattr("sklearn_relish._console.colours_shown", lambda: True)
+    small_regressor(tiny_llama, verbose=1, early_stopping=True).fit(TEXTS, TARGETS)
+    assert "\x1b[" in capsys.readouterr().out
+    small_regressor(tiny_llama, verbose=0).fit(TEXTS, TARGETS)
+    assert capsys.readouterr().out == ""  # the sink never bypasses verbose=0
 
 
 def test_mse_loss_and_options_train(tiny_llama):

@@ -1,0 +1,28 @@
+"""What ``verbose`` fits print: skorch's table of epochs, coloured only where colour shows.
+
+skorch colours each best value with ANSI escape codes. In a terminal or a notebook they
+are colours; piped to a log file (``relish fit ... > fit.log``, a cluster job's output)
+they were ``^[[36m0.9042^[[0m`` in every line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def colours_shown() -> bool:
+    """Whether stdout renders colour: a terminal or a Jupyter kernel, unless ``NO_COLOR``."""
+    if os.environ.get("NO_COLOR"):  # https://no-color.org
+        return False
+    if "ipykernel" in sys.modules:  # notebooks render ANSI colours; their stdout is no tty
+        return True
+    return bool(getattr(sys.stdout, "isatty", lambda: False)())
+
+
+def print_epoch_line(text: str) -> None:
+    """skorch's ``PrintLog`` sink: its lines, without colour codes where none would show."""
+    print(text if colours_shown() else _ANSI.sub("", text), flush=True)
