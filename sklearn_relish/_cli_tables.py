@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,13 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
         raise CommandError(f"{path}: {error}") from None
     except (ValueError, OSError, pandas.errors.ParserError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        extra = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", reason)
+        if extra:  # one row with a trailing separator: pandas' C-parser message
+            expected, line, saw = extra.groups()
+            raise CommandError(
+                f"{path}: line {line} has {saw} fields, but the rows above it have "
+                f"{expected} (a trailing separator?); give every row one field per "
+                "column") from None
         raise CommandError(f"{path}: cannot be read as {kind}: {reason}") from None
     if kind in ("csv", "tsv") and not _is_default_index(table.index):
         # pandas takes rows with more fields than the header for an index column and

@@ -350,6 +350,11 @@ def test_rows_longer_than_the_header_are_refused_not_shifted(tmp_path):
     (tmp_path / "extra.csv").write_text("review,id\ngood movie,17,\nawful plot,18,\n")
     with pytest.raises(CommandError, match="more fields than its header"):
         read_table(tmp_path / "extra.csv", verbatim=True)
+    # One row further down: named by its line in our words, not the C parser's.
+    (tmp_path / "one.csv").write_text("review,id\ngood movie,17\nawful plot,18,\nok,19\n")
+    with pytest.raises(CommandError, match=r"one.csv: line 3 has 3 fields, but the rows "
+                                           r"above it have 2 \(a trailing separator\?\)"):
+        read_table(tmp_path / "one.csv", verbatim=True)
 
 
 def test_a_parquet_index_is_kept_as_a_column(tmp_path):
