@@ -230,6 +230,9 @@ def test_a_chunk_lost_with_its_worker_is_sent_again(tiny_llama, tmp_path, monkey
         def __init__(self, inner):
             self.inner = inner
 
+        def layer_index(self):  # checked before any chunk is sent
+            return self.inner.layer_index()
+
         def fill_store(self, texts, kind, verify):
             if not os.path.exists(marker):
                 open(marker, "w").close()
