@@ -1,6 +1,7 @@
-"""What ``verbose`` fits print: skorch's table of epochs, coloured only where colour shows.
+"""What the package prints, and where its warnings point.
 
-skorch colours each best value with ANSI escape codes. In a terminal or a notebook they
+``verbose`` fits print skorch's table of epochs, coloured only where colour shows: skorch
+colours each best value with ANSI escape codes. In a terminal or a notebook they
 are colours; piped to a log file (``relish fit ... > fit.log``, a cluster job's output)
 they were ``^[[36m0.9042^[[0m`` in every line.
 """
@@ -26,3 +27,20 @@ def colours_shown() -> bool:
 def print_epoch_line(text: str) -> None:
     """skorch's ``PrintLog`` sink: its lines, without colour codes where none would show."""
     print(text if colours_shown() else _ANSI.sub("", text), flush=True)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside this package and scikit-learn.
+
+    A fixed level pointed into the package (predict's chunk loop) or into scikit-learn's
+    ``set_output`` wrapper, so Python's once-per-location filter showed the first
+    truncation warning and hid every later call's; the user's own line is the location.
+    """
+    import sklearn
+
+    inside = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+              os.path.dirname(os.path.abspath(sklearn.__file__)) + os.sep)
+    frame, level = sys._getframe(2), 2  # level 1: the function that calls warnings.warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level

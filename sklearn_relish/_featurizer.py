@@ -12,8 +12,6 @@ back to the host in one copy.
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +28,7 @@ from ._backbones import (
 )
 from ._batching import fill_batches, longest_first
 from ._cache import CachedStates, cache_key, count_forward, memory_cache
+from ._console import user_stacklevel
 from ._early_exit import hidden_states_at
 from ._embedded import rename_legacy_backbone, transformers_version_hint
 from ._fingerprint import PREFIX, earlier_fingerprints, legacy_fingerprint
@@ -60,23 +59,6 @@ def plan_batches(lengths: list[int], batch_size: int | str, device_type: str) ->
 # Texts whose token states predict and transform hold at once: enough for length-sorted
 # batches to pad little, few enough that a million texts never sit in memory together.
 PREDICT_CHUNK = 2048
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` of the first caller outside this package and scikit-learn.
-
-    A fixed level pointed into the package (predict's chunk loop) or into scikit-learn's
-    ``set_output`` wrapper, so Python's once-per-location filter showed the first
-    truncation warning and hid every later call's; the user's own line is the location.
-    """
-    import sklearn
-
-    inside = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
-              os.path.dirname(os.path.abspath(sklearn.__file__)) + os.sep)
-    frame, level = sys._getframe(2), 2  # level 1: the function that calls warnings.warn
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class BackboneMismatchError(ValueError):
@@ -277,7 +259,7 @@ class LLMFeaturizer:
                   "so this is as long as a text can be: split longer texts")
         warnings.warn(
             f"{n_truncated} of {n_texts} texts are longer than max_length={limit} tokens and "
-            f"were truncated; {advice}.", UserWarning, stacklevel=_user_stacklevel())
+            f"were truncated; {advice}.", UserWarning, stacklevel=user_stacklevel())
 
     def _keys(self, texts: list, kind: str) -> tuple[list[str], list[str], int, int]:
         loaded = self.loaded

@@ -48,6 +48,8 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ._console import user_stacklevel
+
 QUANTILES = (0.05, 0.95)  # what the "cqr" head's extra outputs are trained to predict
 METHODS = ("split", "cqr", "cv", "cv+")
 # Scores that are absolute errors of the point head: one margin around every prediction.
@@ -302,13 +304,11 @@ class IntervalMixin:
         if not np.isfinite(bounds).all():
             # Honest, not an error; but a silent column of inf surprised users of the
             # Python API (the command line already said why).
-            from ._featurizer import _user_stacklevel
-
             n_scores = len(self.calibration_scores_)
             warnings.warn(
                 f"The bounds are infinite for {int((~np.isfinite(bounds)).any(axis=-1).sum())} "
                 f"interval(s): {n_scores} calibration texts certify a coverage of at most "
                 f"{n_scores / (n_scores + 1):.3f}, below coverage={coverage}. Lower coverage, "
                 "or refit on more texts (or with intervals='cv', which calibrates on every "
-                "training text).", UserWarning, stacklevel=_user_stacklevel())
+                "training text).", UserWarning, stacklevel=user_stacklevel())
         return bounds[:, 0, :] if np.ndim(self.y_mean_) == 0 else bounds
