@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -25,30 +25,43 @@ def is_missing(value: Any) -> bool:
     return type(value).__name__ in {"NAType", "NaTType"}  # pandas' missing markers
 
 
-def _check_text(value: Any, where: str) -> str:
+def _check_text(value: Any, where: str | Callable[[], str]) -> str:
+    """``value`` as a valid text, else an error naming it by ``where`` (or ``where()``:
+    naming a row formats its index label, which a million valid rows should not pay for)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"{_name(where)} contains invalid Unicode (a lone surrogate at character "
+                f"{error.start}); clean it, e.g. text.encode('utf-8', 'replace').decode()."
+            ) from None
+        return value
     if is_missing(value):
         raise ValueError(
-            f"{where} is missing ({value!r}). Drop or fill missing texts before fitting, "
-            "e.g. X.fillna('')."
+            f"{_name(where)} is missing ({value!r}). Drop or fill missing texts before "
+            "fitting, e.g. X.fillna('') (pandas) or X.fill_null('') (polars)."
         )
     if isinstance(value, tuple | list | np.ndarray):  # astype(str) would make it "('a', 'b')"
         raise TypeError(
-            f"{where} is a {type(value).__name__} ({value!r:.50}), not a str: give text pairs "
-            "as (text_a, text_b) on every row, or as two columns, and single texts as str."
+            f"{_name(where)} is a {type(value).__name__} ({value!r:.50}), not a str: give text "
+            "pairs as (text_a, text_b) on every row, or as two columns, and single texts as str."
         )
-    if not isinstance(value, str):
-        raise TypeError(
-            f"{where} is a {type(value).__name__} ({value!r:.50}), not a str. Convert the "
-            "column to text first, e.g. X.astype(str)."
-        )
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(
-            f"{where} contains invalid Unicode (a lone surrogate at character "
-            f"{error.start}); clean it, e.g. text.encode('utf-8', 'replace').decode()."
-        ) from None
-    return value
+    raise TypeError(
+        f"{_name(where)} is a {_short_type(value)}, not a str. Convert the column to text "
+        "first, e.g. X.astype(str)."
+    )
+
+
+def _name(where: str | Callable[[], str]) -> str:
+    return where() if callable(where) else where
+
+
+def _short_type(value: Any) -> str:
+    """``float (nan)``, or the type alone where its repr would be long (a sparse matrix's
+    repr is a paragraph, cut mid-word at any fixed width)."""
+    shown = repr(value)
+    return type(value).__name__ + (f" ({shown})" if len(shown) <= 50 else "")
 
 
 def _library(X: Any) -> str:
@@ -103,26 +116,36 @@ def _rows(X: Any) -> tuple[list, int | None]:
 
 class RowNames:
     """How messages name row i: ``X[i]``, with the pandas index label where it is not i
-    (``s[2]`` means a label to a pandas user, not a position). Formatted on demand only."""
+    (``s[2]`` means a label to a pandas user, not a position), and a DataFrame's column
+    name for a cell. Formatted on demand only."""
 
     def __init__(self, X: Any, name: str = "X") -> None:
         index = getattr(X, "index", None) if _library(X) == "pandas" else None
         default = index is None or (type(index).__name__ == "RangeIndex"
                                     and index.start == 0 and index.step == 1)
         self.labels = None if default else index
+        columns = getattr(X, "columns", None)
+        self.columns = None if columns is None else list(columns)
         self.name = name
 
-    def label(self, i: int) -> str | None:
-        """`` (index label L)`` where row i's label is not i, else None."""
-        if self.labels is None or self.labels[i] == i:
-            return None
-        label = self.labels[i]
-        # numpy 2 writes np.int64(15) as its repr; the user's index says 15.
-        return f" (index label {(label.item() if isinstance(label, np.generic) else label)!r})"
+    def _details(self, index: tuple[int, ...]) -> str:
+        """`` (index label L, column 'c')``, each part only where it says something."""
+        details = []
+        if self.labels is not None:
+            label = self.labels[index[0]]
+            # pd.NA == i is NA, whose truth value raises: a missing label always shows.
+            if is_missing(label) or not label == index[0]:
+                # numpy 2 writes np.int64(15) as its repr; the user's index says 15.
+                shown = label.item() if isinstance(label, np.generic) else label
+                details.append(f"index label {shown!r}")
+        if self.columns is not None and len(index) == 2 and index[1] < len(self.columns):
+            details.append(f"column {self.columns[index[1]]!r}")
+        return f" ({', '.join(details)})" if details else ""
 
     def place(self, index: tuple[int, ...]) -> str:
-        """``y[3, 1] (index label 'b')``: row and column positions, and the row's label."""
-        return f"{self.name}[{', '.join(str(j) for j in index)}]{self.label(index[0]) or ''}"
+        """``y[3, 1] (index label 'b', column 'rating')``: positions, the row's label, the
+        column's name."""
+        return f"{self.name}[{', '.join(str(j) for j in index)}]{self._details(index)}"
 
     def __getitem__(self, i: int) -> str:
         return self.place((i,))
@@ -138,8 +161,8 @@ def check_texts(X: Any) -> tuple[list, str]:
     """
     if isinstance(X, str | bytes):
         raise TypeError(
-            "X must be a collection of texts, got a single string. Wrap it in a list: "
-            "predict([text])."
+            "X must be a collection of texts, got a single "
+            f"{'string' if isinstance(X, str) else 'bytes object'}. Wrap it in a list: [text]."
         )
     rows, n_columns = _rows(X)
     where = RowNames(X)
@@ -169,12 +192,14 @@ def check_texts(X: Any) -> tuple[list, str]:
                     "pair must be (text_a, text_b)."
                 )
     if n_columns is None:
-        return [_check_text(row, where[i]) for i, row in enumerate(rows)], SINGLE
+        return [_check_text(row, lambda i=i: where[i]) for i, row in enumerate(rows)], SINGLE
     if n_columns == 1:  # [["a"], ["b"]], as df[["text"]].values.tolist() gives: one column
-        return [_check_text(row[0], f"{where[i]}[0]") for i, row in enumerate(rows)], SINGLE
+        return [_check_text(row[0], lambda i=i: where.place((i, 0)))
+                for i, row in enumerate(rows)], SINGLE
     if n_columns == 2:
         pairs = [
-            (_check_text(row[0], f"{where[i]}[0]"), _check_text(row[1], f"{where[i]}[1]"))
+            (_check_text(row[0], lambda i=i: where.place((i, 0))),
+             _check_text(row[1], lambda i=i: where.place((i, 1))))
             for i, row in enumerate(rows)
         ]
         return pairs, PAIR

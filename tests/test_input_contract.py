@@ -120,6 +120,23 @@ def test_a_bad_row_of_a_relabelled_series_is_named_with_its_label(tiny_llama):
               TARGETS)
 
 
+def test_a_missing_index_label_neither_hides_the_problem_nor_refuses_valid_texts(fitted):
+    # pd.NA == 2 is NA, whose truth value raised "boolean value of NA is ambiguous" while
+    # naming every row, valid or not.
+    index = pd.array([7, None, 9, 3], dtype="Int64")
+    valid = pd.Series(TEXTS[:4], index=index)
+    np.testing.assert_allclose(fitted.predict(valid), fitted.predict(TEXTS[:4]), atol=1e-6)
+    bad = pd.Series([TEXTS[0], None, *TEXTS[2:4]], index=index)
+    predict_fails(fitted, ValueError, r"X\[1\] \(index label <NA>\) is missing", bad)
+
+
+def test_a_bad_cell_of_a_frame_of_pairs_names_its_column(tiny_llama):
+    X = pd.DataFrame({"premise": TEXTS, "hypothesis": TEXTS[::-1]}, index=range(10, 10 + N))
+    X.iloc[3, 1] = None
+    fit_fails(tiny_llama, ValueError,
+              r"X\[3, 1\] \(index label 13, column 'hypothesis'\) is missing", X, TARGETS)
+
+
 def test_arrow_arrays_are_texts(fitted):
     pa = pytest.importorskip("pyarrow")
     expected = fitted.predict(TEXTS[:4])
