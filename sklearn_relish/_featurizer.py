@@ -366,6 +366,13 @@ class LLMFeaturizer:
             for batch in self._progress(batches, n_texts):
                 real = self._run_batch(
                     {name: [rows[i] for i in batch] for name, rows in encoded.items()}, layer)
+                if real is None:
+                    raise ValueError(
+                        f"The backbone's states at layer {layer} are infinite or NaN for a "
+                        f"batch of {len(batch)} texts (the first: {texts[batch[0]]!r:.60}): "
+                        f"its activations overflow {str(loaded.dtype).removeprefix('torch.')}"
+                        ". Try backbone_dtype='float32' (or 'bfloat16'); nothing was cached."
+                    )
                 # One copy from the device; each text then gets its own storage (the cache
                 # counts and evicts texts one by one).
                 pieces = real.split([lengths[i] for i in batch])
@@ -375,14 +382,18 @@ class LLMFeaturizer:
         return [CachedStates(s, cut) for s, cut in zip(states, truncated, strict=True)]
 
     @torch.inference_mode()
-    def _run_batch(self, batch: dict[str, list[list[int]]], layer: int) -> torch.Tensor:
-        """The batch's real tokens' states, ``(total tokens, d)`` float16 on the host."""
+    def _run_batch(self, batch: dict[str, list[list[int]]], layer: int) -> torch.Tensor | None:
+        """The batch's real tokens' states, ``(total tokens, d)`` float16 on the host, or
+        None where any is inf or NaN (float16 weights overflow on some backbones): such
+        states would become NaN features, a NaN head or an error blaming the lr."""
         loaded = self.loaded
         padded = loaded.tokenizer.pad(batch, padding=True, return_tensors="pt")
         padded = {name: tensor.to(loaded.input_device) for name, tensor in padded.items()}
         hidden = hidden_states_at(loaded, padded, layer)
         real = hidden[padded["attention_mask"].to(hidden.device, torch.bool)]
         low, high = real.aminmax()  # no |states| temporary the size of the batch
+        if not (torch.isfinite(low) and torch.isfinite(high)):  # NaN propagates to both
+            return None
         if max(-low, high) <= _FLOAT16_MAX:  # the usual case: cast on the device, copy half
             return real.to(torch.float16).cpu()  # rows in batch order, tokens in order
         return real.float().cpu()  # _half then picks each text's dtype from its own states

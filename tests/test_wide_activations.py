@@ -107,3 +107,22 @@ def test_blocks_are_trained_above_states_beyond_float16(tmp_path):
     regressor = small_regressor(folder, layer=1, train_top_layers=1).fit(TEXTS, TARGETS)
     assert np.isfinite(regressor.predict(TEXTS)).all()
     assert regressor.score(TEXTS, TARGETS) > 0  # it learnt something, not a constant
+
+
+def test_states_that_overflow_the_load_dtype_are_an_error_that_says_so(loud_llama):
+    # In float16 the loud word's embedding is inf, and the layers above turn it into NaN.
+    # The encoder returned all-NaN features without a word, and fit blamed the lr.
+    from sklearn_relish import LLMTextEncoder, clear_cache
+
+    texts = [f"an {LOUD} film", QUIET, "the plot", "good acting"]
+    advice = r"infinite or NaN.*'an awful film'.*overflow float16.*backbone_dtype='float32'"
+    with pytest.raises(ValueError, match=advice):
+        LLMTextEncoder(loud_llama, backbone_dtype="float16").fit_transform(texts)
+    with pytest.raises(ValueError, match=advice):
+        small_regressor(loud_llama, backbone_dtype="float16").fit(texts, [1.0, 2.0, 3.0, 4.0])
+    # Nothing non-finite was cached: the quiet text alone is featurized afresh, and finite.
+    quiet = LLMFeaturizer(loud_llama, dtype="float16").transform_counted([QUIET], "single")
+    assert torch.isfinite(quiet[0][0].float()).all()
+    clear_cache()
+    features = LLMTextEncoder(loud_llama, backbone_dtype="float32").fit_transform(texts)
+    assert np.isfinite(features).all()
