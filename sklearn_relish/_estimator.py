@@ -26,7 +26,7 @@ from ._net import (
 )
 from ._persistence import PickleFormatMixin
 from ._sklearn_compat import Count, StrOptions
-from ._splits import check_holdout, distinct_ids
+from ._splits import check_holdout, distinct_ids, holdout_candidates
 from ._targets import check_sample_weight, check_target, target_mean, target_names, target_scale
 
 
@@ -341,7 +341,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         # Copies of a text (one row per rating) stay on one side of every internal split.
         groups = distinct_ids(texts)
         if self.early_stopping:  # before the LLM runs, not after
-            check_holdout(self.validation_fraction, len(texts), int(groups.max()) + 1)
+            check_holdout(self.validation_fraction, len(texts), int(groups.max()) + 1,
+                          len(holdout_candidates(groups, weights)))
         if self.intervals in ("cv", "cv+"):
             check_folds(groups, self)
         if self.latent_dim % self.n_heads:

@@ -27,7 +27,13 @@ from ._console import print_epoch_line
 from ._head import RelishHead
 from ._intervals import PointAndQuantileLoss, outputs_per_target
 from ._sklearn_compat import Count, Interval, StrOptions
-from ._splits import DistinctTextSplit, check_holdout, describe_count, holdout_size
+from ._splits import (
+    DistinctTextSplit,
+    check_holdout,
+    describe_count,
+    holdout_candidates,
+    holdout_size,
+)
 
 # torch has one random stream per process: fits that overlap in threads would seed and
 # restore it over each other (another fit's initialisation, batch order and dropout), so
@@ -230,21 +236,25 @@ class RelishNet(NeuralNetRegressor):
 
 def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
               n_outputs: int = 1, featurizer: Any = None,
-              groups: np.ndarray | None = None) -> RelishNet:
+              groups: np.ndarray | None = None, weights: np.ndarray | None = None
+              ) -> RelishNet:
     """The skorch training loop for a head configured by an estimator's parameters.
 
     ``params`` is the estimator (anything with its head and training attributes): the
     estimator keeps flat, grid-searchable parameters and this turns them into skorch's.
     With ``params.train_top_layers``, ``featurizer`` reads the states below the trained
     blocks and the module is a :class:`TopLayersHead`. ``groups`` (:func:`distinct_ids`)
-    keeps every copy of a repeated text on one side of the early-stopping hold-out.
+    keeps every copy of a repeated text on one side of the early-stopping hold-out, which
+    takes only texts of positive ``weights``.
     """
     early_stopping = params.early_stopping
-    n_distinct = n_samples if groups is None else len(np.unique(groups))
-    counted = describe_count(n_samples, n_distinct)
+    ids = np.arange(n_samples) if groups is None else np.unique(groups, return_inverse=True)[1]
+    n_distinct = int(ids.max()) + 1 if n_samples else 0
+    n_weighted = len(holdout_candidates(ids.reshape(-1), weights))
+    counted = describe_count(n_samples, n_distinct, n_weighted)
     if early_stopping:
-        check_holdout(params.validation_fraction, n_samples, n_distinct)
-    if early_stopping and holdout_size(n_distinct, params.validation_fraction) < 2:
+        check_holdout(params.validation_fraction, n_samples, n_distinct, n_weighted)
+    if early_stopping and holdout_size(n_weighted, params.validation_fraction) < 2:
         warnings.warn(
             f"early_stopping needs at least 2 validation texts, but "
             f"validation_fraction={params.validation_fraction} of {counted} gives "
@@ -320,7 +330,7 @@ def train_head(params: Any, input_dim: int, states: list[torch.Tensor], scaled: 
     seeded with ``seed``, which fits in other threads wait to share (``_TRAINING_LOCK``).
     """
     net = build_net(params, input_dim, len(states), seed, device, n_outputs, featurizer,
-                    groups)
+                    groups, weights)
     cuda = [device.index or 0] if device.type == "cuda" else []
     with _TRAINING_LOCK, torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch.utils.data
@@ -21,7 +22,8 @@ from sklearn.model_selection import KFold, ShuffleSplit
 from skorch.dataset import ValidSplit
 
 __all__ = ["DistinctTextSplit", "check_holdout", "describe_count", "distinct_ids", "fold_ids",
-           "holdout_size", "holdout_takes_all", "one_per_input", "release_split", "rows_of"]
+           "holdout_candidates", "holdout_size", "holdout_takes_all", "one_per_input",
+           "release_split", "rows_of"]
 
 
 def distinct_ids(texts: Sequence) -> np.ndarray:
@@ -62,11 +64,28 @@ def one_per_input(rows: Sequence[int], ids: np.ndarray, seed: int) -> list[int]:
             for found in copies.values()]
 
 
-def describe_count(n_rows: int, n_distinct: int) -> str:
-    """"N texts", or "K distinct texts (of N)" when some repeat: what a split divides."""
-    if n_distinct == n_rows:
-        return f"{n_rows} texts"
-    return f"{n_distinct} distinct texts (of {n_rows})"
+def describe_count(n_rows: int, n_distinct: int, n_weighted: int | None = None) -> str:
+    """"N texts", or "K distinct texts (of N)" when some repeat: what a split divides; and
+    how many of them weigh more than 0 where not all do (only those are held out)."""
+    counted = (f"{n_rows} texts" if n_distinct == n_rows
+               else f"{n_distinct} distinct texts (of {n_rows})")
+    if n_weighted is None or n_weighted == n_distinct:
+        return counted
+    return f"{n_weighted} texts of positive sample_weight (of {counted})"
+
+
+def holdout_candidates(ids: np.ndarray, weights: Any = None) -> np.ndarray:
+    """The inputs (ids) early stopping may hold out: those whose copies weigh more than 0.
+
+    A held-out text of weight 0 measures nothing. Drawn among all texts, a hold-out of
+    mostly weight-0 texts had no weight at all for some seeds (a refusal) and one weighted
+    text for others, so a grid search failed or not by luck.
+    """
+    n_distinct = int(ids.max()) + 1 if len(ids) else 0
+    if weights is None:
+        return np.arange(n_distinct)
+    weights = torch.as_tensor(weights).detach().cpu().double().numpy()
+    return np.flatnonzero(np.bincount(ids, weights=weights, minlength=n_distinct) > 0)
 
 
 def holdout_size(n_distinct: int, fraction: float) -> int:
@@ -82,13 +101,16 @@ def holdout_takes_all(n_distinct: int, fraction: float) -> bool:
     return held_out >= 2 and held_out >= n_distinct
 
 
-def check_holdout(fraction: float, n_rows: int, n_distinct: int) -> None:
-    """Refuse an early-stopping hold-out that would leave no input to train on."""
-    if holdout_takes_all(n_distinct, fraction):
+def check_holdout(fraction: float, n_rows: int, n_distinct: int,
+                  n_weighted: int | None = None) -> None:
+    """Refuse an early-stopping hold-out that would leave no input to train on (of those
+    that weigh more than 0: ``n_weighted`` where some do not)."""
+    if holdout_takes_all(n_distinct if n_weighted is None else n_weighted, fraction):
         raise ValueError(
-            f"validation_fraction={fraction} of {describe_count(n_rows, n_distinct)} holds "
-            "out every one of them for early stopping, leaving none to train on; lower it "
-            "or set early_stopping=False.")
+            f"validation_fraction={fraction} of "
+            f"{describe_count(n_rows, n_distinct, n_weighted)} holds out every one of "
+            "them for early stopping, leaving none to train on; lower it or set "
+            "early_stopping=False.")
 
 
 def fold_ids(ids: np.ndarray | int, n_folds: int, seed: int) -> np.ndarray:
@@ -123,11 +145,15 @@ class DistinctTextSplit(ValidSplit):
         if len(ids) != n_rows:
             raise ValueError(f"The split knows {len(ids)} texts but was given {n_rows}.")
         n_distinct = int(ids.max()) + 1 if n_rows else 0
-        # The splitter ValidSplit builds for a float cv, over inputs instead of rows.
+        candidates = holdout_candidates(ids, getattr(dataset, "weights", None))
+        # The splitter ValidSplit builds for a float cv, over inputs instead of rows, and
+        # over those of positive weight: the others always train (with no influence).
         splitter = ShuffleSplit(test_size=self.cv, random_state=self.random_state)
-        train, valid = next(splitter.split(np.arange(n_distinct)))
+        train, valid = next(splitter.split(candidates))
+        train = np.concatenate([candidates[train],
+                                np.setdiff1d(np.arange(n_distinct), candidates)])
         return (torch.utils.data.Subset(dataset, rows_of(ids, train)),
-                torch.utils.data.Subset(dataset, rows_of(ids, valid)))
+                torch.utils.data.Subset(dataset, rows_of(ids, candidates[valid])))
 
     def release(self) -> None:
         self.groups = None

@@ -40,6 +40,30 @@ def test_without_repeats_the_hold_out_is_skorchs_row_for_row(n, fraction, seed):
             assert list(part.indices) == list(reference.indices)  # same rows, same order
 
 
+class _Weighted(torch.utils.data.TensorDataset):
+    def __init__(self, weights: np.ndarray) -> None:
+        super().__init__(torch.arange(len(weights)))
+        self.weights = torch.as_tensor(weights, dtype=torch.float32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(weights=st.lists(st.sampled_from([0.0, 0.0, 0.5, 1.0, 3.0]), min_size=12, max_size=200),
+       fraction=st.floats(0.05, 0.4), seed=SEEDS)
+def test_the_hold_out_is_drawn_among_texts_of_positive_weight(weights, fraction, seed):
+    weights = np.asarray(weights)
+    positive = np.flatnonzero(weights > 0)
+    assume(2 <= math.ceil(len(positive) * fraction) < len(positive))
+    train, valid = DistinctTextSplit(fraction, random_state=seed)(_Weighted(weights))
+    assert len(valid) == math.ceil(len(positive) * fraction)
+    assert (weights[list(valid.indices)] > 0).all()
+    assert sorted([*train.indices, *valid.indices]) == list(range(len(weights)))
+    # Positive weights everywhere: the same draw as without weights, row for row.
+    ones = DistinctTextSplit(fraction, random_state=seed)(_Weighted(np.ones(len(weights))))
+    plain = DistinctTextSplit(fraction, random_state=seed)(_rows(len(weights)))
+    for part, reference in zip(ones, plain, strict=True):
+        assert list(part.indices) == list(reference.indices)
+
+
 @settings(max_examples=60, deadline=None)
 @given(texts=st.lists(st.sampled_from("abcdefghijkl"), min_size=4, max_size=80),
        fraction=st.floats(0.1, 0.5), seed=SEEDS)
