@@ -27,7 +27,14 @@ from ._net import (
 from ._persistence import PickleFormatMixin
 from ._sklearn_compat import Count, StrOptions
 from ._splits import check_holdout, distinct_ids, holdout_candidates
-from ._targets import check_sample_weight, check_target, target_mean, target_names, target_scale
+from ._targets import (
+    check_sample_weight,
+    check_target,
+    target_mean,
+    target_names,
+    target_scale,
+    warn_if_few_values_set_the_scale,
+)
 
 
 class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleFormatMixin,
@@ -335,6 +342,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         texts, kind = self._check_texts(X, reset=True)
         target = check_target(y, len(texts))
         weights = check_sample_weight(sample_weight, len(texts))
+        warn_if_few_values_set_the_scale(target, weights, target_scale(target, weights))
         if len(texts) < 2:
             raise ValueError(f"At least 2 texts are needed to fit; got {len(texts)}.")
         check_prompt(self.prompt, kind)

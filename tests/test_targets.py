@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import TARGETS, TEXTS, small_regressor
@@ -272,3 +274,21 @@ def test_a_bad_entry_of_a_relabelled_series_is_named_by_its_label_too():
     labelled = pd.Series([1.0, float("inf")], index=np.array([7, 9], dtype=np.int64))
     with pytest.raises(ValueError, match=r"y\[1\] \(index label 9\) \(inf\)"):
         check_target(labelled, 2)
+
+
+def test_a_few_extreme_targets_that_set_the_scale_are_warned_of(tiny_llama):
+    # One rating typed as 1000 multiplied the scale by 23 and silently ruined the fit.
+    y = np.array(Y, dtype=float)
+    y[5] = 1000.0
+    with pytest.warns(UserWarning, match=r"y's standard deviation .* times .* such as 1000 "
+                                         r".*TransformedTargetRegressor") as caught:
+        small_regressor(tiny_llama, max_epochs=1).fit(TEXTS, y)
+    assert caught[0].filename == __file__  # the user's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small_regressor(tiny_llama, max_epochs=1).fit(TEXTS, Y)  # ordinary targets
+        weights = np.ones(len(TEXTS))
+        weights[5] = 0.0  # a sentinel of weight 0 sets nothing
+        small_regressor(tiny_llama, max_epochs=1).fit(TEXTS, y, sample_weight=weights)
+    with pytest.warns(UserWarning, match=r"y\[:, 1\]'s standard deviation"):
+        small_regressor(tiny_llama, max_epochs=1).fit(TEXTS, np.c_[Y, y])
