@@ -342,9 +342,9 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         texts, kind = self._check_texts(X, reset=True)
         target = check_target(y, len(texts))
         weights = check_sample_weight(sample_weight, len(texts))
-        warn_if_few_values_set_the_scale(target, weights, target_scale(target, weights))
         if len(texts) < 2:
             raise ValueError(f"At least 2 texts are needed to fit; got {len(texts)}.")
+        warn_if_few_values_set_the_scale(target, weights, target_scale(target, weights))
         check_prompt(self.prompt, kind)
         # Copies of a text (one row per rating) stay on one side of every internal split.
         groups = distinct_ids(texts)

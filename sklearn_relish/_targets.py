@@ -29,19 +29,21 @@ def _as_floats(values: np.ndarray, rows: RowNames) -> np.ndarray:
         # upstream) and complex numbers (float() would silently drop the imaginary part).
         if isinstance(value, str | bytes | complex | np.complexfloating):
             raise ValueError(
-                f"y must be real numbers; {rows.place(index)} is a {type(value).__name__} "
-                f"({value!r:.50}). Convert y first, e.g. y.astype(float)."
+                f"{rows.name} must be real numbers; {rows.place(index)} is a "
+                f"{type(value).__name__} ({value!r:.50}). Convert {rows.name} first, e.g. "
+                f"{rows.name}.astype(float)."
             )
         try:
             floats[index] = float(value)
         except OverflowError:
             raise ValueError(
-                f"y must fit float64; {rows.place(index)} ({value!r:.50}) is too large for it."
+                f"{rows.name} must fit float64; {rows.place(index)} ({value!r:.50}) is too "
+                "large for it."
             ) from None
         except (TypeError, ValueError):
             raise ValueError(
-                f"y must be real numbers; {rows.place(index)} is a {type(value).__name__} "
-                f"({value!r:.50})."
+                f"{rows.name} must be real numbers; {rows.place(index)} is a "
+                f"{type(value).__name__} ({value!r:.50})."
             ) from None
     return floats
 
@@ -138,7 +140,10 @@ def warn_if_few_values_set_the_scale(values: np.ndarray, weights: np.ndarray,
     to 58 and squeezed every other target into a sliver of it; with MiniLM, test Pearson
     fell from 0.82 / 0.83 to 0.35 / 0.42 (seeds 0 / 1), without a word.
     """
-    kept = values[weights > 0].reshape(int(np.sum(weights > 0)), -1)
+    kept = values[weights > 0]
+    if len(kept) < 2:  # nothing to compare; fit refuses fewer than 2 texts anyway
+        return
+    kept = kept.reshape(len(kept), -1)
     for j, column in enumerate(kept.T):
         scale = float(np.ravel(spread)[j])
         low, middle, high = np.percentile(column, [25, 50, 75])
@@ -194,6 +199,8 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
     rows = RowNames(sample_weight, "sample_weight")
     if weights.ndim == 0:
         weights = np.full(n_samples, weights)
+    if weights.ndim == 1 and weights.dtype.kind == "O":  # Decimals, a None: as y's are read
+        weights = _as_floats(weights, rows)
     if weights.ndim != 1 or weights.dtype.kind not in "biuf":
         raise ValueError(
             f"sample_weight must be a 1-D array of numbers; got shape {weights.shape} of "

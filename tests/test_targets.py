@@ -292,3 +292,18 @@ def test_a_few_extreme_targets_that_set_the_scale_are_warned_of(tiny_llama):
         small_regressor(tiny_llama, max_epochs=1).fit(TEXTS, y, sample_weight=weights)
     with pytest.warns(UserWarning, match=r"y\[:, 1\]'s standard deviation"):
         small_regressor(tiny_llama, max_epochs=1).fit(TEXTS, np.c_[Y, y])
+
+
+def test_weights_of_object_dtype_are_read_as_numbers_like_y():
+    # Decimals (a database column) or an object array were refused as "not numbers",
+    # though the same values are accepted as y and by scikit-learn.
+    from decimal import Decimal
+
+    expected = check_sample_weight([1.5, 2.0, 1.0], 3)
+    for weights in ([Decimal("1.5"), Decimal(2), 1], np.array([1.5, 2, 1], dtype=object)):
+        np.testing.assert_array_equal(check_sample_weight(weights, 3), expected)
+    with pytest.raises(ValueError, match=r"sample_weight\[1\] is nan"):
+        check_sample_weight([1.0, None, 2.0], 3)
+    with pytest.raises(ValueError, match=r"sample_weight must be real numbers; "
+                                         r"sample_weight\[2\] is a complex"):
+        check_sample_weight(np.array([1.0, 2.0, 1j], dtype=object), 3)
