@@ -48,6 +48,19 @@ def _as_floats(values: np.ndarray, rows: RowNames) -> np.ndarray:
     return floats
 
 
+def _check_integers_survive_float64(integers: np.ndarray, values: np.ndarray) -> None:
+    """Refuse integers that differ only beyond float64's 53 bits (ids near 2**62, say):
+    as floats they were equal, and the target was fitted as a constant without a word."""
+    for column, floats in zip(integers.reshape(len(integers), -1).T,
+                              values.reshape(len(values), -1).T, strict=True):
+        if floats.min() == floats.max() and column.min() != column.max():
+            raise ValueError(
+                f"y's integers (e.g. {column.min()} and {column.max()}) differ by less than "
+                "float64 can resolve at their size, so they would all become one value; "
+                "subtract an offset first, e.g. y - y.min()."
+            )
+
+
 def check_target(y: Any, n_samples: int) -> np.ndarray:
     """Validate a regression target: numeric, finite, one row per text.
 
@@ -81,7 +94,10 @@ def check_target(y: Any, n_samples: int) -> np.ndarray:
         )
     if values.dtype.kind not in "biuf":
         values = _as_floats(values, rows)
+    integers = values if values.dtype.kind in "iu" else None
     values = values.astype(np.float64)
+    if integers is not None and values.size:
+        _check_integers_survive_float64(integers, values)
     bad = np.argwhere(~np.isfinite(values))
     if bad.size:
         first = tuple(int(i) for i in bad[0])

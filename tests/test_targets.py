@@ -307,3 +307,13 @@ def test_weights_of_object_dtype_are_read_as_numbers_like_y():
     with pytest.raises(ValueError, match=r"sample_weight must be real numbers; "
                                          r"sample_weight\[2\] is a complex"):
         check_sample_weight(np.array([1.0, 2.0, 1j], dtype=object), 3)
+
+
+def test_integers_that_float64_cannot_tell_apart_are_refused():
+    # 2**62 + i are distinct ints but one float64: fitted as a constant, silently.
+    for y in (np.arange(16, dtype=np.int64) + 2**62, np.arange(16, dtype=np.uint64) + 2**63):
+        with pytest.raises(ValueError, match=r"differ by less than float64 .* y - y.min\(\)"):
+            check_target(y, 16)
+    np.testing.assert_array_equal(check_target(np.arange(16) + 2**40, 16),
+                                  np.arange(16) + 2.0**40)  # resolvable: accepted as is
+    np.testing.assert_array_equal(check_target(np.full(16, 2**62), 16), 2.0**62)  # constant
