@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -97,6 +98,10 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"relish: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relish", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,7 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_commands(commands)
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            # One line each, in the command's voice: Python's format printed the source
+            # line of the package that raised it, which means nothing to a shell user.
+            warnings.showwarning = _show_warning
+            return args.run(args)
     except KeyboardInterrupt:
         print("relish: interrupted", file=sys.stderr)
         return 130

@@ -85,6 +85,15 @@ def _numeric(targets: Any, path: str, role: str = "target") -> Any:
     return numbers
 
 
+def _text_names(args: argparse.Namespace) -> list[str]:
+    """``--text`` and ``--text-pair``: one column read twice would pair each text with
+    itself (pandas refused it as a file without unique column names)."""
+    if args.text_pair is not None and args.text_pair == args.text:
+        raise CommandError(f"--text and --text-pair name the same column ({args.text!r}); "
+                           "a pair needs two columns")
+    return [args.text] + ([args.text_pair] if args.text_pair else [])
+
+
 def fit(args: argparse.Namespace) -> int:
     from . import RelishTextRegressor, save_model
 
@@ -92,7 +101,7 @@ def fit(args: argparse.Namespace) -> int:
     if len(set(args.target)) != len(args.target):
         # A model of two copies of one target predicted one column under one name twice.
         raise CommandError(f"--target names a column twice: {args.target}")
-    names = [args.text] + ([args.text_pair] if args.text_pair else [])
+    names = _text_names(args)
     table = read_table(args.data, text_columns=names)
     texts = text_columns(table, names, args.data)
     targets = _numeric(columns(table, args.target, args.data, "target"), args.data)
@@ -158,7 +167,7 @@ def _model_and_texts(args: argparse.Namespace,
     if args.text_pair and not args.text:
         raise CommandError("--text-pair needs --text (the first text column) as well")
     if args.text:
-        names = [args.text] + ([args.text_pair] if args.text_pair else [])
+        names = _text_names(args)
         if fitted_names and len(names) != len(fitted_names):
             raise CommandError(
                 f"{args.model} was fitted on {len(fitted_names)} text column(s) "
@@ -250,6 +259,12 @@ def evaluate(args: argparse.Namespace) -> int:
     outputs = _outputs_for(targets, getattr(model, "target_names_", None),
                            len(_target_names(model)), args.model)
     truth = _numeric(columns(table, targets, args.data, "target"), args.data).to_numpy(float)
+    if len(table) < 2:  # every metric would print nan
+        raise CommandError(f"{args.data}: has {len(table)} row; the metrics compare at "
+                           "least 2")
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        raise CommandError(f"--plot {args.plot}: the plot is a PNG; name it e.g. "
+                           f"{Path(args.plot).stem}.png")
     # The default plot is named after the data and the model, so evaluating a second
     # model on the same file draws its own. A default plot that exists is kept and the
     # metrics still printed (evaluating only reads); a --plot that exists is refused

@@ -78,6 +78,11 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
         raise CommandError(f"{path}: the file is empty") from None
     except ImportError as error:  # parquet without pyarrow
         raise CommandError(f"{path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise CommandError(
+            f"{path}: is not UTF-8 text (byte {error.object[error.start]:#04x} at position "
+            f"{error.start}); save it as UTF-8 (e.g. Excel's \"CSV UTF-8\", or iconv -f "
+            "latin1 -t utf-8)") from None
     except (ValueError, OSError, pandas.errors.ParserError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         extra = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", reason)
@@ -85,15 +90,16 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
             expected, line, saw = extra.groups()
             raise CommandError(
                 f"{path}: line {line} has {saw} fields, but the rows above it have "
-                f"{expected} (a trailing separator?); give every row one field per "
-                "column") from None
+                f"{expected} (a trailing separator?{_semicolon_hint(path, kind)}); give "
+                "every row one field per column") from None
         raise CommandError(f"{path}: cannot be read as {kind}: {reason}") from None
     if kind in ("csv", "tsv") and not _is_default_index(table.index):
         # pandas takes rows with more fields than the header for an index column and
         # shifts every column left: the texts would be read from the wrong column.
         raise CommandError(
             f"{path}: its rows have more fields than its header names (a trailing "
-            f"separator?); give every row one field per column")
+            f"separator?{_semicolon_hint(path, kind)}); give every row one field per "
+            "column")
     if kind == "parquet" and not _is_default_index(table.index):
         table = table.reset_index()  # the stored row ids stay in the written-back table
     if kind in ("csv", "tsv"):
@@ -101,6 +107,19 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
     if table.empty:
         raise CommandError(f"{path}: the file has no rows")
     return table
+
+
+def _semicolon_hint(path: Path, kind: str) -> str:
+    """Where a CSV's header holds a ';' (a European export: ';' between fields, commas in
+    the numbers), the comma count is not the problem the user has to fix."""
+    if kind != "csv":
+        return ""
+    with open(path, encoding="utf-8", errors="replace") as file:
+        header = file.readline()
+    if ";" not in header:
+        return ""
+    return (" or a ';'-separated export, whose decimal commas split the numbers: save it "
+            "as comma-separated, or as TSV")
 
 
 def _header(path: Path, kind: str, n_columns: int) -> list[str]:

@@ -562,3 +562,26 @@ def test_coverage_without_intervals_is_refused_before_the_llm_runs(fitted, data,
     assert done.returncode == 2
     assert "plain.joblib has no prediction intervals" in done.stderr, done.stderr
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_evaluate_refuses_a_plot_not_named_png_and_a_single_row(data, fitted, tmp_path):
+    # --plot plot.csv wrote a PNG under a table's name; one row printed nan four times.
+    done = relish("evaluate", fitted, data / "new.parquet", "--plot", tmp_path / "plot.csv")
+    assert done.returncode == 2 and "the plot is a PNG; name it e.g. plot.png" in done.stderr
+    assert not (tmp_path / "plot.csv").exists()
+    pd.read_parquet(data / "new.parquet").head(1).to_csv(tmp_path / "one.csv", index=False)
+    done = relish("evaluate", fitted, tmp_path / "one.csv", "--plot", tmp_path / "p.png")
+    assert done.returncode == 2 and "one.csv: has 1 row; the metrics compare at least 2" \
+        in done.stderr
+
+
+def test_warnings_are_one_line_in_the_commands_voice(tmp_path, tiny_llama):
+    # Python's format printed the package's source line under the message.
+    pd.DataFrame({"t": ["good", "bad", "ok"], "y": [1.0, 2.0, 3.0]}).to_csv(
+        tmp_path / "three.csv", index=False)
+    done = relish("fit", tmp_path / "three.csv", "--text", "t", "--target", "y", "-o",
+                  tmp_path / "m.joblib", "--param", f"backbone={tiny_llama}", *SMALL)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines and all(line.startswith("relish: warning: ") for line in lines), lines
+    assert any("early_stopping needs at least 2 validation texts" in line for line in lines)

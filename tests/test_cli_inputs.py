@@ -81,3 +81,29 @@ def test_r2_of_a_constant_truth_is_nan_like_the_other_metrics():
 
     report = regression_report([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
     assert all(math.isnan(value) for value in report.values())
+
+
+def test_a_semicolon_export_and_a_latin1_file_are_named_for_what_they_are(tmp_path):
+    # "more fields than its header names (a trailing separator?)" for a European export
+    # (';' between fields, decimal commas), and a codec traceback line for Latin-1.
+    (tmp_path / "eu.csv").write_text("text;score\nhello;1,5\nbye;2,0\n")
+    with pytest.raises(CommandError, match=r"';'-separated export.*save it as "
+                                           r"comma-separated, or as TSV"):
+        read_table(tmp_path / "eu.csv", verbatim=True)
+    (tmp_path / "plain.csv").write_text("text,score\nhello,1\nbye,2,\n")
+    with pytest.raises(CommandError, match=r"trailing separator\?\)") as caught:
+        read_table(tmp_path / "plain.csv", verbatim=True)
+    assert "';'" not in str(caught.value)  # only where the header holds one
+    (tmp_path / "latin.csv").write_bytes("text,score\ncaf\u00e9,1\n".encode("latin-1"))
+    with pytest.raises(CommandError, match=r"latin.csv: is not UTF-8 text \(byte 0xe9 .*"
+                                           r"save it as UTF-8"):
+        read_table(tmp_path / "latin.csv", verbatim=True)
+
+
+def test_one_column_as_both_texts_of_a_pair_is_refused(tmp_path):
+    (tmp_path / "t.csv").write_text("text,score\ngood,1\nbad,2\n")
+    done = relish("fit", tmp_path / "t.csv", "--text", "text", "--text-pair", "text",
+                  "--target", "score", "-o", tmp_path / "m.joblib")
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("relish: error: --text and --text-pair name the same "
+                                   "column ('text'); a pair needs two columns")
