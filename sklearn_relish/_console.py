@@ -30,16 +30,18 @@ def print_epoch_line(text: str) -> None:
 
 
 def user_stacklevel() -> int:
-    """The ``stacklevel`` of the first caller outside this package and scikit-learn.
+    """The ``stacklevel`` of the first caller outside this package and the libraries it
+    runs under (scikit-learn, joblib: a Pipeline with ``memory=`` calls through both).
 
     A fixed level pointed into the package (predict's chunk loop) or into scikit-learn's
     ``set_output`` wrapper, so Python's once-per-location filter showed the first
     truncation warning and hid every later call's; the user's own line is the location.
     """
+    import joblib
     import sklearn
 
-    inside = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
-              os.path.dirname(os.path.abspath(sklearn.__file__)) + os.sep)
+    inside = tuple(os.path.dirname(os.path.abspath(module)) + os.sep
+                   for module in (__file__, sklearn.__file__, joblib.__file__))
     frame, level = sys._getframe(2), 2  # level 1: the function that calls warnings.warn
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
         frame, level = frame.f_back, level + 1

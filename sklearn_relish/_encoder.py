@@ -193,6 +193,13 @@ trust_remote_code, backbone_kwargs, verbose
                     f"layer={self.layer!r}: {first!r} and {layers[i]!r} are both hidden "
                     f"state {index} of this backbone, so its features would appear twice; "
                     "name each layer once.")
+        n_features = featurizers[0].hidden_size * len(featurizers) * len(_POOLINGS[self.pooling])
+        if self.n_components is not None and min(len(texts), n_features) < self.n_components:
+            # Known from the config: refused before the LLM's pass, not after it.
+            raise ValueError(
+                f"n_components={self.n_components} needs at least that many texts and "
+                f"features; got {len(texts)} texts with {n_features} features."
+            )
         features = self._encode(featurizers, texts, kind, self.pooling)
         pca = None
         if self.n_components is not None:
@@ -211,11 +218,6 @@ trust_remote_code, backbone_kwargs, verbose
     def _fit_pca(self, features: np.ndarray):
         from sklearn.decomposition import PCA
 
-        if min(features.shape) < self.n_components:
-            raise ValueError(
-                f"n_components={self.n_components} needs at least that many texts and "
-                f"features; got {features.shape[0]} texts with {features.shape[1]} features."
-            )
         pca = PCA(self.n_components, random_state=self.random_state)
         with config_context(transform_output="default"):  # see transform
             return pca, pca.fit_transform(features).astype(np.float32)
@@ -252,14 +254,16 @@ trust_remote_code, backbone_kwargs, verbose
     @staticmethod
     def _encode(featurizers: list, texts: list, kind: str, pooling: str) -> np.ndarray:
         blocks = []
-        for featurizer in featurizers:
+        for i, featurizer in enumerate(featurizers):
             width = featurizer.hidden_size
             if not texts:
                 blocks += [np.zeros((0, width), np.float32) for _ in _POOLINGS[pooling]]
                 continue
             # Pooled chunk by chunk: only the pooled rows outlive a chunk's states.
             pooled: list[list[np.ndarray]] = [[] for _ in _POOLINGS[pooling]]
-            for _, states in featurizer.transform_chunks(texts, kind):
+            # The same texts are cut whatever the layer: one truncation warning, not one
+            # per layer.
+            for _, states in featurizer.transform_chunks(texts, kind, warn=i == 0):
                 for rows, how in zip(pooled, _POOLINGS[pooling], strict=True):
                     rows.append(pool(states, how))
             blocks += [np.concatenate(rows) for rows in pooled]

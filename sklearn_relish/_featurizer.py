@@ -32,7 +32,7 @@ from ._console import user_stacklevel
 from ._early_exit import hidden_states_at
 from ._embedded import rename_legacy_backbone, transformers_version_hint
 from ._fingerprint import PREFIX, earlier_fingerprints, legacy_fingerprint
-from ._inputs import PAIR, check_layer, format_texts
+from ._inputs import PAIR, SINGLE, check_layer, format_texts
 from ._store import StoreUnavailable, TokenStateStore, handed_over, warn_once
 from ._tokens import tokenize, tokens_before_text
 
@@ -226,21 +226,23 @@ class LLMFeaturizer:
         so editing an output in place cannot change what a later call returns.
         """
         states, n_truncated = self.transform_counted(texts, kind)
-        self.warn_truncated(n_truncated, len(texts))
+        self.warn_truncated(n_truncated, len(texts), kind)
         return states
 
-    def transform_chunks(self, texts: list, kind: str
+    def transform_chunks(self, texts: list, kind: str, warn: bool = True
                          ) -> Iterator[tuple[int, list[torch.Tensor]]]:
         """``(offset, states of texts[offset:offset + PREDICT_CHUNK])`` chunk by chunk, so
         a caller that keeps only what it computes from them never holds every text's
-        states; one truncation warning for all of them, once the last chunk is read."""
+        states; one truncation warning for all of them (if ``warn``), once the last chunk
+        is read."""
         n_truncated = 0
         for offset in range(0, len(texts), PREDICT_CHUNK):
             states, truncated = self.transform_counted(texts[offset:offset + PREDICT_CHUNK],
                                                        kind)
             n_truncated += truncated
             yield offset, states
-        self.warn_truncated(n_truncated, len(texts))
+        if warn:
+            self.warn_truncated(n_truncated, len(texts), kind)
 
     def transform_counted(self, texts: list, kind: str) -> tuple[list[torch.Tensor], int]:
         """:meth:`transform` without its warning: the states and how many were truncated."""
@@ -250,16 +252,23 @@ class LLMFeaturizer:
         # torch has no read-only tensors to share instead.
         return [found[key].states.clone() for key in keys], n_truncated
 
-    def warn_truncated(self, n_truncated: int, n_texts: int) -> None:
+    def warn_truncated(self, n_truncated: int, n_texts: int, kind: str = SINGLE) -> None:
         if not n_truncated:
             return
         limit = self._effective_max_length()
         advice = ("raise max_length to keep them whole" if limit == self.max_length else
                   f"max_length={self.max_length} is beyond the model's {limit} positions, "
                   "so this is as long as a text can be: split longer texts")
+        joined = kind == PAIR and (self.prompt is not None
+                                   or not self.loaded.tokenizer.sep_token)
+        # A joined pair is cut at its end: a long text_a can leave none of text_b, and the
+        # model then never sees it (the tokenizer's own pair encoding cuts both sides).
+        where = (" The cut falls on text_b first (it comes last): put the shorter text "
+                 "second, or raise max_length." if joined else "")
         warnings.warn(
-            f"{n_truncated} of {n_texts} texts are longer than max_length={limit} tokens and "
-            f"were truncated; {advice}.", UserWarning, stacklevel=user_stacklevel())
+            f"{n_truncated} of {n_texts} {'pairs' if kind == PAIR else 'texts'} are longer "
+            f"than max_length={limit} tokens and were truncated; {advice}.{where}",
+            UserWarning, stacklevel=user_stacklevel())
 
     def _keys(self, texts: list, kind: str) -> tuple[list[str], list[str], int, int]:
         loaded = self.loaded

@@ -94,9 +94,41 @@ def test_pandas_output_keeps_the_index_and_names(tiny_llama):
     pd.testing.assert_frame_equal(encoder.transform(frame), out, atol=1e-5)
 
 
-def test_pca_needs_enough_texts(tiny_llama):
-    with pytest.raises(ValueError, match="n_components=8 needs at least"):
-        LLMTextEncoder(tiny_llama, n_components=8).fit(TEXTS[:5])
+def test_pca_needs_enough_texts_and_says_so_before_the_llm_runs(tiny_llama):
+    with pytest.raises(ValueError, match="n_components=8 needs at least .* got 5 texts with "
+                                         "64 features"):
+        LLMTextEncoder(tiny_llama, n_components=8, pooling="mean+last").fit(TEXTS[:5])
+    assert cache_info()["llm_texts"] == 0
+
+
+def test_one_truncation_warning_whatever_the_number_of_layers(tiny_llama):
+    encoder = LLMTextEncoder(tiny_llama, layer=[0, 1, -1], max_length=8)
+    with pytest.warns(UserWarning, match="1 of 2 texts are longer") as caught:
+        encoder.fit_transform(["very boring " * 20, "good"])
+    assert len([w for w in caught if "longer than max_length" in str(w.message)]) == 1
+
+
+def test_the_truncation_warning_points_at_the_users_line_through_a_cached_pipeline(
+        tiny_llama, tmp_path):
+    # Pipeline(memory=...) calls through joblib: the warning pointed at joblib/memory.py.
+    pipeline = make_pipeline(LLMTextEncoder(tiny_llama, max_length=8), RidgeCV(),
+                             memory=str(tmp_path))
+    with pytest.warns(UserWarning, match="longer than max_length") as caught:
+        pipeline.fit(["very boring " * 20, *TEXTS[:5]], TARGETS[:6])
+    assert caught[0].filename == __file__
+
+
+def test_a_long_first_text_of_a_joined_pair_is_said_to_cut_the_second(tiny_llama, minilm):
+    # With a prompt (or a decoder's newline join) a pair is cut at its end: text_b went
+    # first, entirely here, and the warning spoke of texts in general.
+    pairs = [("very boring " * 20, "great"), ("good", "bad")]
+    with pytest.warns(UserWarning, match=r"1 of 2 pairs are longer .* The cut falls on "
+                                         r"text_b first"):
+        LLMTextEncoder(tiny_llama, max_length=16).fit_transform(pairs)
+    # The tokenizer's own pair encoding cuts both sides: no such sentence.
+    with pytest.warns(UserWarning, match="1 of 2 pairs are longer") as caught:
+        LLMTextEncoder(minilm, max_length=16).fit_transform(pairs)
+    assert "text_b" not in str(caught[0].message)
 
 
 def test_no_texts_fit_is_refused_and_transform_is_empty(tiny_llama):

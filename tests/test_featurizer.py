@@ -218,6 +218,6 @@ def test_native_pairs_are_cached_apart_from_joined_texts(minilm):
 @pytest.mark.slow
 def test_long_pairs_are_truncated_to_max_length(minilm):
     featurizer = LLMFeaturizer(minilm, layer=-1, max_length=16, cache=False)
-    with pytest.warns(UserWarning, match="1 of 1 texts are longer than max_length=16"):
+    with pytest.warns(UserWarning, match="1 of 1 pairs are longer than max_length=16"):
         states = featurizer.transform([("word " * 40, "short")], "pair")
     assert states[0].shape[0] == 16
