@@ -281,7 +281,8 @@ def test_a_few_extreme_targets_that_set_the_scale_are_warned_of(tiny_llama):
     y = np.array(Y, dtype=float)
     y[5] = 1000.0
     with pytest.warns(UserWarning, match=r"y's standard deviation .* times .* such as 1000 "
-                                         r".*TransformedTargetRegressor") as caught:
+                                         r".*TransformedTargetRegressor.*inverse_func"
+                      ) as caught:
         small_regressor(tiny_llama, max_epochs=1).fit(TEXTS, y)
     assert caught[0].filename == __file__  # the user's line
     with warnings.catch_warnings():
@@ -292,6 +293,21 @@ def test_a_few_extreme_targets_that_set_the_scale_are_warned_of(tiny_llama):
         small_regressor(tiny_llama, max_epochs=1).fit(TEXTS, y, sample_weight=weights)
     with pytest.warns(UserWarning, match=r"y\[:, 1\]'s standard deviation"):
         small_regressor(tiny_llama, max_epochs=1).fit(TEXTS, np.c_[Y, y])
+
+
+def test_the_scale_warning_is_not_set_off_by_ties():
+    # Quartile-based, it fired on 51 exact zeros among 100 bounded values and not on 50
+    # or 52: one tied row switched it on or off.
+    from sklearn_relish._targets import target_scale, warn_if_few_values_set_the_scale
+
+    rng = np.random.default_rng(0)
+    for n_zeros in (50, 51, 52):
+        y = np.r_[-rng.uniform(0.05, 0.95, 24), np.zeros(n_zeros),
+                  rng.uniform(0.05, 0.95, 76 - n_zeros)]
+        ones = np.ones(len(y))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            warn_if_few_values_set_the_scale(y, ones, target_scale(y, ones))
 
 
 def test_weights_of_object_dtype_are_read_as_numbers_like_y():
