@@ -7,6 +7,7 @@ temporary file and renamed into place, so an existing file is never half-overwri
 
 from __future__ import annotations
 
+import codecs
 import math
 import numbers
 import os
@@ -78,11 +79,9 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
         raise CommandError(f"{path}: the file is empty") from None
     except ImportError as error:  # parquet without pyarrow
         raise CommandError(f"{path}: {error}") from None
-    except UnicodeDecodeError as error:
-        raise CommandError(
-            f"{path}: is not UTF-8 text (byte {error.object[error.start]:#04x} at position "
-            f"{error.start}); save it as UTF-8 (e.g. Excel's \"CSV UTF-8\", or iconv -f "
-            "latin1 -t utf-8)") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"{path}: is not UTF-8 text ({_first_non_utf8(path)}); save it "
+                           "as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     except (ValueError, OSError, pandas.errors.ParserError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         extra = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", reason)
@@ -107,6 +106,24 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
     if table.empty:
         raise CommandError(f"{path}: the file has no rows")
     return table
+
+
+def _first_non_utf8(path: Path) -> str:
+    """``byte 0xe9 on line 3``: where the file first stops being UTF-8. Counted here, in
+    the file: the decoder's error counts from the buffer pandas was reading."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                # The decoder may hold back a chunk's last bytes: count from its own start.
+                start = max(error.start - len(error.object) + len(chunk), 0)
+                line += chunk.count(b"\n", 0, start)
+                return f"byte {chunk[start]:#04x} on line {line}"
+            line += chunk.count(b"\n")
+    return "an incomplete character at its end"
 
 
 def _semicolon_hint(path: Path, kind: str) -> str:

@@ -12,6 +12,7 @@ back to the host in one copy.
 
 from __future__ import annotations
 
+import string
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -259,16 +260,27 @@ class LLMFeaturizer:
         advice = ("raise max_length to keep them whole" if limit == self.max_length else
                   f"max_length={self.max_length} is beyond the model's {limit} positions, "
                   "so this is as long as a text can be: split longer texts")
-        joined = kind == PAIR and (self.prompt is not None
-                                   or not self.loaded.tokenizer.sep_token)
-        # A joined pair is cut at its end: a long text_a can leave none of text_b, and the
-        # model then never sees it (the tokenizer's own pair encoding cuts both sides).
         where = (" The cut falls on text_b first (it comes last): put the shorter text "
-                 "second, or raise max_length." if joined else "")
+                 "second, or raise max_length." if self._cuts_text_b_first(kind) else "")
         warnings.warn(
             f"{n_truncated} of {n_texts} {'pairs' if kind == PAIR else 'texts'} are longer "
             f"than max_length={limit} tokens and were truncated; {advice}.{where}",
             UserWarning, stacklevel=user_stacklevel())
+
+    def _cuts_text_b_first(self, kind: str) -> bool:
+        """Whether a cut pair loses text_b before text_a: a pair joined into one string (by
+        a prompt, or a decoder's newline) with text_b after text_a, cut at the end, as
+        tokenizers cut unless told otherwise. A long text_a can then leave none of text_b
+        (the tokenizer's own pair encoding cuts both sides instead)."""
+        if kind != PAIR:
+            return False
+        tokenizer = self.loaded.tokenizer
+        if self.prompt is None and tokenizer.sep_token:
+            return False
+        fields = [name for _, name, _, _ in string.Formatter().parse(self.prompt or "")
+                  if name is not None]
+        b_after_a = not fields or fields.index("text_b") > fields.index("text_a")
+        return b_after_a and getattr(tokenizer, "truncation_side", "right") == "right"
 
     def _keys(self, texts: list, kind: str) -> tuple[list[str], list[str], int, int]:
         loaded = self.loaded
@@ -373,15 +385,13 @@ class LLMFeaturizer:
             batches = plan_batches(lengths, self.batch_size, loaded.input_device.type)
             n_texts = sum(map(len, batches))
             for batch in self._progress(batches, n_texts):
-                real = self._run_batch(
-                    {name: [rows[i] for i in batch] for name, rows in encoded.items()}, layer)
-                if real is None:
-                    raise ValueError(
-                        f"The backbone's states at layer {layer} are infinite or NaN for a "
-                        f"batch of {len(batch)} texts (the first: {texts[batch[0]]!r:.60}): "
-                        f"its activations overflow {str(loaded.dtype).removeprefix('torch.')}"
-                        ". Try backbone_dtype='float32' (or 'bfloat16'); nothing was cached."
-                    )
+                try:
+                    real = self._run_batch(
+                        {name: [rows[i] for i in batch] for name, rows in encoded.items()},
+                        layer)
+                except _NonFiniteStates as found:
+                    raise _non_finite_error(texts[batch[found.position]], layer,
+                                            loaded.dtype) from None
                 # One copy from the device; each text then gets its own storage (the cache
                 # counts and evicts texts one by one).
                 pieces = real.split([lengths[i] for i in batch])
@@ -391,10 +401,12 @@ class LLMFeaturizer:
         return [CachedStates(s, cut) for s, cut in zip(states, truncated, strict=True)]
 
     @torch.inference_mode()
-    def _run_batch(self, batch: dict[str, list[list[int]]], layer: int) -> torch.Tensor | None:
-        """The batch's real tokens' states, ``(total tokens, d)`` float16 on the host, or
-        None where any is inf or NaN (float16 weights overflow on some backbones): such
-        states would become NaN features, a NaN head or an error blaming the lr."""
+    def _run_batch(self, batch: dict[str, list[list[int]]], layer: int) -> torch.Tensor:
+        """The batch's real tokens' states, ``(total tokens, d)`` float16 on the host.
+
+        Raises :class:`_NonFiniteStates` where any is inf or NaN (float16 weights overflow
+        on some backbones): such states became NaN features, a NaN head or an error that
+        blamed the lr."""
         loaded = self.loaded
         padded = loaded.tokenizer.pad(batch, padding=True, return_tensors="pt")
         padded = {name: tensor.to(loaded.input_device) for name, tensor in padded.items()}
@@ -402,7 +414,9 @@ class LLMFeaturizer:
         real = hidden[padded["attention_mask"].to(hidden.device, torch.bool)]
         low, high = real.aminmax()  # no |states| temporary the size of the batch
         if not (torch.isfinite(low) and torch.isfinite(high)):  # NaN propagates to both
-            return None
+            finite = torch.isfinite(real).all(dim=1).cpu()
+            per_text = finite.split([len(row) for row in batch["input_ids"]])
+            raise _NonFiniteStates(next(i for i, ok in enumerate(per_text) if not ok.all()))
         if max(-low, high) <= _FLOAT16_MAX:  # the usual case: cast on the device, copy half
             return real.to(torch.float16).cpu()  # rows in batch order, tokens in order
         return real.float().cpu()  # _half then picks each text's dtype from its own states
@@ -413,6 +427,25 @@ class LLMFeaturizer:
         from tqdm.auto import tqdm
 
         return tqdm(batches, desc=f"Featurizing {n_texts} texts", unit="batch")
+
+
+class _NonFiniteStates(Exception):
+    """Row ``position`` of a batch has inf or NaN token states."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(position)
+        self.position = position
+
+
+def _non_finite_error(text: str, layer: int, dtype: torch.dtype) -> ValueError:
+    name = str(dtype).removeprefix("torch.")
+    advice = {"float16": "Try backbone_dtype='bfloat16' or 'float32'",
+              "bfloat16": "Try backbone_dtype='float32'"}.get(
+        name, "The backbone itself computes them (damaged weights?)")
+    return ValueError(
+        f"The backbone's states at layer {layer} are infinite or NaN for the text "
+        f"{text!r:.80} (as the backbone reads it, prompt included): its activations "
+        f"overflow {name}. {advice}; nothing was cached.")
 
 
 def _half(states: torch.Tensor) -> torch.Tensor:

@@ -124,7 +124,8 @@ class RowNames:
         default = index is None or (type(index).__name__ == "RangeIndex"
                                     and index.start == 0 and index.step == 1)
         self.labels = None if default else index
-        columns = getattr(X, "columns", None)
+        # A pyarrow Table's .columns are its data; its names are .column_names.
+        columns = getattr(X, "column_names" if _library(X) == "pyarrow" else "columns", None)
         self.columns = None if columns is None else list(columns)
         self.name = name
 

@@ -71,7 +71,8 @@ def describe_count(n_rows: int, n_distinct: int, n_weighted: int | None = None) 
                else f"{n_distinct} distinct texts (of {n_rows})")
     if n_weighted is None or n_weighted == n_distinct:
         return counted
-    return f"{n_weighted} texts of positive sample_weight (of {counted})"
+    return (f"{n_weighted} {'text' if n_weighted == 1 else 'texts'} of positive "
+            f"sample_weight, among {counted}")
 
 
 def holdout_candidates(ids: np.ndarray, weights: Any = None) -> np.ndarray:
@@ -84,7 +85,8 @@ def holdout_candidates(ids: np.ndarray, weights: Any = None) -> np.ndarray:
     n_distinct = int(ids.max()) + 1 if len(ids) else 0
     if weights is None:
         return np.arange(n_distinct)
-    weights = torch.as_tensor(weights).detach().cpu().double().numpy()
+    # In float32, as training holds them: a weight that float32 makes 0 is 0 everywhere.
+    weights = torch.as_tensor(weights).detach().cpu().float().double().numpy()
     return np.flatnonzero(np.bincount(ids, weights=weights, minlength=n_distinct) > 0)
 
 

@@ -94,9 +94,11 @@ def test_a_semicolon_export_and_a_latin1_file_are_named_for_what_they_are(tmp_pa
     with pytest.raises(CommandError, match=r"trailing separator\?\)") as caught:
         read_table(tmp_path / "plain.csv", verbatim=True)
     assert "';'" not in str(caught.value)  # only where the header holds one
-    (tmp_path / "latin.csv").write_bytes("text,score\ncaf\u00e9,1\n".encode("latin-1"))
-    with pytest.raises(CommandError, match=r"latin.csv: is not UTF-8 text \(byte 0xe9 .*"
-                                           r"save it as UTF-8"):
+    # The line is counted in the file: the decoder's position counted from pandas' buffer.
+    rows = "".join(f"row {i},1\n" for i in range(100_000))
+    (tmp_path / "latin.csv").write_bytes(f"text,score\n{rows}caf\u00e9,1\n".encode("latin-1"))
+    with pytest.raises(CommandError, match=r"latin.csv: is not UTF-8 text \(byte 0xe9 on line "
+                                           r"100002\); save it as UTF-8"):
         read_table(tmp_path / "latin.csv", verbatim=True)
 
 

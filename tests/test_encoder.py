@@ -125,10 +125,13 @@ def test_a_long_first_text_of_a_joined_pair_is_said_to_cut_the_second(tiny_llama
     with pytest.warns(UserWarning, match=r"1 of 2 pairs are longer .* The cut falls on "
                                          r"text_b first"):
         LLMTextEncoder(tiny_llama, max_length=16).fit_transform(pairs)
-    # The tokenizer's own pair encoding cuts both sides: no such sentence.
-    with pytest.warns(UserWarning, match="1 of 2 pairs are longer") as caught:
-        LLMTextEncoder(minilm, max_length=16).fit_transform(pairs)
-    assert "text_b" not in str(caught[0].message)
+    # The tokenizer's own pair encoding cuts both sides, and a prompt with text_b first
+    # cuts text_a first: no such sentence.
+    for encoder in (LLMTextEncoder(minilm, max_length=16),
+                    LLMTextEncoder(tiny_llama, max_length=16, prompt="{text_b}\n{text_a}")):
+        with pytest.warns(UserWarning, match="1 of 2 pairs are longer") as caught:
+            encoder.fit_transform(pairs)
+        assert "text_b" not in str(caught[0].message)
 
 
 def test_no_texts_fit_is_refused_and_transform_is_empty(tiny_llama):

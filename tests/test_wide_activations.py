@@ -114,13 +114,18 @@ def test_states_that_overflow_the_load_dtype_are_an_error_that_says_so(loud_llam
     # The encoder returned all-NaN features without a word, and fit blamed the lr.
     from sklearn_relish import LLMTextEncoder, clear_cache
 
-    texts = [f"an {LOUD} film", QUIET, "the plot", "good acting"]
-    advice = r"infinite or NaN.*'an awful film'.*overflow float16.*backbone_dtype='float32'"
+    # The loud text is not the batch's first (the longest): the message names it anyway.
+    texts = [f"{QUIET} quiet film quiet film", f"an {LOUD} film", QUIET]
+    advice = (r"infinite or NaN for the text 'an awful film'.*overflow float16\. Try "
+              r"backbone_dtype='bfloat16' or 'float32'")
     with pytest.raises(ValueError, match=advice):
         LLMTextEncoder(loud_llama, backbone_dtype="float16").fit_transform(texts)
     with pytest.raises(ValueError, match=advice):
-        small_regressor(loud_llama, backbone_dtype="float16").fit(texts, [1.0, 2.0, 3.0, 4.0])
-    # Nothing non-finite was cached: the quiet text alone is featurized afresh, and finite.
+        small_regressor(loud_llama, backbone_dtype="float16").fit(texts, [1.0, 2.0, 3.0])
+    # Nothing was cached: asked again, the LLM runs again and refuses again (a cached
+    # NaN would have come back without a word), and the quiet text alone is finite.
+    with pytest.raises(ValueError, match=advice):
+        LLMFeaturizer(loud_llama, dtype="float16").transform(texts[1:2], "single")
     quiet = LLMFeaturizer(loud_llama, dtype="float16").transform_counted([QUIET], "single")
     assert torch.isfinite(quiet[0][0].float()).all()
     clear_cache()
