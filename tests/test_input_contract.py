@@ -137,6 +137,14 @@ def test_a_bad_cell_of_a_frame_of_pairs_names_its_column(tiny_llama):
               r"X\[3, 1\] \(index label 13, column 'hypothesis'\) is missing", X, TARGETS)
 
 
+def test_a_bad_cell_of_an_arrow_table_names_its_column_not_its_data(tiny_llama):
+    pa = pytest.importorskip("pyarrow")
+    X = pa.table({"premise": TEXTS, "hypothesis": [*TEXTS[:3], None, *TEXTS[4:]]})
+    info = fit_fails(tiny_llama, ValueError, r"X\[3, 1\] \(column 'hypothesis'\) is missing",
+                     X, TARGETS)
+    assert "ChunkedArray" not in str(info.value)
+
+
 def test_arrow_arrays_are_texts(fitted):
     pa = pytest.importorskip("pyarrow")
     expected = fitted.predict(TEXTS[:4])
