@@ -167,12 +167,13 @@ def _model_and_texts(args: argparse.Namespace,
     if args.text_pair and not args.text:
         raise CommandError("--text-pair needs --text (the first text column) as well")
     if args.text:
-        names = _text_names(args)
+        names = [args.text] + ([args.text_pair] if args.text_pair else [])
         if fitted_names and len(names) != len(fitted_names):
             raise CommandError(
                 f"{args.model} was fitted on {len(fitted_names)} text column(s) "
                 f"({', '.join(map(repr, fitted_names))}); --text and --text-pair name "
                 f"{len(names)}")
+        names = _text_names(args)  # what the model reads first: one column or two
     if not names:
         raise CommandError(f"{args.model} does not record its text columns; pass --text")
     table = read_table(args.data, text_columns=names, verbatim=verbatim)

@@ -58,7 +58,7 @@ def _name(where: str | Callable[[], str]) -> str:
 
 
 def _short_type(value: Any) -> str:
-    """``float (nan)``, or the type alone where its repr would be long (a sparse matrix's
+    """``float (nan)``, or the type alone where its repr would be long (a sparse row's
     repr is a paragraph, cut mid-word at any fixed width)."""
     shown = repr(value)
     return type(value).__name__ + (f" ({shown})" if len(shown) <= 50 else "")
@@ -80,6 +80,10 @@ def _objects(X: Any) -> np.ndarray:
 
 def _rows(X: Any) -> tuple[list, int | None]:
     """Rows of ``X`` as a list, and its number of columns when it is 2-D (else None)."""
+    if _library(X) == "scipy" and hasattr(X, "tocsr"):
+        # Numbers by construction (a TF-IDF matrix, say): say so, not "X[0] is a csr_array".
+        raise TypeError(f"X is a sparse matrix ({type(X).__name__}); sparse input is not "
+                        "supported: give texts, or text pairs.")
     if _library(X) in ("pyarrow", "polars") and hasattr(X, "to_pandas"):
         try:  # their to_numpy takes no dtype (and pyarrow's refuses strings without a flag)
             X = X.to_pandas()
