@@ -173,7 +173,7 @@ def _model_and_texts(args: argparse.Namespace,
                 f"{args.model} was fitted on {len(fitted_names)} text column(s) "
                 f"({', '.join(map(repr, fitted_names))}); --text and --text-pair name "
                 f"{len(names)}")
-        names = _text_names(args)  # what the model reads first: one column or two
+        names = _text_names(args)  # after the count: one column as both texts refused
     if not names:
         raise CommandError(f"{args.model} does not record its text columns; pass --text")
     table = read_table(args.data, text_columns=names, verbatim=verbatim)

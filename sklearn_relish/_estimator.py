@@ -344,7 +344,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         weights = check_sample_weight(sample_weight, len(texts))
         if len(texts) < 2:
             raise ValueError(f"At least 2 texts are needed to fit; got {len(texts)}.")
-        warn_if_few_values_set_the_scale(target, weights, target_scale(target, weights))
+        spread = target_scale(target, weights)  # warned of before the LLM runs, used after
+        warn_if_few_values_set_the_scale(target, weights, spread)
         check_prompt(self.prompt, kind)
         # Copies of a text (one row per rating) stay on one side of every internal split.
         groups = distinct_ids(texts)
@@ -369,7 +370,6 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         # any target scale; a constant target gets scale 1 and is learned as zero. Both
         # are weighted, so a text of weight 0 has no influence at all.
         y_mean = target_mean(target, weights)
-        spread = target_scale(target, weights)
         scaled = (target - y_mean) / np.where(spread > 0, spread, 1.0)
         # A weight-0 text's target never counts, but a huge one (a sentinel) overflows
         # float32 in the loss, and inf * 0 is NaN: the whole loss curve was NaN.

@@ -143,9 +143,8 @@ def target_mean(values: np.ndarray, weights: np.ndarray | None = None) -> float 
 # How many times the standard deviation may exceed the one left once the 1% of values
 # farthest from the median (at least one) are set aside: 1.01 to 1.05 for the four VADER
 # corpora and for normal data, 1.13 for exponential, 1.4 for lognormal (sigma 1) targets;
-# 31 for 300 VADER tweets with one rating typed as 1000. A
-# ratio, not quartiles: ties at a quartile (many exact zeros) made an IQR test fire or
-# not as one row was added.
+# 31 for 300 VADER tweets with one rating typed as 1000. A ratio, not quartiles: ties at
+# a quartile (many exact zeros) made an IQR test fire or not as one row was added.
 _DOMINATED = 3.0
 
 
