@@ -8,12 +8,13 @@ trainings, no LLM pass) and score each on the fold it never saw.
 
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
+from ._console import user_stacklevel
 from ._intervals import calibrate
 from ._net import (
     RelishNet,
@@ -25,19 +26,26 @@ from ._net import (
 from ._splits import (
     describe_count,
     fold_ids,
+    holdout_candidates,
+    holdout_size,
     holdout_takes_all,
     one_per_input,
     release_split,
+    renumbered,
 )
 
 
-def check_folds(groups: np.ndarray, params: Any) -> None:
-    """Refuse, before any LLM runs, folds whose heads could not train.
+def check_folds(groups: np.ndarray, params: Any, weights: np.ndarray, seed: int) -> None:
+    """Refuse, before any LLM runs, folds whose heads could not train; warn once when
+    they would train without early stopping.
 
     Each fold head needs at least 2 texts to train on and each fold 1 text to score;
     copies of a text share a fold, so it is distinct texts that count. With early
-    stopping, each fold head's own hold-out must leave it texts to train on: refused
-    later, the error came after the main head's training and counted one fold's texts.
+    stopping, each fold head's own hold-out (drawn among its texts of positive weight)
+    must leave it texts to train on. Refused later, the error came after the main head's
+    training and counted one fold's texts; and a fold head with too few weighted texts
+    for a hold-out trained without early stopping under a warning that never said it was
+    a fold head. The folds are the ones :func:`fit_fold_heads` draws (same ``seed``).
     """
     method, n_folds = params.intervals, params.interval_folds
     n_distinct = len(np.unique(groups))
@@ -47,14 +55,39 @@ def check_folds(groups: np.ndarray, params: Any) -> None:
             f"texts (2 per fold); got {describe_count(len(groups), n_distinct)}. Lower "
             "interval_folds or use intervals='split'."
         )
-    smallest = n_distinct - math.ceil(n_distinct / n_folds)  # KFold's largest fold left out
-    if params.early_stopping and holdout_takes_all(smallest, params.validation_fraction):
+    folds = fold_ids(groups, n_folds, seed)
+    trained_on = []  # (distinct texts, of them weighted) each fold head trains on
+    for fold in range(n_folds):
+        train = folds != fold
+        ids = renumbered(groups[train])
+        trained_on.append((int(ids.max()) + 1, len(holdout_candidates(ids, weights[train]))))
+        if trained_on[-1][1] == 0:
+            raise ValueError(
+                f"intervals={method!r} with interval_folds={n_folds}: fold {fold}'s head "
+                "would train on texts of sample_weight 0 only; give more texts a positive "
+                "weight or use intervals='split'."
+            )
+    if not params.early_stopping:
+        return
+    fraction = params.validation_fraction
+    n_texts, n_weighted = min(trained_on, key=lambda counts: counts[1])
+    if holdout_takes_all(n_weighted, fraction):
         raise ValueError(
             f"intervals={method!r} with interval_folds={n_folds}: a fold head trains on "
-            f"{smallest} distinct texts of {n_distinct}, and validation_fraction="
-            f"{params.validation_fraction} holds out every one of them for early stopping. "
-            "Lower validation_fraction or interval_folds, or set early_stopping=False."
+            f"{n_texts} distinct texts of {n_distinct}"
+            f"{f' ({n_weighted} of positive sample_weight)' if n_weighted < n_texts else ''}"
+            f", and validation_fraction={fraction} holds out every one of them for early "
+            "stopping. Lower validation_fraction or interval_folds, or set "
+            "early_stopping=False."
         )
+    if holdout_size(n_weighted, fraction) < 2:
+        warnings.warn(
+            f"intervals={method!r} with interval_folds={n_folds}: a fold head trains on "
+            f"{n_weighted} texts of positive weight, and validation_fraction={fraction} "
+            "of them holds out fewer than 2 for early stopping: the fold heads that have "
+            f"too few train for max_epochs={params.max_epochs} without it. Raise "
+            "validation_fraction, lower interval_folds, or use intervals='split'.",
+            UserWarning, stacklevel=user_stacklevel())
 
 
 def fit_fold_heads(params: Any, input_dim: int, states: list[torch.Tensor],
@@ -75,17 +108,12 @@ def fit_fold_heads(params: Any, input_dim: int, states: list[torch.Tensor],
         train = np.flatnonzero(folds != fold)
         left_out = one_per_input(np.flatnonzero((folds == fold) & (weights > 0)), groups,
                                  seed + fold)
-        if not np.any(weights[train] > 0):
-            raise ValueError(
-                f"Fold {fold} of intervals={params.intervals!r} has only texts of "
-                "sample_weight 0 to train on; give more texts a positive weight or use "
-                "intervals='split'."
-            )
         # A seed per fold: the heads differ as independent fits would.
         fold_seed = (seed + 1 + fold) % np.iinfo(np.int32).max
         net = train_head(params, input_dim, [states[i] for i in train], scaled[train],
                          weights[train], fold_seed, device, n_outputs, featurizer,
-                         constant=not np.any(np.asarray(y_scale) > 0), groups=groups[train])
+                         constant=not np.any(np.asarray(y_scale) > 0), groups=groups[train],
+                         warn_without_holdout=False)  # check_folds warned once for all
         drop_training_state(net)
         release_split(net)
         nets.append(net)

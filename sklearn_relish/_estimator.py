@@ -352,13 +352,13 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         if self.early_stopping:  # before the LLM runs, not after
             check_holdout(self.validation_fraction, len(texts), int(groups.max()) + 1,
                           len(holdout_candidates(groups, weights)))
-        if self.intervals in ("cv", "cv+"):
-            check_folds(groups, self)
         if self.latent_dim % self.n_heads:
             raise ValueError(
                 f"latent_dim={self.latent_dim} must be divisible by n_heads={self.n_heads}."
             )
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        if self.intervals in ("cv", "cv+"):  # the folds fit_fold_heads will draw
+            check_folds(groups, self, weights, seed)
         device = resolve_device(self.device)
 
         # Everything is built in locals and published at the end: a fit that fails or is

@@ -236,8 +236,8 @@ class RelishNet(NeuralNetRegressor):
 
 def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
               n_outputs: int = 1, featurizer: Any = None,
-              groups: np.ndarray | None = None, weights: np.ndarray | None = None
-              ) -> RelishNet:
+              groups: np.ndarray | None = None, weights: np.ndarray | None = None,
+              warn_without_holdout: bool = True) -> RelishNet:
     """The skorch training loop for a head configured by an estimator's parameters.
 
     ``params`` is the estimator (anything with its head and training attributes): the
@@ -255,13 +255,14 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
     if early_stopping:
         check_holdout(params.validation_fraction, n_samples, n_distinct, n_weighted)
     if early_stopping and holdout_size(n_weighted, params.validation_fraction) < 2:
-        warnings.warn(
-            f"early_stopping needs at least 2 validation texts, but "
-            f"validation_fraction={params.validation_fraction} of {counted} gives "
-            f"fewer; training for max_epochs={params.max_epochs} without it.",
-            UserWarning,
-            stacklevel=4,
-        )
+        if warn_without_holdout:
+            warnings.warn(
+                f"early_stopping needs at least 2 validation texts, but "
+                f"validation_fraction={params.validation_fraction} of {counted} gives "
+                f"fewer; training for max_epochs={params.max_epochs} without it.",
+                UserWarning,
+                stacklevel=4,
+            )
         early_stopping = False
     callbacks = []
     if early_stopping:
@@ -321,7 +322,8 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
 def train_head(params: Any, input_dim: int, states: list[torch.Tensor], scaled: np.ndarray,
                weights: np.ndarray, seed: int, device: torch.device, n_outputs: int,
                featurizer: Any = None, constant: bool = False,
-               groups: np.ndarray | None = None) -> RelishNet:
+               groups: np.ndarray | None = None, warn_without_holdout: bool = True
+               ) -> RelishNet:
     """Build a net for ``params`` and train it on ``states`` with standardised targets.
 
     A ``constant`` target (scale 0 over the whole training set) is not trained: the
@@ -330,7 +332,7 @@ def train_head(params: Any, input_dim: int, states: list[torch.Tensor], scaled: 
     seeded with ``seed``, which fits in other threads wait to share (``_TRAINING_LOCK``).
     """
     net = build_net(params, input_dim, len(states), seed, device, n_outputs, featurizer,
-                    groups, weights)
+                    groups, weights, warn_without_holdout)
     cuda = [device.index or 0] if device.type == "cuda" else []
     with _TRAINING_LOCK, torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)

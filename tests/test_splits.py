@@ -160,6 +160,68 @@ def test_folds_whose_heads_would_hold_out_everything_are_refused_before_the_llm(
     assert cache_info()["llm_texts"] == before
 
 
+def _fold_of_each_text(texts: list[str], n_folds: int, random_state: int) -> np.ndarray:
+    """The folds fit draws for ``texts`` (its seed is drawn from ``random_state`` so)."""
+    seed = int(np.random.RandomState(random_state).randint(np.iinfo(np.int32).max))
+    return fold_ids(distinct_ids(texts), n_folds, seed)
+
+
+def test_a_fold_head_with_only_weight_0_texts_is_refused_before_the_llm(tiny_llama):
+    # Every weighted text in fold 0: the head that leaves fold 0 out trains on weight-0
+    # texts only. This was refused after the LLM had run and the main head had trained.
+    texts = [f"text {i}" for i in range(12)]
+    weights = (_fold_of_each_text(texts, 2, random_state=0) == 0).astype(float)
+    before = cache_info()["llm_texts"]
+    model = small_regressor(tiny_llama, intervals="cv", interval_folds=2)
+    with pytest.raises(ValueError, match=r"fold 0's head would train on texts of "
+                                         r"sample_weight 0 only"):
+        model.fit(texts, np.arange(12.0), sample_weight=weights)
+    assert cache_info()["llm_texts"] == before
+
+
+def test_fold_heads_count_only_weighted_texts_for_their_hold_out(tiny_llama):
+    # 40 texts, 6 weighted, 2 folds: the main head holds out 5 of its 6 weighted texts
+    # (0.7), but a fold head trains on 20 texts of which 3 weigh anything; its hold-out
+    # is drawn among those 3 and takes them all. Counting all 20 let this through to a
+    # refusal after the main head had trained.
+    texts = [f"text {i}" for i in range(40)]
+    folds = _fold_of_each_text(texts, 2, random_state=0)
+    weights = np.zeros(40)
+    weights[np.flatnonzero(folds == 0)[:3]] = weights[np.flatnonzero(folds == 1)[:3]] = 1.0
+    before = cache_info()["llm_texts"]
+    model = small_regressor(tiny_llama, intervals="cv", interval_folds=2,
+                            early_stopping=True, validation_fraction=0.7)
+    with pytest.raises(ValueError, match=r"a fold head trains on 20 distinct texts of 40 "
+                                         r"\(3 of positive sample_weight\), and "
+                                         r"validation_fraction=0.7 holds out every one"):
+        model.fit(texts, np.arange(40.0), sample_weight=weights)
+    assert cache_info()["llm_texts"] == before
+
+
+def test_fold_heads_without_a_hold_out_warn_once_and_say_they_are_fold_heads(tiny_llama):
+    # 12 of 48 texts weighted: the main head holds out 2 of them (0.1) and stops early;
+    # a fold head of 3 folds has about 8, a hold-out of 1, and trains without early
+    # stopping. The warning came once per fold, counting one fold's texts, and never
+    # said it was about the fold heads.
+    texts = [f"text {i}" for i in range(48)]
+    weights = np.zeros(48)
+    weights[:12] = 1.0
+    folds = _fold_of_each_text(texts, 3, random_state=0)
+    assert all(weights[folds != fold].sum() <= 10 for fold in range(3))
+    model = small_regressor(tiny_llama, intervals="cv+", interval_folds=3,
+                            early_stopping=True, validation_fraction=0.1)
+    with pytest.warns(UserWarning) as caught:
+        model.fit(texts, np.arange(48.0), sample_weight=weights)
+    messages = [str(w.message) for w in caught if "early" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("intervals='cv+' with interval_folds=3: a fold head "
+                                  "trains on")
+    assert "early_stopping" in dict(model.net_.callbacks)
+    assert all("early_stopping" not in dict(net.callbacks or [])
+               for net in model.interval_nets_)
+    assert model.calibration_scores_.shape[0] == 12  # each weighted text calibrates once
+
+
 @pytest.mark.parametrize("intervals", ["split", "cv", "cv+", "cqr"])
 def test_no_row_ids_outlive_the_fit(tiny_llama, intervals):
     # The ids served the splits only; "cv" and "cv+" kept the main head's in the pickle
