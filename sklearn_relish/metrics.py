@@ -14,6 +14,8 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import r2_score
 
+from ._console import user_stacklevel
+
 __all__ = ["nrmse", "pearson_r", "regression_report", "spearman_r"]
 
 
@@ -47,10 +49,34 @@ def _columns(y_true, y_pred) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(y_true[:, j], y_pred[:, j]) for j in range(y_true.shape[1])]
 
 
+def _average(metric: Callable, columns: list) -> tuple[float, list[int]]:
+    """``metric`` averaged over the target columns where it is defined, and the columns
+    where it is not. One constant column made every averaged metric NaN, hiding the
+    other targets' scores; a metric undefined on every column stays NaN."""
+    values = np.array([metric(t, p) for t, p in columns])
+    undefined = np.flatnonzero(np.isnan(values)).tolist()
+    if len(columns) == 1 or len(undefined) in (0, len(values)):
+        return float(np.mean(values)), []
+    return float(np.nanmean(values)), undefined
+
+
+def _warn_undefined(names: list[str], undefined: list[int], n_columns: int) -> None:
+    warnings.warn(
+        f"{', '.join(names[:-1])}{' and ' if len(names) > 1 else ''}{names[-1]} "
+        f"{'is' if len(names) == 1 else 'are'} undefined for target "
+        f"column(s) {undefined} (constant, in y_true or y_pred): averaged over the other "
+        f"{n_columns - len(undefined)} of {n_columns}.",
+        UserWarning, stacklevel=user_stacklevel())
+
+
 def _averaged(metric: Callable) -> Callable:
     @functools.wraps(metric)
     def over_targets(y_true, y_pred) -> float:
-        return float(np.mean([metric(t, p) for t, p in _columns(y_true, y_pred)]))
+        columns = _columns(y_true, y_pred)
+        value, undefined = _average(metric, columns)
+        if undefined:
+            _warn_undefined([metric.__name__.lstrip("_")], undefined, len(columns))
+        return value
 
     return over_targets
 
@@ -98,10 +124,15 @@ def _r2(y_true, y_pred) -> float:
 
 def regression_report(y_true, y_pred) -> dict[str, float]:
     """Pearson, Spearman, NRMSE and R² in one dict (raw values, not x100), each averaged
-    over targets for 2-D ``y``."""
-    return {
-        "pearson": pearson_r(y_true, y_pred),
-        "spearman": spearman_r(y_true, y_pred),
-        "nrmse": nrmse(y_true, y_pred),
-        "r2": _r2(y_true, y_pred),
-    }
+    over targets for 2-D ``y`` (over those where it is defined, with one warning, when a
+    column is constant)."""
+    columns = _columns(y_true, y_pred)
+    report, undefined = {}, {}
+    for name, metric in (("pearson", pearson_r), ("spearman", spearman_r),
+                         ("nrmse", nrmse), ("r2", _r2)):
+        report[name], left_out = _average(metric.__wrapped__, columns)
+        undefined.update({name: left_out} if left_out else {})
+    for left_out in dict.fromkeys(tuple(cols) for cols in undefined.values()):
+        _warn_undefined([name for name in undefined if tuple(undefined[name]) == left_out],
+                        list(left_out), len(columns))
+    return report

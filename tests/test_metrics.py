@@ -1,5 +1,7 @@
 """The paper's metrics against their textbook definitions."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -66,6 +68,27 @@ def test_non_finite_values_are_refused_by_every_metric_alike(metric):
         metric([1.0, 2.0, 3.0], [1.0, 2.0, np.nan])
     with pytest.raises(ValueError, match=r"y_true must be finite; y_true\[0, 1\] is inf"):
         metric([[1.0, np.inf], [2.0, 3.0]], [[1.0, 2.0], [2.0, 3.0]])
+
+
+def test_a_constant_target_column_is_left_out_of_the_average_with_a_warning():
+    # One constant column of two made every averaged metric NaN, hiding the other's.
+    y_true = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0], [4.0, 5.0]])
+    y_pred = np.array([[1.1, 4.0], [1.9, 5.0], [3.2, 6.0], [3.9, 5.5]])
+    with pytest.warns(UserWarning) as caught:
+        report = regression_report(y_true, y_pred)
+    assert len(caught) == 1  # one warning, not one per metric
+    assert str(caught[0].message) == (
+        "pearson, spearman, nrmse and r2 are undefined for target column(s) [1] "
+        "(constant, in y_true or y_pred): averaged over the other 1 of 2.")
+    assert caught[0].filename == __file__  # the user's line, not the package's
+    with pytest.warns(UserWarning, match=r"^pearson_r is undefined for target column"):
+        assert pearson_r(y_true, y_pred) == pytest.approx(report["pearson"])
+    alone = regression_report(y_true[:, 0], y_pred[:, 0])
+    assert report == pytest.approx(alone)
+    # Undefined everywhere stays NaN, with no warning and no numpy "mean of empty slice".
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(pearson_r(np.ones((3, 2)), y_pred[:3]))
 
 
 def test_no_values_give_nan_not_a_numpy_error():
