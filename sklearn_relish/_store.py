@@ -63,6 +63,10 @@ _KNOWN_FLAGS = 1 | _BFLOAT16 | _KEYED
 # the same layout). A store stamped higher is refused rather than half used.
 FORMAT = 1
 _COLUMNS = "key, n_tokens, dim, truncated, checksum, payload"
+# What SQLite raises on a fault. A damaged schema page makes SQLite quote the damaged bytes
+# in its message, and Python's sqlite3 then raises UnicodeDecodeError decoding it: that
+# escaped every ``except sqlite3.Error`` as a bare traceback naming no file.
+_SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 
 
 def _checksum(n_tokens: int, dim: int, truncated: bool, payload: bytes,
@@ -105,7 +109,7 @@ class TokenStateStore:
         try:
             return self._connect()
         except StoreUnavailable as error:
-            if not self.path.is_file():
+            if not _is_file(self.path):
                 raise
             first_error = error
         # immutable=1 tells SQLite that nobody writes the file, so it needs no -shm file
@@ -119,11 +123,11 @@ class TokenStateStore:
         try:
             connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S,
                                          isolation_level=None)
-        except sqlite3.Error:
+        except _SQLITE_ERRORS:
             raise first_error from None
         try:
             _check_format(connection, self.path)
-        except (sqlite3.Error, StoreUnavailable) as error:
+        except (*_SQLITE_ERRORS, StoreUnavailable) as error:
             connection.close()
             if isinstance(error, StoreUnavailable):
                 raise
@@ -135,7 +139,7 @@ class TokenStateStore:
             self.folder.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S,
                                          isolation_level=None)  # we open transactions ourselves
-        except (OSError, sqlite3.Error) as error:
+        except (OSError, *_SQLITE_ERRORS) as error:
             raise StoreUnavailable(f"cannot open {self.path}: {error}") from error
         deadline = time.monotonic() + BUSY_TIMEOUT_S
         while True:
@@ -152,7 +156,7 @@ class TokenStateStore:
                     connection.close()
                     raise StoreUnavailable(f"cannot use {self.path}: {error}") from error
                 time.sleep(0.05)
-            except sqlite3.Error as error:
+            except _SQLITE_ERRORS as error:
                 connection.close()
                 raise StoreUnavailable(f"cannot use {self.path}: {error}") from error
             except StoreUnavailable:
@@ -171,7 +175,7 @@ class TokenStateStore:
             connection.execute(f"INSERT OR REPLACE INTO states ({_COLUMNS}) "
                                "VALUES ('', 0, 0, 0, 0, x'')")
             connection.execute("ROLLBACK")
-        except sqlite3.Error as error:
+        except _SQLITE_ERRORS as error:
             raise StoreUnavailable(f"cannot write {self.path}: {error}") from error
         finally:
             connection.close()
@@ -180,7 +184,7 @@ class TokenStateStore:
         connection = self._connect_to_read()
         try:
             return connection.execute("SELECT COUNT(*) FROM states").fetchone()[0]
-        except sqlite3.Error as error:
+        except _SQLITE_ERRORS as error:
             raise StoreUnavailable(f"cannot read {self.path}: {error}") from error
         finally:
             connection.close()
@@ -202,7 +206,7 @@ class TokenStateStore:
                     entry = _decode(*row)
                     if entry is not None:
                         found[row[0]] = entry
-        except sqlite3.Error as error:
+        except _SQLITE_ERRORS as error:
             raise StoreUnavailable(f"cannot read {self.path}: {error}") from error
         finally:
             connection.close()
@@ -229,7 +233,7 @@ class TokenStateStore:
                     chunk)
                 present.update(row[0] for row in rows
                                if not verify or _decode(*row) is not None)
-        except sqlite3.Error as error:
+        except _SQLITE_ERRORS as error:
             raise StoreUnavailable(f"cannot read {self.path}: {error}") from error
         finally:
             connection.close()
@@ -259,11 +263,11 @@ class TokenStateStore:
             connection.executemany(
                 f"INSERT OR REPLACE INTO states ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows())
             connection.execute("COMMIT")
-        except sqlite3.Error as error:
+        except _SQLITE_ERRORS as error:
             if connection.in_transaction:
                 try:
                     connection.execute("ROLLBACK")
-                except sqlite3.Error:
+                except _SQLITE_ERRORS:
                     pass  # closing the connection discards the transaction all the same
             raise StoreUnavailable(f"cannot write {self.path}: {error}") from error
         finally:
@@ -329,6 +333,16 @@ def _decode(key: str, n_tokens: int, dim: int, flags: int, checksum: int,
     return CachedStates(states.view(torch.bfloat16) if bfloat16 else states, truncated)
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where it cannot be told: Python raises on a permission
+    error (a colleague's cache_dir a model names) or an over-long name, which turned a
+    store to skip with a warning into a crash of predict."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _check_format(connection: sqlite3.Connection, path: Path) -> None:
     version = connection.execute("PRAGMA user_version").fetchone()[0]
     if version > FORMAT:
@@ -338,7 +352,7 @@ def _check_format(connection: sqlite3.Connection, path: Path) -> None:
     if version < FORMAT:
         try:
             connection.execute(f"PRAGMA user_version={FORMAT}")
-        except sqlite3.Error:
+        except _SQLITE_ERRORS:
             pass  # a read-only store: stamped by its next writer
 
 

@@ -175,6 +175,40 @@ def test_a_cut_store_file_warns_once_and_featurizes_without_it(tiny_llama, tmp_p
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
+def test_one_flipped_bit_in_the_schema_warns_and_featurizes_without_the_store(
+        tiny_llama, tmp_path):
+    # SQLite quotes a damaged schema's bytes in its message, and Python's sqlite3 fails to
+    # decode them: a UnicodeDecodeError escaped as a bare traceback naming no file.
+    expected = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS, "single")
+    with contextlib.closing(sqlite3.connect(tmp_path / FILENAME)) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    path = tmp_path / FILENAME
+    raw = bytearray(path.read_bytes())
+    raw[raw.find(b"CREATE TABLE states") + len("CREATE ")] ^= 0x80  # 'T' -> invalid UTF-8
+    path.write_bytes(bytes(raw))
+    clear_cache()
+    with pytest.warns(UserWarning, match=f"cache_dir={str(tmp_path)!r} cannot be used"):
+        got = LLMFeaturizer(tiny_llama, cache_dir=str(tmp_path)).transform(TEXTS, "single")
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    with pytest.raises(ValueError, match="cannot be used"):
+        featurize_to_store(TEXTS, str(tmp_path), backbone=tiny_llama)
+
+
+def test_a_cache_dir_whose_path_cannot_even_be_checked_warns_and_predicts(tiny_llama,
+                                                                          tmp_path):
+    # Python's Path.is_file() raises where the OS refuses to look (a colleague's folder
+    # the model names, a name over 255 bytes): predict crashed instead of warning.
+    model = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
+    expected = model.predict(TEXTS)
+    unusable = str(tmp_path / ("x" * 300) / "relish")
+    model.set_params(cache_dir=unusable)
+    model.featurizer_.cache_dir = unusable
+    clear_cache()
+    with pytest.warns(UserWarning, match="cannot be used"):
+        got = model.predict(TEXTS)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
 def test_cache_dir_that_is_a_file_warns_and_predicts(tiny_llama, tmp_path):
     model = small_regressor(tiny_llama).fit(TEXTS, TARGETS)
     expected = model.predict(TEXTS)
