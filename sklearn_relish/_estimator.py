@@ -364,6 +364,10 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         # Everything is built in locals and published at the end: a fit that fails or is
         # interrupted leaves a previously fitted model exactly as it was.
         featurizer = self._featurizer_to_train_on()
+        if self.train_top_layers:
+            from ._top_layers import check_supported
+
+            check_supported(featurizer, self.train_top_layers)
         states = featurizer.transform(texts, kind)
 
         # Standardised targets keep one learning rate and one Huber delta sensible for

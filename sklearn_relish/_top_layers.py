@@ -38,10 +38,14 @@ _PROBE = ["The film was a delight from the first scene to the very last one.", "
 
 
 class _InputsAsEmbeddings(nn.Module):
-    """Stands in for the embeddings: the cached states arrive as ``inputs_embeds``."""
+    """Stands in for the embeddings: the cached states arrive as ``inputs_embeds``, by
+    keyword or (DistilBERT calls ``embeddings(input_ids, inputs_embeds)``) by position."""
 
     def forward(self, *args: Any, inputs_embeds: torch.Tensor | None = None,
                 **kwargs: Any) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = next((a for a in args if isinstance(a, torch.Tensor)
+                                  and a.is_floating_point() and a.ndim == 3), None)
         if inputs_embeds is None:
             raise RuntimeError("the trained top layers take token states, not token ids")
         return inputs_embeds
@@ -84,6 +88,14 @@ def copy_top(model: nn.Module, first: int, n_blocks: int, final_norm: bool) -> n
     # One memo for both copies: the blocks and the model share one copied config.
     memo[id(blocks)] = copy.deepcopy(nn.ModuleList(list(blocks)[first:first + n_blocks]), memo)
     top = copy.deepcopy(model, memo)
+    offloaded = [name for name, p in top.named_parameters() if p.is_meta]
+    if offloaded:  # accelerate keeps offloaded weights out of the module until each forward
+        raise ValueError(
+            f"train_top_layers={n_blocks} copies blocks {first}..{first + n_blocks - 1} to "
+            f"train them, but the backbone's device_map offloads {offloaded[0]} (to the disk "
+            "or the CPU, where the model holds no copy to take); place those blocks on a "
+            "device in backbone_kwargs['device_map'], or use train_top_layers=0."
+        )
     config = top.config
     config.num_hidden_layers = n_blocks
     if isinstance(getattr(config, "layer_types", None), list):
@@ -144,7 +156,18 @@ def checked_top(loaded: Any, first: int, n_blocks: int, device: torch.device) ->
         with loaded.lock:
             top = copy_top(loaded.model, first, n_blocks, final_norm)
         top = top.to(device)
-        errors.append(_mismatch(top, loaded, first, n_blocks))
+        try:
+            errors.append(_mismatch(top, loaded, first, n_blocks))
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as error:
+            # Run apart, some blocks fail outright (ELECTRA projects its embeddings after
+            # the stand-in): unsupported, said as such, not torch's shape error.
+            raise ValueError(
+                f"train_top_layers={n_blocks} is not supported for "
+                f"{type(loaded.model).__name__}: its blocks cannot be run apart from the rest "
+                f"of the model ({type(error).__name__}: {error}); use train_top_layers=0 "
+                "with this backbone.") from error
         if errors[-1] <= tolerance:
             return top
     raise ValueError(
@@ -152,6 +175,15 @@ def checked_top(loaded: Any, first: int, n_blocks: int, device: torch.device) ->
         f"its blocks, run apart from the rest of the model, do not reproduce its own states "
         f"(relative error {min(errors):.3g}); use train_top_layers=0 with this backbone."
     )
+
+
+def check_supported(featurizer: Any, n_blocks: int) -> None:
+    """Refuse blocks that cannot be trained apart before the LLM runs over the training
+    texts: :class:`TopLayersHead` finds out only after featurization, which on a real
+    corpus wasted the whole pass (into states of a layer no other fit reads). The probe
+    costs a copy of ``n_blocks`` blocks and a forward over two short texts."""
+    loaded = featurizer.loaded
+    checked_top(loaded, featurizer.layer, n_blocks, loaded.device)
 
 
 def moved_parameter(weight: nn.Parameter, device: torch.device) -> nn.Parameter:

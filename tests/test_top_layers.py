@@ -98,12 +98,83 @@ def test_copied_blocks_reproduce_bert_without_its_embeddings(minilm):
                    for name, _ in top.named_parameters())
 
 
+def _tiny_encoder(folder, minilm, architecture: str) -> str:
+    """A random DistilBERT, or an ELECTRA whose embeddings are narrower than its blocks
+    (as electra-small's: projected up after the embeddings), with MiniLM's tokenizer."""
+    from transformers import (
+        AutoTokenizer,
+        DistilBertConfig,
+        DistilBertModel,
+        ElectraConfig,
+        ElectraModel,
+    )
+
+    from sklearn_relish._embedded import resolve_backbone
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(minilm))
+    torch.manual_seed(0)
+    if architecture == "distilbert":
+        model = DistilBertModel(DistilBertConfig(vocab_size=len(tokenizer), dim=32,
+                                                 hidden_dim=64, n_layers=3, n_heads=4))
+    else:
+        model = ElectraModel(ElectraConfig(
+            vocab_size=len(tokenizer), embedding_size=16, hidden_size=32, intermediate_size=64,
+            num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=64))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_distilbert_blocks_take_the_states_it_passes_by_position(tmp_path, minilm):
+    # DistilBERT calls embeddings(input_ids, inputs_embeds, ...): the stand-in read the
+    # keyword only and said "token ids" were passed, refusing a backbone it can run.
+    loaded = _loaded(_tiny_encoder(tmp_path, minilm, "distilbert"))
+    top = _top_layers.checked_top(loaded, 1, 2, torch.device("cpu"))
+    assert _copy_error(top, loaded, 1, 2) < 1e-4
+
+
+def test_blocks_that_fail_when_run_apart_are_refused_before_the_llm_runs(tmp_path, minilm):
+    # ELECTRA projects its embeddings after the stand-in: the states are already wide, so
+    # torch's "mat1 and mat2 shapes cannot be multiplied" came out of fit, after the LLM
+    # had featurized every training text.
+    folder = _tiny_encoder(tmp_path, minilm, "electra")
+    before = cache_info()["llm_texts"]
+    model = small_regressor(folder, layer=-1, train_top_layers=1)
+    with pytest.raises(ValueError, match=r"train_top_layers=1 is not supported for "
+                                         r"ElectraModel: its blocks cannot be run apart"):
+        model.fit(TEXTS, TARGETS)
+    assert cache_info()["llm_texts"] == before
+    small_regressor(folder, layer=-1).fit(TEXTS, TARGETS)  # frozen, it is a fine backbone
+
+
+def test_offloaded_blocks_are_refused_by_name_before_the_llm_runs(tiny_llama, tmp_path):
+    # Offloaded by device_map, a block's weights live outside the module until each
+    # forward: copying it raised torch's "Cannot copy out of meta tensor" after the LLM
+    # pass. Blocks kept on a device still train.
+    device_map = {"embed_tokens": "cpu", "layers.0": "cpu", "layers.1": "disk",
+                  "norm": "cpu", "rotary_emb": "cpu"}
+    kwargs = {"device_map": device_map, "offload_folder": str(tmp_path / "offload")}
+    before = cache_info()["llm_texts"]
+    model = small_regressor(tiny_llama, layer=-1, train_top_layers=1, backbone_kwargs=kwargs)
+    with pytest.raises(ValueError, match=r"device_map offloads layers\.0\..*place those "
+                                         r"blocks on a device"):
+        model.fit(TEXTS, TARGETS)
+    assert cache_info()["llm_texts"] == before
+    on_cpu = small_regressor(tiny_llama, layer=1, train_top_layers=1, backbone_kwargs=kwargs)
+    assert np.isfinite(on_cpu.fit(TEXTS, TARGETS).predict(TEXTS[:2])).all()
+
+
 def test_blocks_that_cannot_be_run_apart_are_refused(tiny_llama, monkeypatch):
     # Without a way to leave out Llama's final norm, layer 1's states cannot be reproduced:
     # that must be an error naming the option, not a head trained on other states.
     monkeypatch.setattr(_top_layers, "_final_norms", lambda model: [])
     with pytest.raises(ValueError, match="train_top_layers=1 is not supported"):
         _top_layers.checked_top(_loaded(tiny_llama), 0, 1, torch.device("cpu"))
+    # fit finds out before the LLM pass over its texts, not after it.
+    model = small_regressor(tiny_llama, layer=1, train_top_layers=1)
+    with pytest.raises(ValueError, match="train_top_layers=1 is not supported"):
+        model.fit(TEXTS, TARGETS)
+    assert cache_info()["llm_texts"] == 0
 
 
 def test_quantised_backbones_are_refused_with_the_way_out(tiny_llama, monkeypatch):
