@@ -63,9 +63,13 @@ def _checkpoint_folder(source: str, kwargs: dict) -> Path | None:
         return None
 
 
-def _registry_name(name: str) -> str:
+def absolute_if_folder(name: str) -> str:
     """A local folder by its absolute path: "./m" after a chdir is another folder (or
-    none), and was served the first one's weights."""
+    none), and was served the first one's weights; a fitted model that recorded "m" could
+    not be loaded from another working directory (and "models/m" was then tried as a hub
+    id). Anything else (a hub id, an embedded name) is returned as it is."""
+    if not isinstance(name, str):  # refused by the parameter checks, which may come later
+        return name
     local = Path(name).expanduser()
     return os.path.abspath(local) if local.is_dir() else name
 
@@ -268,7 +272,7 @@ def count_hidden_states(name: str, *, trust_remote_code: bool = False,
     model's weights.
     """
     kwargs = check_backbone_kwargs(backbone_kwargs)
-    where = _registry_name(name)
+    where = absolute_if_folder(name)
     with _REGISTRY_LOCK:
         for key, loaded in _REGISTRY.items():
             if (key[0], key[3], key[4]) == (where, trust_remote_code, kwargs_key(kwargs)):
@@ -292,7 +296,7 @@ def count_hidden_states(name: str, *, trust_remote_code: bool = False,
 def registry_key(name: str, device: torch.device, dtype: torch.dtype,
                  trust_remote_code: bool, kwargs: dict[str, Any]) -> tuple:
     """What one loaded copy is filed under: a name, device, dtype and load arguments."""
-    return (_registry_name(name), str(device), str(dtype), trust_remote_code,
+    return (absolute_if_folder(name), str(device), str(dtype), trust_remote_code,
             kwargs_key(kwargs))
 
 

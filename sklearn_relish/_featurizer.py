@@ -12,6 +12,7 @@ back to the host in one copy.
 
 from __future__ import annotations
 
+import os
 import string
 import warnings
 from collections.abc import Iterator
@@ -123,13 +124,26 @@ class LLMFeaturizer:
     def loaded(self) -> LoadedBackbone:
         if self._loaded is None:
             device = resolve_device(self.device)
-            loaded = load_backbone(
-                self.backbone,
-                device=device,
-                dtype=resolve_dtype(self.dtype, device),
-                trust_remote_code=self.trust_remote_code,
-                backbone_kwargs=self.backbone_kwargs,
-            )
+            try:
+                loaded = load_backbone(
+                    self.backbone,
+                    device=device,
+                    dtype=resolve_dtype(self.dtype, device),
+                    trust_remote_code=self.trust_remote_code,
+                    backbone_kwargs=self.backbone_kwargs,
+                )
+            except ValueError as error:
+                if self.fingerprint is None or not os.path.isabs(self.backbone) or \
+                        os.path.exists(self.backbone):
+                    raise
+                # A fitted model whose backbone folder moved (another machine, a renamed
+                # disk): the way out, which the fingerprint then checks, not just "no such
+                # folder" with set_params(backbone=...) that waits for the next fit.
+                raise ValueError(
+                    f"{error} This model was fitted on that folder; if it has moved, load "
+                    f"the model with load_model(file, moved_backbones={{{self.backbone!r}: "
+                    "'<its new folder>'}) (the weights there are checked to be the same)."
+                ) from error
             if self.fingerprint is not None and not self._same_backbone(loaded):
                 raise BackboneMismatchError(
                     f"The backbone {self.backbone!r} found here (fingerprint "

@@ -19,6 +19,7 @@ from typing import Any
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import validate_data
 
+from ._backbones import absolute_if_folder
 from ._featurizer import LLMFeaturizer
 from ._inputs import PAIR, check_layer, check_texts
 from ._sklearn_compat import Count, StrOptions, validate_parameter_constraints
@@ -111,7 +112,7 @@ class LLMParamsMixin:
 
     def _make_featurizer(self, layer: int | float | None = None) -> LLMFeaturizer:
         return LLMFeaturizer(
-            self.backbone,
+            absolute_if_folder(self.backbone),  # what the fitted model records
             layer=check_layer(self.layer if layer is None else layer),
             max_length=self.max_length,
             prompt=self.prompt,

@@ -132,6 +132,8 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     """
     _check_is_model(model)
     path = Path(path).expanduser()
+    if path.is_dir():  # overwrite=True failed renaming the temporary file onto it
+        raise IsADirectoryError(f"cannot save to {path}: it is a folder; give a file name.")
     # lexists: a link to nothing is still something of the user's at that name.
     if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
@@ -170,18 +172,32 @@ def _digest(stream: IO[bytes], start: int, end: int | None, prefix: bytes) -> st
     return sha.hexdigest()
 
 
-def load_model(path: str | os.PathLike) -> Any:
+def load_model(path: str | os.PathLike, *,
+               moved_backbones: dict[str, str] | None = None) -> Any:
     """Load a model written by :func:`save_model` (checksum verified) or ``joblib.dump``.
 
     Only load files you trust: like any pickle, a model file can run code when loaded.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The model file.
+    moved_backbones : dict, default=None
+        Backbone folders that have moved since the model was fitted, ``{recorded folder:
+        new folder}`` (another machine, a renamed disk). Every fitted part of the model
+        that names a recorded folder reads the new one instead; when the backbone is first
+        loaded, its weights are checked to be the ones the model was fitted on
+        (``BackboneMismatchError`` otherwise).
 
     Raises
     ------
     FileNotFoundError
         Nothing at ``path``.
     ValueError
-        The file is damaged, truncated, or does not hold a model.
+        The file is damaged, truncated, or does not hold a model; or ``moved_backbones``
+        names a folder the model does not record, or a new folder that does not exist.
     """
+    moves = _check_moves(moved_backbones)
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}.")
@@ -195,7 +211,62 @@ def load_model(path: str | os.PathLike) -> Any:
         model = _unpickle(stream, path, verified)
     if not _is_model(model):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a fitted model.")
+    if moves:
+        _relocate(model, moves, path)
     return model
+
+
+def _check_moves(moved_backbones: Any) -> dict[str, str]:
+    """``{recorded: new}`` with each new folder checked and made absolute, before reading."""
+    if moved_backbones is None:
+        return {}
+    if not isinstance(moved_backbones, dict):
+        raise TypeError("moved_backbones must be a dict {recorded folder: new folder}; got "
+                        f"a {type(moved_backbones).__name__}.")
+    moves = {}
+    for old, new in moved_backbones.items():
+        new_folder = Path(os.fspath(new)).expanduser()
+        if not new_folder.is_dir():
+            raise ValueError(f"moved_backbones[{old!r}]={os.fspath(new)!r} is not a folder.")
+        moves[os.fspath(old)] = os.path.abspath(new_folder)
+    return moves
+
+
+def _featurizers(obj: Any, seen: set[int]) -> list[Any]:
+    """Every LLMFeaturizer reachable from a loaded model: its own, a Pipeline's steps', a
+    search's best estimator's, a VotingRegressor's members', trained blocks' modules'."""
+    import numpy as np
+    import torch
+
+    from ._featurizer import LLMFeaturizer
+
+    if id(obj) in seen or isinstance(obj, str | bytes | int | float | np.ndarray
+                                     | torch.Tensor | type):
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, LLMFeaturizer):
+        return [obj]
+    if isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, list | tuple | set):
+        children = list(obj)
+    else:
+        children = list(getattr(obj, "__dict__", {}).values())
+    return [found for child in children for found in _featurizers(child, seen)]
+
+
+def _relocate(model: Any, moves: dict[str, str], path: Path) -> None:
+    featurizers = _featurizers(model, set())
+    recorded = {featurizer.backbone for featurizer in featurizers}
+    unknown = [old for old in moves if old not in recorded]
+    if unknown:
+        raise ValueError(
+            f"moved_backbones names {unknown[0]!r}, but the model in {path} was not fitted "
+            f"on it; it records {sorted(recorded) or 'no backbone'}.")
+    for featurizer in featurizers:
+        if featurizer.backbone in moves:
+            featurizer.backbone = moves[featurizer.backbone]
+            featurizer._loaded = None  # read from the new folder, fingerprint checked then
 
 
 def _is_model(model: Any) -> bool:
@@ -203,10 +274,23 @@ def _is_model(model: Any) -> bool:
 
 
 def _check_is_model(model: Any) -> None:
-    """Refused before writing: load_model would refuse the file it wrote."""
+    """Refused before writing: load_model would refuse the file it wrote, and an unfitted
+    estimator (a search's ``estimator`` saved for its ``best_estimator_``) was written
+    and loaded without a word, to fail only at predict on the serving machine."""
+    from sklearn.base import BaseEstimator
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
     if not _is_model(model):
         raise TypeError(f"save_model saves fitted estimators (with predict or transform); "
                         f"got a {type(model).__name__}.")
+    if isinstance(model, BaseEstimator):
+        try:
+            check_is_fitted(model)
+        except NotFittedError:
+            raise NotFittedError(
+                f"save_model saves fitted models, and this {type(model).__name__} is not "
+                "fitted: fit it first (from a search, save its best_estimator_).") from None
 
 
 def _damaged(path: Path, why: str) -> ValueError:

@@ -116,14 +116,15 @@ def test_a_second_model_on_the_same_data_draws_its_own_plot(data, fitted, tmp_pa
 
 
 def test_a_model_file_the_commands_cannot_run_is_named(data, fitted, tmp_path):
-    # save_model keeps a Pipeline or an unfitted model; the commands stopped with an
-    # AttributeError traceback on them.
+    # save_model keeps a Pipeline, and joblib.dump an unfitted model (save_model refuses
+    # one); the commands stopped with an AttributeError traceback on them.
+    import joblib
     from sklearn.pipeline import make_pipeline
 
     from sklearn_relish import RelishTextRegressor, load_model, save_model
 
     save_model(make_pipeline(load_model(fitted)), tmp_path / "pipe.joblib")
-    save_model(RelishTextRegressor(), tmp_path / "unfitted.joblib")
+    joblib.dump(RelishTextRegressor(), tmp_path / "unfitted.joblib")
     for name, message in (("pipe", "holds a Pipeline, not a RelishTextRegressor"),
                           ("unfitted", "never fitted")):
         for command in (["predict", "-o", tmp_path / f"{name}.csv"], ["evaluate"]):

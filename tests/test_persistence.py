@@ -289,6 +289,61 @@ def test_save_refuses_to_overwrite(fitted, tmp_path):
     np.testing.assert_array_equal(load_model(path).predict(PROBE), fitted.predict(PROBE))
 
 
+def test_a_moved_backbone_folder_is_named_and_can_be_pointed_at(tmp_path):
+    # The folder moved (another machine, a renamed disk): predict said "no such folder",
+    # and set_params(backbone=...) waits for the next fit, so no public way was left.
+    folder = build_tiny_llama(tmp_path / "llama")
+    model = small_regressor(folder).fit(TEXTS, TARGETS)
+    expected = model.predict(PROBE)
+    path = save_model(model, tmp_path / "model.joblib")
+    os.rename(folder, tmp_path / "moved")
+    clear_backbones()
+    clear_cache()
+    with pytest.raises(ValueError, match=r"no such folder.*This model was fitted on that "
+                                         r"folder; if it has moved.*moved_backbones="):
+        load_model(path).predict(PROBE)
+    moved = load_model(path, moved_backbones={folder: str(tmp_path / "moved")})
+    np.testing.assert_array_equal(moved.predict(PROBE), expected)
+    # The weights there are checked: another backbone under the old name is refused.
+    build_tiny_llama(tmp_path / "other", seed=1)
+    other = load_model(path, moved_backbones={folder: str(tmp_path / "other")})
+    with pytest.raises(BackboneMismatchError):
+        other.predict(PROBE)
+    with pytest.raises(ValueError, match="was not fitted on it; it records"):
+        load_model(path, moved_backbones={"/elsewhere": str(tmp_path / "moved")})
+    with pytest.raises(ValueError, match="is not a folder"):
+        load_model(path, moved_backbones={folder: str(tmp_path / "nowhere")})
+
+
+def test_a_relative_backbone_folder_is_recorded_whole(tmp_path, monkeypatch):
+    # "llama" was recorded as given: loaded from another working directory, the model
+    # tried it as a Hugging Face id and failed with a network error.
+    build_tiny_llama(tmp_path / "llama")
+    monkeypatch.chdir(tmp_path)
+    model = small_regressor("llama").fit(TEXTS, TARGETS)
+    expected = model.predict(PROBE)
+    assert model.get_params()["backbone"] == "llama"  # the parameter is the user's
+    save_model(model, tmp_path / "model.joblib")
+    monkeypatch.chdir(tmp_path.parent)
+    clear_backbones()
+    clear_cache()
+    np.testing.assert_array_equal(load_model(tmp_path / "model.joblib").predict(PROBE),
+                                  expected)
+
+
+def test_an_unfitted_estimator_or_a_folder_is_refused_by_save_model(fitted, tmp_path):
+    # A search's `estimator` saved for its `best_estimator_` was written and loaded without
+    # a word, to fail at predict on the serving machine.
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="save_model saves fitted models"):
+        save_model(RelishTextRegressor(), tmp_path / "unfitted.joblib")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        save_model(fitted, tmp_path / "folder", overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["folder"]
+
+
 def test_save_names_a_missing_folder_and_keeps_a_dangling_link(fitted, tmp_path):
     with pytest.raises(FileNotFoundError, match="the folder .*nowhere does not exist"):
         save_model(fitted, tmp_path / "nowhere" / "model.joblib")
