@@ -284,8 +284,9 @@ class IntervalMixin:
             raise ValueError(
                 "This model kept no calibration hold-out, so it has no intervals: fit it "
                 "with early_stopping=True (the default) and a validation_fraction that "
-                "holds out at least 2 texts, or with intervals='cv' (no hold-out needed); "
-                "see the README's 'Prediction intervals'."
+                "holds out at least 2 texts (of positive sample_weight: texts of weight 0 "
+                "are never held out), or with intervals='cv' (no hold-out needed); see the "
+                "README's 'Prediction intervals'."
             )
         method = self._interval_method()
         chunks = []

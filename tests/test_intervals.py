@@ -233,6 +233,19 @@ def test_without_a_hold_out_the_error_says_how_to_get_one(tiny_llama):
         model.predict_interval(TEXTS[:2])
 
 
+def test_without_a_hold_out_for_want_of_weighted_texts_the_error_says_so(tiny_llama):
+    # 5 of 60 texts weighted: early stopping (and the hold-out) were skipped, and the
+    # error advised early_stopping=True and a validation_fraction, as the user had set.
+    texts = [f"text number {i}" for i in range(60)]
+    weights = np.r_[np.ones(5), np.zeros(55)]
+    model = small_regressor(tiny_llama, early_stopping=True, validation_fraction=0.2)
+    with pytest.warns(UserWarning, match="early_stopping needs at least 2"):
+        model.fit(texts, np.arange(60.0), sample_weight=weights)
+    with pytest.raises(ValueError, match="of positive sample_weight: texts of weight 0 are "
+                                         "never held out"):
+        model.predict_interval(texts[:2])
+
+
 def test_fifteen_texts_keep_the_two_text_hold_out_the_split_makes(tiny_llama):
     # validation_fraction=0.1 of 15 texts: ShuffleSplit holds out ceil(1.5) = 2 texts,
     # enough for early stopping and split intervals; int(1.5) = 1 had turned both off
