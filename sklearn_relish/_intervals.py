@@ -257,12 +257,14 @@ class IntervalMixin:
         return getattr(self, "interval_method_", self.intervals)
 
     def predict_interval(self, X: Any, coverage: float = 0.9) -> np.ndarray:
-        """Prediction intervals that cover the true value with probability ``coverage``.
+        """Prediction intervals meant to cover the true value with probability ``coverage``.
 
         Conformal prediction calibrated in ``fit``: on the early-stopping hold-out
         (``intervals="split"`` or ``"cqr"``) or on out-of-fold errors over folds of the
-        training texts (``"cv"``, ``"cv+"``). The guarantee assumes that new texts are
-        exchangeable with the training texts.
+        training texts (``"cv"``, ``"cv+"``). Coverage assumes that new texts are
+        exchangeable with the training texts; the hold-out also chose the epoch, so
+        ``"split"`` and ``"cqr"`` cover less than asked when it is small (tens of texts):
+        fit with ``intervals="cv"`` for intervals you report.
 
         Parameters
         ----------
