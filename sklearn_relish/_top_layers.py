@@ -183,7 +183,8 @@ def check_supported(featurizer: Any, n_blocks: int) -> None:
     corpus wasted the whole pass (into states of a layer no other fit reads). The probe
     costs a copy of ``n_blocks`` blocks and a forward over two short texts."""
     loaded = featurizer.loaded
-    checked_top(loaded, featurizer.layer, n_blocks, loaded.device)
+    # A plain int: transformers' strict configs refuse numpy's (GridSearchCV's).
+    checked_top(loaded, featurizer.layer, int(n_blocks), loaded.device)
 
 
 def moved_parameter(weight: nn.Parameter, device: torch.device) -> nn.Parameter:
