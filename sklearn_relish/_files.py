@@ -104,7 +104,14 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any],
     handle, tmp = new_temp_file(target.parent, prefix=f".{short}.")
     os.close(handle)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError as error:
+            # A full disk raised inside a library's write names no file: the CLI printed
+            # "[Errno 28] No space left on device" and nothing said which file failed.
+            if error.filename is None and error.errno is not None:
+                raise OSError(error.errno, error.strerror, str(given)) from error
+            raise
         # On disk before the rename: else a power cut can leave the new name on an empty
         # or partial file (ext4 and XFS may commit the rename before the data). Before the
         # chmod below too, which may take away the write access Windows' fsync needs.

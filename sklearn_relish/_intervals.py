@@ -113,7 +113,10 @@ def conformal_rank(n: int, coverage: float) -> int:
 
 
 def check_coverage(coverage: float) -> float:
-    if isinstance(coverage, bool) or not isinstance(coverage, int | float | np.floating):
+    if isinstance(coverage, np.ndarray) and coverage.ndim == 0:  # np.float64(x)'s array form
+        coverage = coverage[()]
+    numbers = int | float | np.integer | np.floating
+    if isinstance(coverage, bool) or not isinstance(coverage, numbers):
         raise TypeError(f"coverage must be a number in (0, 1); got {coverage!r}.")
     if not 0.0 < float(coverage) < 1.0:
         raise ValueError(f"coverage must be strictly between 0 and 1; got {coverage!r}.")

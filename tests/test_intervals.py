@@ -171,6 +171,16 @@ def test_coverage_outside_zero_one_is_refused(coverage):
         _intervals.check_coverage(coverage)
     with pytest.raises(TypeError):
         _intervals.check_coverage("0.9")
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        _intervals.check_coverage(np.array(coverage))  # a 0-d array is its number
+
+
+def test_a_zero_dimensional_array_is_a_coverage_as_numpy_scalars_are():
+    # np.array(0.9) (a config file's value through numpy) was refused as not a number.
+    assert _intervals.check_coverage(np.array(0.9)) == 0.9
+    assert _intervals.check_coverage(np.float32(0.5)) == 0.5
+    with pytest.raises(TypeError):
+        _intervals.check_coverage(np.array([0.9]))
 
 
 # -- the estimator ------------------------------------------------------------------------------

@@ -536,8 +536,9 @@ def test_full_disk_while_saving_keeps_the_old_file(fitted, tmp_path, monkeypatch
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(joblib, "dump", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as raised:
         save_model(fitted, path, overwrite=True)
+    assert raised.value.filename == str(path)  # which file could not be written
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["model.joblib"]  # no temporary file left behind
 
