@@ -45,7 +45,7 @@ class LLMTextEncoder(TransformerMixin, LLMParamsMixin, PickleFormatMixin, BaseEs
 
     Parameters
     ----------
-    backbone : str, default=DEFAULT_BACKBONE
+    backbone : str or path-like, default=DEFAULT_BACKBONE
         Hugging Face id, local folder or embedded backbone, as in
         :class:`RelishTextRegressor`.
     layer : int, float or list of them, default=0.5

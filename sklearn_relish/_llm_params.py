@@ -25,7 +25,7 @@ from ._inputs import PAIR, check_layer, check_texts
 from ._sklearn_compat import Count, StrOptions, validate_parameter_constraints
 
 LLM_CONSTRAINTS: dict = {
-    "backbone": [str],
+    "backbone": [str, os.PathLike],  # a pathlib.Path folder, as cache_dir takes one
     # check_layer gives the precise rule: one meaning per value, numpy scalars included.
     "layer": [Integral, Real],
     "max_length": [Count(1)],
@@ -112,7 +112,9 @@ class LLMParamsMixin:
 
     def _make_featurizer(self, layer: int | float | None = None) -> LLMFeaturizer:
         return LLMFeaturizer(
-            absolute_if_folder(self.backbone),  # what the fitted model records
+            # What the fitted model records: a folder by its absolute path, as a str.
+            absolute_if_folder(os.fspath(self.backbone) if isinstance(self.backbone, os.PathLike)
+                               else self.backbone),
             layer=check_layer(self.layer if layer is None else layer),
             max_length=self.max_length,
             prompt=self.prompt,

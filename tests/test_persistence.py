@@ -329,6 +329,10 @@ def test_a_relative_backbone_folder_is_recorded_whole(tmp_path, monkeypatch):
     clear_cache()
     np.testing.assert_array_equal(load_model(tmp_path / "model.joblib").predict(PROBE),
                                   expected)
+    # A pathlib.Path is a folder too (it was refused, where cache_dir took one).
+    from_path = small_regressor(tmp_path / "llama").fit(TEXTS, TARGETS)
+    assert from_path.featurizer_.backbone == str(tmp_path / "llama")
+    np.testing.assert_array_equal(from_path.predict(PROBE), expected)
 
 
 def test_an_unfitted_estimator_or_a_folder_is_refused_by_save_model(fitted, tmp_path):
