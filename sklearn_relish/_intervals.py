@@ -30,10 +30,12 @@ Four calibrations:
   as seed-sensitive as RELISH's: 92-94% at 90% on VADER.
 - ``"cv"``: the same K fold heads and out-of-fold errors, but the interval is the main
   head's prediction widened by their ``ceil((n + 1) c)``-th smallest (Barber et al.'s
-  "CV" method), as in ``"split"``. No formal guarantee, though the main head trains on
-  more texts than any fold head, so its errors are if anything smaller than those that
-  calibrate it; the fold heads are dropped after ``fit``, so predictions cost nothing
-  more and the pickle does not grow. On VADER it covered 88.8-91.9% at 90% on all 12
+  "CV" method), as in ``"split"``. No formal guarantee: the main head trains on more
+  texts than any fold head, so its errors are usually no larger than those that
+  calibrate it, but a main head that early stopping stops much sooner than the fold
+  heads can err more and be covered less. The fold heads are dropped after ``fit``, so
+  predictions cost nothing more and the pickle does not grow. On VADER it covered
+  88.8-91.9% at 90% on all 12
   test splits.
 """
 
