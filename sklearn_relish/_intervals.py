@@ -35,8 +35,7 @@ Four calibrations:
   calibrate it, but a main head that early stopping stops much sooner than the fold
   heads can err more and be covered less. The fold heads are dropped after ``fit``, so
   predictions cost nothing more and the pickle does not grow. On VADER it covered
-  88.8-91.9% at 90% on all 12
-  test splits.
+  88.8-91.9% at 90% on all 12 test splits.
 """
 
 from __future__ import annotations
