@@ -68,6 +68,8 @@ def absolute_if_folder(name: str) -> str:
     none), and was served the first one's weights; a fitted model that recorded "m" could
     not be loaded from another working directory (and "models/m" was then tried as a hub
     id). Anything else (a hub id, an embedded name) is returned as it is."""
+    if isinstance(name, os.PathLike):  # a pathlib.Path folder: recorded as a str
+        name = os.fspath(name)
     if not isinstance(name, str):  # refused by the parameter checks, which may come later
         return name
     local = Path(name).expanduser()

@@ -112,9 +112,7 @@ class LLMParamsMixin:
 
     def _make_featurizer(self, layer: int | float | None = None) -> LLMFeaturizer:
         return LLMFeaturizer(
-            # What the fitted model records: a folder by its absolute path, as a str.
-            absolute_if_folder(os.fspath(self.backbone) if isinstance(self.backbone, os.PathLike)
-                               else self.backbone),
+            absolute_if_folder(self.backbone),  # what the fitted model records
             layer=check_layer(self.layer if layer is None else layer),
             max_length=self.max_length,
             prompt=self.prompt,
