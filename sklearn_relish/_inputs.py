@@ -25,9 +25,10 @@ def is_missing(value: Any) -> bool:
     return type(value).__name__ in {"NAType", "NaTType"}  # pandas' missing markers
 
 
-def _check_text(value: Any, where: str | Callable[[], str]) -> str:
+def _check_text(value: Any, where: str | Callable[[], str], in_pair: bool = False) -> str:
     """``value`` as a valid text, else an error naming it by ``where`` (or ``where()``:
-    naming a row formats its index label, which a million valid rows should not pay for)."""
+    naming a row formats its index label, which a million valid rows should not pay for).
+    ``in_pair``: the value is a cell of a two-column X, read as text pairs."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -46,6 +47,16 @@ def _check_text(value: Any, where: str | Callable[[], str]) -> str:
         raise TypeError(
             f"{_name(where)} is a {type(value).__name__} ({value!r:.50}), not a str: give text "
             "pairs as (text_a, text_b) on every row, or as two columns, and single texts as str."
+        )
+    if in_pair:
+        # A text column beside a numeric one (Ridge's habit): X.astype(str) would silently
+        # fit a model of (text, "3.0") pairs.
+        raise TypeError(
+            f"{_name(where)} is a {_short_type(value)}, not a str: a two-column X is read as "
+            "text pairs (text_a, text_b). To predict from a text column beside other "
+            "features, pass the text column alone (X['text'], or a ColumnTransformer that "
+            "selects it); convert the column to text only if it is the second text of each "
+            "pair."
         )
     raise TypeError(
         f"{_name(where)} is a {_short_type(value)}, not a str. Convert the column to text "
@@ -203,8 +214,8 @@ def check_texts(X: Any) -> tuple[list, str]:
                 for i, row in enumerate(rows)], SINGLE
     if n_columns == 2:
         pairs = [
-            (_check_text(row[0], lambda i=i: where.place((i, 0))),
-             _check_text(row[1], lambda i=i: where.place((i, 1))))
+            (_check_text(row[0], lambda i=i: where.place((i, 0)), in_pair=True),
+             _check_text(row[1], lambda i=i: where.place((i, 1)), in_pair=True))
             for i, row in enumerate(rows)
         ]
         return pairs, PAIR

@@ -267,15 +267,15 @@ def build_net(params: Any, input_dim: int, n_samples: int, seed: int, device,
     callbacks = []
     if early_stopping:
         callbacks.append(("early_stopping", make_early_stopping(params.patience)))
-    point_loss = LOSSES[params.loss](
-        reduction="none", **({"delta": params.huber_delta} if params.loss == "huber" else {}))
+    # A plain float: torch's HuberLoss refuses numpy scalars (a GridSearchCV grid's).
+    delta = {"delta": float(params.huber_delta)} if params.loss == "huber" else {}
+    point_loss = LOSSES[params.loss](reduction="none", **delta)
     if params.intervals == "cqr":  # two more outputs per target: the 5% and 95% quantiles
         criterion = {"criterion": PointAndQuantileLoss, "criterion__point_loss": point_loss}
         n_outputs *= outputs_per_target("cqr")
     else:
         criterion = {"criterion": type(point_loss), "criterion__reduction": "none",
-                     **({"criterion__delta": params.huber_delta} if params.loss == "huber"
-                        else {})}
+                     **{f"criterion__{name}": value for name, value in delta.items()}}
     module: dict[str, Any] = {"module": RelishHead}
     if getattr(params, "train_top_layers", 0):
         from ._top_layers import TopLayersHead

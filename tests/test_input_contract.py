@@ -237,6 +237,15 @@ def test_numpy_ints_work_as_counts_as_grid_search_passes_them(tiny_llama):
     assert np.all(np.isfinite(model.fit(TEXTS, TARGETS).predict(TEXTS[:3])))
 
 
+@pytest.mark.parametrize("delta", [np.float32(0.5), np.int64(2)])
+def test_numpy_huber_delta_trains_as_the_float(tiny_llama, delta):
+    # torch's HuberLoss refused numpy scalars, after the LLM had run (a grid's values).
+    numpy_fit = small_regressor(tiny_llama, huber_delta=delta, random_state=0)
+    plain_fit = small_regressor(tiny_llama, huber_delta=float(delta), random_state=0)
+    np.testing.assert_array_equal(numpy_fit.fit(TEXTS, TARGETS).predict(TEXTS[:3]),
+                                  plain_fit.fit(TEXTS, TARGETS).predict(TEXTS[:3]))
+
+
 def test_invalid_device_string_is_a_value_error(tiny_llama):
     fit_fails(tiny_llama, ValueError, "device='gpu' is not a valid torch device", TEXTS,
               TARGETS, device="gpu")
@@ -357,8 +366,21 @@ def test_two_column_frame_is_pairs(tiny_llama):
     np.testing.assert_allclose(model.predict(frame.head(4)), model.predict(tuples), atol=1e-6)
     with pytest.raises(ValueError, match=r"X has 1 column\(s\) but .* on text pairs"):
         model.predict(TEXTS[:2])
-    # An empty list has no columns to disagree with: no pairs, no predictions.
-    assert model.predict([]).shape == (0,)
+    # An empty list has no columns to disagree with: no pairs, no predictions. Nor has
+    # an empty Series or 1-D array (a mask that selected nothing), which were refused.
+    for empty in ([], pd.Series([], dtype=object), np.array([], dtype=object)):
+        assert model.predict(empty).shape == (0,)
+    with pytest.raises(ValueError, match=r"yet now missing:\n- b"):
+        model.predict(frame[["a"]].iloc[:0])  # an empty frame still has its one column
+
+
+def test_a_numeric_second_column_is_not_advised_into_text(tiny_llama):
+    # A text column beside a numeric one: astype(str), as advised, silently fitted a
+    # model of (text, "3.0") pairs.
+    X = pd.DataFrame({"text": TEXTS, "likes": np.arange(N, dtype=float)})
+    info = fit_fails(tiny_llama, TypeError, r"column 'likes'\) is a float .* a two-column X "
+                     r"is read as text pairs .* pass the text column alone", X, TARGETS)
+    assert "astype(str)" not in str(info.value)
 
 
 def test_no_warnings_for_clean_input(fitted):
