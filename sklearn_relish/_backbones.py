@@ -33,6 +33,7 @@ from ._backbone_kwargs import (
     kwargs_key,
     shown,
 )
+from ._console import user_stacklevel
 from ._embedded import (  # noqa: F401  (re-exported: the backbone names live here too)
     EMBEDDED,
     GEMMA3,
@@ -158,7 +159,7 @@ _REGISTRY_LOCK = threading.Lock()
 N_LOADS = 0  # how many times weights were read from disk (tests check sharing)
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, warn: bool = True) -> torch.device:
     """``"auto"`` means CUDA where present; a CUDA request without CUDA falls back to CPU.
 
     A CUDA device is always returned with its index (``"cuda"`` is the current device).
@@ -179,10 +180,11 @@ def resolve_device(device: str) -> torch.device:
         # Any accelerator, not only CUDA: left to torch, a model fitted on a Mac failed
         # elsewhere deep inside .to().
         kind = "CUDA" if resolved.type == "cuda" else resolved.type
-        warnings.warn(
-            f"device={device!r} was requested but {kind} is not available here; "
-            "using the CPU.", UserWarning, stacklevel=3,
-        )
+        if warn:
+            warnings.warn(
+                f"device={device!r} was requested but {kind} is not available here; "
+                "using the CPU.", UserWarning, stacklevel=user_stacklevel(),
+            )
         return torch.device("cpu")
     if resolved.type == "cuda" and resolved.index is None:
         # "cuda" is the current device: named by its index, so that "cuda" and "cuda:0"

@@ -361,7 +361,9 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         if self.intervals in ("cv", "cv+"):  # the folds fit_fold_heads will draw
             check_folds(groups, self, weights, seed)
-        device = resolve_device(self.device)
+        # A bad device string fails here, before the LLM; a fallback to the CPU is warned
+        # of once, by the backbone's load (fit had warned twice).
+        resolve_device(self.device, warn=False)
 
         # Everything is built in locals and published at the end: a fit that fails or is
         # interrupted leaves a previously fitted model exactly as it was.
@@ -371,6 +373,7 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
 
             check_supported(featurizer, self.train_top_layers)
         states = featurizer.transform(texts, kind)
+        device = featurizer.loaded.device  # the head trains where the backbone runs
 
         # Standardised targets keep one learning rate and one Huber delta sensible for
         # any target scale; a constant target gets scale 1 and is learned as zero. Both

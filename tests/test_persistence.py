@@ -148,6 +148,22 @@ def test_a_cuda_request_without_cuda_warns_once_per_predict(tiny_llama, monkeypa
     assert len(fallbacks) == 1, [str(w.message) for w in caught]
 
 
+def test_a_cuda_request_without_cuda_warns_once_per_fit_at_the_callers_line(tiny_llama,
+                                                                            monkeypatch):
+    # fit resolved the device and so did the backbone's load: two warnings, the second
+    # pointing into the package (Python's once-per-location filter could not merge them).
+    import warnings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = small_regressor(tiny_llama, device="cuda")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(TEXTS, TARGETS)
+    fallbacks = [w for w in caught if "CUDA is not available" in str(w.message)]
+    assert [w.filename for w in fallbacks] == [__file__]
+    assert model.net_.device == "cpu"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_model_fitted_on_cuda_predicts_on_a_cpu_only_machine(tiny_llama, monkeypatch):
     # float32 on both sides, so only GPU-vs-CPU arithmetic differs, not bfloat16 rounding.
