@@ -243,10 +243,12 @@ def predict(args: argparse.Namespace) -> int:
     if args.coverage is not None and not np.all(np.isfinite(bounds)):
         # Not an error (the bounds are honest), but a column of inf surprises in a sheet.
         n_scores = len(model.calibration_scores_)
+        # A fold-calibrated model already calibrates on every training text.
+        folds = model._interval_method() in ("cv", "cv+")
         print(f"note: the bounds are infinite: {n_scores} calibration texts certify a "
               f"coverage of at most {n_scores / (n_scores + 1):.3f}, below {args.coverage}; "
-              "lower --coverage, or refit on more texts (or with --param intervals=cv)",
-              file=sys.stderr)
+              "lower --coverage, or refit on more texts"
+              + ("" if folds else " (or with --param intervals=cv)"), file=sys.stderr)
     return 0
 
 

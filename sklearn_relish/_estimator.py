@@ -132,7 +132,8 @@ class RelishTextRegressor(RegressorMixin, IntervalMixin, LLMParamsMixin, PickleF
         How :meth:`predict_interval` is calibrated. ``"split"``: absolute errors on the
         early-stopping hold-out, which also chose the epoch, so its intervals cover less
         than asked with a small hold-out (90% intervals covered 86.5% with 20 texts held
-        out, in the README). ``"cqr"``: conformalized quantile regression on that
+        out, 87.9% with 50, in the README; :meth:`predict_interval` warns below 100).
+        ``"cqr"``: conformalized quantile regression on that
         hold-out (two more head outputs per target, trained with the pinball loss at 5%
         and 95%). ``"cv"`` and ``"cv+"``: out-of-fold errors of all the training texts,
         from ``interval_folds`` more heads each trained without one fold (no LLM pass),

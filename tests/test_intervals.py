@@ -224,8 +224,36 @@ def test_too_high_a_coverage_for_the_hold_out_is_infinite_and_says_so(calibrated
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # finite bounds: no warning
+        warnings.simplefilter("error")  # finite bounds: no warning of infinite ones
+        warnings.filterwarnings("ignore", "These intervals are calibrated")  # below
         assert np.isfinite(calibrated.predict_interval(TEXTS[:2], coverage=0.9)).all()
+
+
+def test_a_small_hold_out_says_split_covers_less_and_names_cv(calibrated, monkeypatch):
+    # 16 texts both chose the epoch and calibrate: measured to under-cover (RESULTS.md).
+    with pytest.warns(UserWarning, match=r"calibrated on 16 held-out texts, which also chose "
+                                         r"the epoch.*refit with intervals='cv'") as got:
+        calibrated.predict_interval(TEXTS[:2])
+    assert got[0].filename == __file__
+    import warnings
+
+    monkeypatch.setattr(_intervals, "FEW_CALIBRATION_TEXTS", 16)  # as if 16 were enough
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calibrated.predict_interval(TEXTS[:2])
+
+
+def test_fold_calibrated_intervals_do_not_warn_of_a_small_hold_out(cv_plus):
+    # CV+ calibrates on every training text (here 16) and chose no epoch on them.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cv_plus.predict_interval(TEXTS[:2])
+    # Nor do they advise refitting with intervals='cv' when the bounds are infinite.
+    with pytest.warns(UserWarning, match="16 calibration texts certify") as got:
+        cv_plus.predict_interval(TEXTS[:2], coverage=0.99)
+    assert "intervals='cv'" not in str(got[0].message)
 
 
 @pytest.mark.parametrize("fitted", ["calibrated", "cv_plus"])
