@@ -74,7 +74,10 @@ def _numeric(targets: Any, path: str, role: str = "target") -> Any:
     import pandas
 
     numbers = targets.apply(pandas.to_numeric, errors="coerce")
-    bad = ~np.isfinite(numbers.to_numpy(float))
+    # True/False (a CSV column of them, JSON booleans) would count as 1/0, where the
+    # text 'True' beside numbers is refused: refused alike.
+    booleans = targets.map(lambda cell: isinstance(cell, bool | np.bool_)).to_numpy()
+    bad = ~np.isfinite(numbers.to_numpy(float)) | booleans
     if bad.any():
         row, col = np.argwhere(bad)[0]
         cell = targets.iat[row, col]
@@ -273,11 +276,17 @@ def evaluate(args: argparse.Namespace) -> int:
     # metrics still printed (evaluating only reads); a --plot that exists is refused
     # before the predictions, like every output the user names.
     default_plot = Path(f"{Path(args.data).stem}_{Path(args.model).stem}_predicted_vs_true.png")
-    if not args.plot and os.path.lexists(default_plot) and not args.force:
-        plot = None
+    plot, not_drawn = None, None
+    if args.plot:
+        plot = refuse_to_overwrite(args.plot, args.force, inputs=[args.data, args.model])
+    elif os.path.lexists(default_plot) and not args.force:
+        not_drawn = f"{default_plot} exists (--force replaces it, --plot names another file)"
     else:
-        plot = refuse_to_overwrite(args.plot or default_plot, args.force,
-                                   inputs=[args.data, args.model])
+        try:
+            plot = refuse_to_overwrite(default_plot, args.force,
+                                       inputs=[args.data, args.model])
+        except CommandError as error:  # a folder it cannot write: the metrics still print
+            not_drawn = f"{error} (--plot names another file)"
     predictions = _predict(model, texts, args.data).reshape(len(table), -1)[:, outputs]
     print(f"{'target':<16} {'Pearson':>8} {'Spearman':>9} {'NRMSE':>7} {'R2':>7}   (x100 but R2)")
     for j, name in enumerate(targets):
@@ -285,8 +294,7 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"{name:<16} {100 * report['pearson']:8.1f} {100 * report['spearman']:9.1f} "
               f"{100 * report['nrmse']:7.1f} {report['r2']:7.3f}")
     if plot is None:
-        print(f"predicted against true values: not drawn, {default_plot} exists (--force "
-              "replaces it, --plot names another file)")
+        print(f"predicted against true values: not drawn, {not_drawn}")
         return 0
     _scatter(truth, predictions, targets, plot, args.force)
     print(f"predicted against true values: {plot}")

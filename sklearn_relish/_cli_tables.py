@@ -103,9 +103,46 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
         table = table.reset_index()  # the stored row ids stay in the written-back table
     if kind in ("csv", "tsv"):
         table.columns = _header(path, kind, len(table.columns))
+        if len(table.columns) == 1:
+            _refuse_blank_lines(path, kind)
     if table.empty:
         raise CommandError(f"{path}: the file has no rows")
     return table
+
+
+def _refuse_blank_lines(path: Path, kind: str) -> None:
+    """In a one-column file a blank line between rows is an empty text, or a stray line:
+    pandas skips it, which returned fewer predictions than the file has rows, silently.
+    Blank lines at the end (an editor's) are no rows either way."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as file:
+        reader = csv.reader(file, delimiter="\t" if kind == "tsv" else ",",
+                            quoting=_quoting(kind))
+        blank_line, seen_header, start = None, False, 1
+        for fields in _rows_or_none(reader):
+            blank = not fields or (len(fields) == 1 and not fields[0].strip())
+            if blank and seen_header and blank_line is None:
+                blank_line = start
+            elif not blank:
+                if blank_line is not None:
+                    raise CommandError(
+                        f"{path}: line {blank_line} is blank: in a one-column file it would "
+                        "be an empty text, which is refused (a blank cell is missing); "
+                        "remove the line or write its text")
+                seen_header = True
+            start = reader.line_num + 1
+
+
+def _rows_or_none(reader: Any) -> Iterable[list[str]]:
+    """The reader's rows, ending quietly at what pandas read but Python's csv refuses (a
+    cell over its field size limit): the check is a guard, not a second parser."""
+    import csv
+
+    try:
+        yield from reader
+    except csv.Error:
+        return
 
 
 def _first_non_utf8(path: Path) -> str:
@@ -265,8 +302,14 @@ def refuse_to_overwrite(path: str | os.PathLike, force: bool,
         raise CommandError(f"{path} is a folder; name a file to write")
     if os.path.lexists(path) and not force:
         raise CommandError(f"{path} exists; pass --force to replace it")
+    # Found before the work, not when the temporary file is created after it (a fit's
+    # hours lost, and an error that named the hidden temporary file).
     if not path.parent.exists():
         raise CommandError(f"{path}: the folder {path.parent} does not exist")
+    if not path.parent.is_dir():
+        raise CommandError(f"{path}: {path.parent} is a file, not a folder")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise CommandError(f"{path}: the folder {path.parent} is not writable here")
     return path
 
 

@@ -137,6 +137,9 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     # lexists: a link to nothing is still something of the user's at that name.
     if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(f"cannot save to {path}: {path.parent} is a file, not a "
+                                 "folder.")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot save to {path}: the folder {path.parent} does not exist.")
 

@@ -106,6 +106,22 @@ def test_evaluate_prints_the_papers_metrics_and_draws_the_plot(data, fitted, tmp
     assert named.stdout == "" and plot.read_bytes() == drawn
 
 
+def test_evaluate_in_a_folder_it_cannot_write_prints_the_metrics_without_the_plot(
+        data, fitted, tmp_path, monkeypatch, capsys):
+    # The metrics printed, then a failure naming a hidden temporary file, exit 2: and
+    # evaluating only reads. In process, so that os.access can play a read-only mount.
+    from sklearn_relish._cli import main
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: os.path.abspath(path) != str(tmp_path)
+                        and real_access(path, mode))
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(fitted), str(data / "train.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "Pearson" in out and "not drawn" in out and "is not writable here" in out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_second_model_on_the_same_data_draws_its_own_plot(data, fitted, tmp_path):
     other = tmp_path / "other.joblib"
     other.write_bytes(fitted.read_bytes())

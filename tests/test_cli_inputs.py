@@ -4,7 +4,9 @@ and each refusal names what the user wrote (a column, a --param), not something 
 from __future__ import annotations
 
 import math
+import os
 import re
+from pathlib import Path
 
 import pytest
 from test_cli_commands import relish
@@ -61,6 +63,50 @@ def test_an_output_that_is_a_folder_is_refused_before_the_work(tmp_path):
     for force in (False, True):
         with pytest.raises(CommandError, match="is a folder"):
             refuse_to_overwrite(tmp_path / "out", force)
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv"])
+def test_a_blank_line_between_rows_of_a_one_column_file_is_refused_not_dropped(tmp_path,
+                                                                               kind):
+    # pandas skipped it: predict wrote 3 predictions for a file of 5 rows, and said done.
+    path = tmp_path / f"texts.{kind}"
+    path.write_text("text\nhappy\n\nsad\n   \nok\n")
+    with pytest.raises(CommandError, match=rf"{path.name}: line 3 is blank: .* empty text"):
+        read_table(path, verbatim=True)
+    path.write_text("text\nhappy\nsad\n\n\n")  # blank lines at the end are no rows
+    assert list(read_table(path, verbatim=True)["text"]) == ["happy", "sad"]
+    path.write_text('text\n"two\n\nparagraphs"\nok\n' if kind == "csv" else "text\nok\n")
+    assert len(read_table(path, verbatim=True)) == (2 if kind == "csv" else 1)  # quoted
+
+
+def test_an_output_folder_that_cannot_take_the_file_is_refused_before_the_work(tmp_path,
+                                                                                monkeypatch):
+    # Found only when the temporary file was created after the work, named in the error.
+    (tmp_path / "a.csv").write_text("x\n")
+    with pytest.raises(CommandError, match=r"a\.csv is a file, not a folder"):
+        refuse_to_overwrite(tmp_path / "a.csv" / "out.csv", force=False)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    # A read-only mount (root ignores permission bits, not a read-only file system).
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked
+                        and real_access(path, mode))
+    with pytest.raises(CommandError, match="locked is not writable"):
+        refuse_to_overwrite(locked / "out.csv", force=False)
+    assert refuse_to_overwrite(tmp_path / "out.csv", force=False) == tmp_path / "out.csv"
+
+
+def test_true_and_false_targets_are_refused_as_the_word_true_is(tmp_path):
+    # A column of booleans was read as 1/0 and trained on; 'True' among numbers refused.
+    from sklearn_relish._cli_commands import _numeric
+
+    for rows in ("True\nFalse\nFalse", "1\nTrue\n0"):
+        path = tmp_path / "t.csv"
+        path.write_text("text,score\n" + "\n".join(
+            f"t{i},{v}" for i, v in enumerate(rows.split("\n"))) + "\n")
+        table = read_table(path, verbatim=False)
+        with pytest.raises(CommandError, match=r"target 'score' is .?True.?, not a finite"):
+            _numeric(table[["score"]], str(path))
 
 
 def test_fit_refuses_a_repeated_target_and_names_a_negative_weights_column(tmp_path):

@@ -367,6 +367,10 @@ def test_an_unfitted_estimator_or_a_folder_is_refused_by_save_model(fitted, tmp_
 def test_save_names_a_missing_folder_and_keeps_a_dangling_link(fitted, tmp_path):
     with pytest.raises(FileNotFoundError, match="the folder .*nowhere does not exist"):
         save_model(fitted, tmp_path / "nowhere" / "model.joblib")
+    (tmp_path / "data.csv").write_text("x\n")  # a file where the folder should be
+    with pytest.raises(NotADirectoryError, match=r"data\.csv is a file, not a folder"):
+        save_model(fitted, tmp_path / "data.csv" / "model.joblib")
+    (tmp_path / "data.csv").unlink()
     link = tmp_path / "model.joblib"
     link.symlink_to(tmp_path / "not-there-yet.joblib")
     with pytest.raises(FileExistsError, match="overwrite=True"):
