@@ -186,6 +186,31 @@ def test_main_prints_sizes(fake_sdist, capsys):
     assert "tweets" in out and "movies" in out and "total" in out and " 8 texts" in out
 
 
+def test_main_prints_one_line_for_a_damaged_sdist(fake_sdist, monkeypatch, capsys):
+    # make install runs it: a checksum failure printed a runpy traceback.
+    monkeypatch.setattr(_vader, "_SDIST_SHA256", "0" * 64)
+    assert main(["--data-home", str(fake_sdist)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m sklearn_relish.datasets: error: ")
+    assert "Traceback" not in err and "0" * 64 in err and len(err.splitlines()) == 1
+
+
+def test_a_full_disk_while_extracting_names_the_folder_and_leaves_nothing(fake_sdist,
+                                                                         monkeypatch):
+    # write_bytes' ENOSPC names no file: the bare "[Errno 28]" left users guessing where.
+    import errno
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError, match=r"cannot extract the VADER data into .*vader "
+                                      r"\(No space left on device\).*SCIKIT_LEARN_DATA") as got:
+        load_vader("tweets", data_home=fake_sdist)
+    assert got.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in fake_sdist.iterdir()) == [_vader._SDIST_NAME]
+
+
 def _check_real(data_home):
     for corpus, size in EXPECTED_SIZES.items():
         bunch = load_vader(corpus, data_home=data_home, download_if_missing=False)

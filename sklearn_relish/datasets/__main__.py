@@ -8,6 +8,7 @@ and prints the size of each corpus.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ._vader import _CORPORA, load_vader
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     status : int
-        The exit status, 0 on success (errors are raised).
+        The exit status: 0 on success, 1 on an error (printed in one line).
     """
     summary = (main.__doc__ or "").partition("\n")[0]  # no docstrings under python -OO
     parser = argparse.ArgumentParser(prog="python -m sklearn_relish.datasets",
@@ -36,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     total = 0
     for corpus in _CORPORA:
-        X, _ = load_vader(corpus, return_X_y=True, data_home=args.data_home)
+        try:
+            X, _ = load_vader(corpus, return_X_y=True, data_home=args.data_home)
+        except (OSError, ValueError) as error:
+            # make install runs this: one line that says what to fix, not a traceback.
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            return 1
         total += len(X)
         print(f"vader {corpus:<7} {len(X):>6,} texts")
     print(f"vader total   {total:>6,} texts")

@@ -9,6 +9,7 @@ tarball. This module obtains that sdist (from the data home or with
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -209,6 +210,13 @@ def _extract(sdist: Path, vader_dir: Path) -> None:
         vader_dir.mkdir(exist_ok=True)
         for name in contents:
             os.replace(tmp_dir / name, vader_dir / name)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk names no file: say where the data was going, and what to free.
+        raise OSError(error.errno, f"cannot extract the VADER data into {vader_dir} "
+                      f"({error.strerror}); free space there, or pass data_home= (or set "
+                      "SCIKIT_LEARN_DATA) to a folder with room") from error
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
