@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,6 +106,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"relish: warning: {message}", file=sys.stderr if file is None else file)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it unwinds as Ctrl-C does (a subclass of
+    KeyboardInterrupt: what the package does for Ctrl-C, it does for this)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, a plain ``kill``) ended Python without unwinding, so
+    the temporary file of an output being written stayed beside it, hundreds of MB."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; elsewhere, left as they are
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relish", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -119,11 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_commands(commands)
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_unwinds():
             # One line each, in the command's voice: Python's format printed the source
             # line of the package that raised it, which means nothing to a shell user.
             warnings.showwarning = _show_warning
             return args.run(args)
+    except Terminated:
+        print("relish: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("relish: interrupted", file=sys.stderr)
         return 130

@@ -105,6 +105,8 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
         table.columns = _header(path, kind, len(table.columns))
         if len(table.columns) == 1:
             _refuse_blank_lines(path, kind)
+        if kind == "tsv":
+            _refuse_csv_quoting(table, path)
     if table.empty:
         raise CommandError(f"{path}: the file has no rows")
     return table
@@ -132,6 +134,28 @@ def _refuse_blank_lines(path: Path, kind: str) -> None:
                         "remove the line or write its text")
                 seen_header = True
             start = reader.line_num + 1
+
+
+def _refuse_csv_quoting(table: Any, path: Path) -> None:
+    """A TSV written the CSV way (pandas' ``to_csv(sep="\\t")``, Excel) wraps a cell with a
+    quote in quotes and doubles the quote: read without quoting, as TSV is, its texts kept
+    those quotes and a quoted line break split its row in two, silently. That pattern, a
+    whole cell in quotes with every inner quote doubled, is no natural text."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    for name in table.columns:
+        cells = table[name]
+        if is_numeric_dtype(cells) or is_bool_dtype(cells):
+            continue
+        for row, cell in enumerate(cells):
+            if (isinstance(cell, str) and len(cell) > 3 and cell[0] == cell[-1] == '"'
+                    and '""' in cell[1:-1] and '"' not in cell[1:-1].replace('""', "")):
+                raise CommandError(
+                    f"{path}: {row_label(path, row)}: column {name!r} is {cell[:40]!r}"
+                    f"{'...' if len(cell) > 40 else ''}, quoted the CSV way (inner quotes "
+                    "doubled); a TSV is read without quoting, so the quotes would stay in "
+                    "the text and a quoted line break would split the row: save the file "
+                    "as .csv, or write the TSV unquoted")
 
 
 def _rows_or_none(reader: Any) -> Iterable[list[str]]:

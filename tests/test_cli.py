@@ -46,3 +46,31 @@ def test_demo_names_a_bad_seed_or_verbosity_before_any_work(tiny_llama, capsys):
         _cli.main(["demo", "--backbone", tiny_llama, "--verbose", "-1"])
     err = capsys.readouterr().err
     assert "--verbose: must be 0 or more, got -1" in err and "TF-IDF" not in err
+
+
+def test_sigterm_while_an_output_is_written_leaves_no_temporary_file(tmp_path, monkeypatch,
+                                                                     capsys):
+    # SIGTERM ended Python without unwinding: a half-written hidden .tmp stayed behind.
+    import os
+    import signal
+    import time
+
+    from sklearn_relish import _cli
+    from sklearn_relish._cli_tables import write_new_file
+
+    def stopped_while_writing(args):
+        def write(tmp):
+            with open(tmp, "w") as file:
+                file.write("half of it")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # the handler raises before this ends
+        write_new_file(tmp_path / "out.csv", False, write)
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(_cli, "demo", stopped_while_writing)
+    assert _cli.main(["demo"]) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+    assert "relish: terminated" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
+

@@ -79,6 +79,23 @@ def test_a_blank_line_between_rows_of_a_one_column_file_is_refused_not_dropped(t
     assert len(read_table(path, verbatim=True)) == (2 if kind == "csv" else 1)  # quoted
 
 
+def test_a_tsv_quoted_the_csv_way_is_refused_not_read_with_its_quotes(tmp_path):
+    # pandas' to_csv(sep="\t") quotes a cell holding a quote or a line break: read as TSV
+    # (no quoting), its text kept the quotes and the line break split the row, silently.
+    import pandas as pd
+
+    path = tmp_path / "pd.tsv"
+    pd.DataFrame({"text": ['He said "great" twice', "first line\nsecond line"],
+                  "score": [1, 2]}).to_csv(path, sep="\t", index=False)
+    with pytest.raises(CommandError, match=r"data row 1 \(line 2\): column 'text' .* quoted "
+                                           r"the CSV way .* save the file as \.csv"):
+        read_table(path, verbatim=True)
+    # Quotes in real texts are texts: a quoted phrase, quotes around a whole text.
+    path.write_text('text\tscore\n"Great movie" said my friend\t1\n"all of it"\t2\n')
+    assert list(read_table(path, verbatim=True)["text"]) == [
+        '"Great movie" said my friend', '"all of it"']
+
+
 def test_an_output_folder_that_cannot_take_the_file_is_refused_before_the_work(tmp_path,
                                                                                 monkeypatch):
     # Found only when the temporary file was created after the work, named in the error.
