@@ -119,6 +119,8 @@ def test_as_frame_gives_the_same_rows_as_pandas_objects(fake_sdist):
 def test_unknown_corpus_lists_valid_names(tmp_path):
     with pytest.raises(ValueError, match="amazon.*movies.*nyt.*tweets"):
         load_vader("imdb", data_home=tmp_path)
+    with pytest.raises(TypeError, match=r"one name of .* got list \['tweets'\]"):
+        load_vader(["tweets"], data_home=tmp_path)  # was "unhashable type: 'list'"
 
 
 def test_checksum_mismatch_raises_and_extracts_nothing(fake_sdist, monkeypatch):
@@ -160,6 +162,22 @@ def test_corrupted_cache_is_reextracted(fake_sdist):
     cached = fake_sdist / "vader" / _vader._CORPORA["amazon"][0]
     cached.write_bytes(b"1_1\t4\ttampered")
     assert load_vader("amazon", data_home=fake_sdist).data == [" check out !"]
+
+
+def test_an_extraction_killed_midway_is_cleaned_up_a_day_later(fake_sdist):
+    # SIGKILL skips the finally that removes the temporary folder: it stayed for good.
+    import os
+    import time
+
+    old, fresh = fake_sdist / ".vader-extract-old", fake_sdist / ".vader-extract-now"
+    for folder in (old, fresh):
+        folder.mkdir()
+        (folder / "half.tsv").write_text("1\t2\tpart")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    assert load_vader("tweets", data_home=fake_sdist).data == ["Great day :)",
+                                                               "awful\tawful £5"]
+    assert not old.exists()
+    assert fresh.exists()  # another process may be extracting into it right now
 
 
 def test_download_moves_sdist_into_data_home(fake_sdist, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ import sys
 import tarfile
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,7 @@ def _extract(sdist: Path, vader_dir: Path) -> None:
                 f"{name} extracted from {sdist} has SHA-256 {actual}, expected {_FILE_SHA256[name]}"
             )
 
+    _remove_abandoned_extractions(vader_dir.parent)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".vader-extract-", dir=vader_dir.parent))
     try:
         for name, data in contents.items():
@@ -219,6 +221,20 @@ def _extract(sdist: Path, vader_dir: Path) -> None:
                       "SCIKIT_LEARN_DATA) to a folder with room") from error
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+_ABANDONED_AFTER_S = 24 * 3600  # another process may be extracting now: only old ones go
+
+
+def _remove_abandoned_extractions(data_home: Path) -> None:
+    """Temporary folders of extractions killed midway (SIGKILL skips ``finally``): 2 MB
+    each, left for good. A day old is abandoned, as for the backbones' conversions."""
+    for folder in data_home.glob(".vader-extract-*"):
+        try:
+            if time.time() - folder.stat().st_mtime > _ABANDONED_AFTER_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass  # gone meanwhile, or not ours to stat: the extraction goes on
 
 
 def _download_sdist(data_home: Path) -> Path:
@@ -370,6 +386,9 @@ def load_vader(
     >>> len(X), y.shape  # doctest: +SKIP
     (4200, (4200,))
     """
+    if not isinstance(corpus, str):  # a list of names was "unhashable type: 'list'"
+        raise TypeError(f"corpus must be one name of {sorted(_CORPORA)} (a str), got "
+                        f"{type(corpus).__name__} {corpus!r:.60}; load each corpus in turn")
     if corpus not in _CORPORA:
         raise ValueError(f"corpus must be one of {sorted(_CORPORA)}, got {corpus!r}")
     if data_home is None:
