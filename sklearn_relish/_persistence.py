@@ -202,6 +202,9 @@ def load_model(path: str | os.PathLike, *,
     """
     moves = _check_moves(moved_backbones)
     path = Path(path).expanduser()
+    if path.is_dir():  # still "no model file": FileNotFoundError, as before
+        raise FileNotFoundError(f"No model file at {path}: it is a folder; name the file "
+                                "save_model wrote.")
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}.")
     with open(path, "rb") as stream:

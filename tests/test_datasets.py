@@ -119,6 +119,9 @@ def test_as_frame_gives_the_same_rows_as_pandas_objects(fake_sdist):
 def test_unknown_corpus_lists_valid_names(tmp_path):
     with pytest.raises(ValueError, match="amazon.*movies.*nyt.*tweets"):
         load_vader("imdb", data_home=tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"a_file: it is a file, not a folder"):
+        load_vader("tweets", data_home=tmp_path / "a_file")
     with pytest.raises(TypeError, match=r"one name of .* got list \['tweets'\]"):
         load_vader(["tweets"], data_home=tmp_path)  # was "unhashable type: 'list'"
 

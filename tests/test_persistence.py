@@ -570,7 +570,7 @@ def test_full_disk_while_saving_keeps_the_old_file(fitted, tmp_path, monkeypatch
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="No model file"):
         load_model(tmp_path / "nothing-here.joblib")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="it is a folder"):
         load_model(tmp_path)  # a folder is not a model file
 
 

@@ -269,6 +269,10 @@ def _prepare(data_home: Path, download_if_missing: bool) -> Path:
     vader_dir = data_home / "vader"
     if _cache_is_valid(vader_dir):
         return vader_dir
+    for folder in (data_home, vader_dir):  # not FileExistsError from mkdir, naming neither
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"VADER data cannot go into {folder}: it is a file, not "
+                                     "a folder; pass another data_home (or SCIKIT_LEARN_DATA)")
 
     sdist = data_home / _SDIST_NAME
     if not sdist.is_file() and not download_if_missing:
