@@ -433,7 +433,9 @@ def row_error(error: Exception, path: str | os.PathLike) -> CommandError:
     """
     import re
 
-    message = str(error)
+    # The estimator's advice is Python's; a shell user fixes the file.
+    message = str(error).replace("Convert the column to text first, e.g. X.astype(str).",
+                                 "Write it as text in the file.")
     found = re.search(r"\b(?:X|y|sample_weight)\[(\d+)\]", message)
     if found:
         message = f"{row_label(path, int(found.group(1)))}: {message}"

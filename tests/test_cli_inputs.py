@@ -172,3 +172,15 @@ def test_one_column_as_both_texts_of_a_pair_is_refused(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == ("relish: error: --text and --text-pair name the same "
                                    "column ('text'); a pair needs two columns")
+
+
+def test_a_non_text_cell_is_named_in_the_files_terms_not_pythons():
+    # "Convert the column to text first, e.g. X.astype(str)" was advice for Python users.
+    from sklearn_relish._cli_tables import row_error
+
+    error = TypeError("X[0] is a dict ({'a': 1}), not a str. Convert the column to text "
+                      "first, e.g. X.astype(str).")
+    message = str(row_error(error, "new.jsonl"))
+    assert message.startswith("new.jsonl: data row 1: ")
+    assert "astype" not in message and "Write it as text in the file." in message
+
