@@ -103,6 +103,8 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # The package's advice names Python parameters; here they are --param settings.
+    message = str(message).replace("intervals='cv'", "--param intervals=cv")
     print(f"relish: warning: {message}", file=sys.stderr if file is None else file)
 
 
@@ -119,8 +121,11 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 def _sigterm_unwinds() -> Iterator[None]:
     """SIGTERM (a scheduler's stop, a plain ``kill``) ended Python without unwinding, so
     the temporary file of an output being written stayed beside it, hundreds of MB."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers belong to the main thread; elsewhere, left as they are
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN):
+        # Signal handlers belong to the main thread; and a SIGTERM the parent chose to
+        # ignore (nohup-like wrappers) stays ignored, as Python leaves an ignored SIGINT.
+        yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:

@@ -76,7 +76,9 @@ def _numeric(targets: Any, path: str, role: str = "target") -> Any:
     numbers = targets.apply(pandas.to_numeric, errors="coerce")
     # True/False (a CSV column of them, JSON booleans) would count as 1/0, where the
     # text 'True' beside numbers is refused: refused alike.
-    booleans = targets.map(lambda cell: isinstance(cell, bool | np.bool_)).to_numpy()
+    booleans = targets.apply(  # per column: DataFrame.map needs pandas 2.1
+        lambda column: column.map(lambda cell: isinstance(cell, bool | np.bool_))
+    ).to_numpy(bool)
     bad = ~np.isfinite(numbers.to_numpy(float)) | booleans
     if bad.any():
         row, col = np.argwhere(bad)[0]

@@ -8,11 +8,12 @@ temporary file and renamed into place, so an existing file is never half-overwri
 from __future__ import annotations
 
 import codecs
+import contextlib
 import math
 import numbers
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +116,18 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (),
 def _refuse_blank_lines(path: Path, kind: str) -> None:
     """In a one-column file a blank line between rows is an empty text, or a stray line:
     pandas skips it, which returned fewer predictions than the file has rows, silently.
-    Blank lines at the end (an editor's) are no rows either way."""
+    Blank lines at the end (an editor's) are no rows either way. Blank as pandas means it:
+    the line itself is empty or whitespace (a quoted ``"  "`` is a text)."""
     import csv
 
-    with open(path, encoding="utf-8-sig", newline="") as file:
-        reader = csv.reader(file, delimiter="\t" if kind == "tsv" else ",",
+    with open(path, encoding="utf-8-sig", newline="") as file, _no_field_limit():
+        lines = _LineRecorder(file)
+        reader = csv.reader(lines, delimiter="\t" if kind == "tsv" else ",",
                             quoting=_quoting(kind))
         blank_line, seen_header, start = None, False, 1
-        for fields in _rows_or_none(reader):
-            blank = not fields or (len(fields) == 1 and not fields[0].strip())
+        for _ in reader:
+            blank = not "".join(lines.taken).strip()
+            lines.taken.clear()
             if blank and seen_header and blank_line is None:
                 blank_line = start
             elif not blank:
@@ -136,37 +140,77 @@ def _refuse_blank_lines(path: Path, kind: str) -> None:
             start = reader.line_num + 1
 
 
-def _refuse_csv_quoting(table: Any, path: Path) -> None:
-    """A TSV written the CSV way (pandas' ``to_csv(sep="\\t")``, Excel) wraps a cell with a
-    quote in quotes and doubles the quote: read without quoting, as TSV is, its texts kept
-    those quotes and a quoted line break split its row in two, silently. That pattern, a
-    whole cell in quotes with every inner quote doubled, is no natural text."""
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+class _LineRecorder:
+    """The file's lines as csv.reader takes them, kept until the row they make is read."""
 
-    for name in table.columns:
-        cells = table[name]
-        if is_numeric_dtype(cells) or is_bool_dtype(cells):
-            continue
-        for row, cell in enumerate(cells):
-            if (isinstance(cell, str) and len(cell) > 3 and cell[0] == cell[-1] == '"'
-                    and '""' in cell[1:-1] and '"' not in cell[1:-1].replace('""', "")):
-                raise CommandError(
-                    f"{path}: {row_label(path, row)}: column {name!r} is {cell[:40]!r}"
-                    f"{'...' if len(cell) > 40 else ''}, quoted the CSV way (inner quotes "
-                    "doubled); a TSV is read without quoting, so the quotes would stay in "
-                    "the text and a quoted line break would split the row: save the file "
-                    "as .csv, or write the TSV unquoted")
+    def __init__(self, file: Any) -> None:
+        self.file, self.taken = file, []
+
+    def __iter__(self) -> _LineRecorder:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.file)
+        self.taken.append(line)
+        return line
 
 
-def _rows_or_none(reader: Any) -> Iterable[list[str]]:
-    """The reader's rows, ending quietly at what pandas read but Python's csv refuses (a
-    cell over its field size limit): the check is a guard, not a second parser."""
+@contextlib.contextmanager
+def _no_field_limit() -> Iterator[None]:
+    """Python's csv refuses cells over 128 KiB, which pandas reads: a guard that stopped
+    there would let a blank line after a long text through."""
     import csv
 
+    previous = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # a C long everywhere
     try:
-        yield from reader
-    except csv.Error:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _refuse_csv_quoting(table: Any, path: Path) -> None:
+    """A TSV written the CSV way (pandas' ``to_csv(sep="\\t")``, Excel) quotes a cell that
+    holds a quote (doubling it) or a line break: read without quoting, as TSV is, its
+    texts kept those quotes and the line break split its row, silently. Two patterns no
+    natural text makes: a whole cell in quotes with every inner quote doubled; a row
+    ending in a cell that opens a quote, with a later row's first cell closing it."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    def odd_quotes(cell: Any) -> bool:
+        return isinstance(cell, str) and cell.count('"') % 2 == 1
+
+    names = [name for name in table.columns
+             if not (is_numeric_dtype(table[name]) or is_bool_dtype(table[name]))]
+    for name in names:
+        for row, cell in enumerate(table[name]):
+            if (isinstance(cell, str) and len(cell) > 3 and cell[0] == cell[-1] == '"'
+                    and '""' in cell[1:-1] and '"' not in cell[1:-1].replace('""', "")):
+                _refuse_quoted(path, row, name, cell, "inner quotes doubled")
+    if not names:
         return
+    rows = table.to_numpy(dtype=object)
+    for row, cells in enumerate(rows):
+        filled = [col for col, cell in enumerate(cells) if not _is_missing(cell)]
+        last = cells[filled[-1]] if filled else None
+        if not (odd_quotes(last) and last.startswith('"')):
+            continue
+        for later in rows[row + 1:row + 101]:  # a cell of up to 100 lines
+            if odd_quotes(later[0]) and later[0].endswith('"'):
+                _refuse_quoted(path, row, table.columns[filled[-1]], last,
+                               "a line break inside quotes")
+
+
+def _is_missing(cell: Any) -> bool:
+    return cell is None or (isinstance(cell, float) and cell != cell)
+
+
+def _refuse_quoted(path: Path, row: int, name: Any, cell: str, pattern: str) -> None:
+    raise CommandError(
+        f"{path}: {row_label(path, row)}: column {name!r} is {cell[:40]!r}"
+        f"{'...' if len(cell) > 40 else ''}, quoted the CSV way ({pattern}); a TSV is read "
+        "without quoting, so the quotes would stay in the text and a quoted line break "
+        "would split the row: save the file as .csv, or write the TSV unquoted")
 
 
 def _first_non_utf8(path: Path) -> str:
@@ -332,8 +376,11 @@ def refuse_to_overwrite(path: str | os.PathLike, force: bool,
         raise CommandError(f"{path}: the folder {path.parent} does not exist")
     if not path.parent.is_dir():
         raise CommandError(f"{path}: {path.parent} is a file, not a folder")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise CommandError(f"{path}: the folder {path.parent} is not writable here")
+    # A link replaced with --force is written through, beside its target, as
+    # write_atomically does: that folder is the one that must take the file.
+    folder = Path(os.path.realpath(path)).parent if path.is_symlink() else path.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"{path}: the folder {folder} is not writable here")
     return path
 
 

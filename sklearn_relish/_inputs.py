@@ -48,6 +48,11 @@ def _check_text(value: Any, where: str | Callable[[], str], in_pair: bool = Fals
             f"{_name(where)} is a {type(value).__name__} ({value!r:.50}), not a str: give text "
             "pairs as (text_a, text_b) on every row, or as two columns, and single texts as str."
         )
+    if isinstance(value, bytes | bytearray):  # astype(str) would make it "b'...'"
+        raise TypeError(
+            f"{_name(where)} is a {_short_type(value)}, not a str: decode it first, e.g. "
+            "X.str.decode('utf-8') (pandas) or [b.decode('utf-8') for b in X]."
+        )
     if in_pair:
         # A text column beside a numeric one (Ridge's habit): X.astype(str) would silently
         # fit a model of (text, "3.0") pairs.

@@ -303,15 +303,6 @@ class IntervalMixin:
             )
         method = self._interval_method()
         n_scores = len(self.calibration_scores_)
-        if method in ("split", "cqr") and n_scores < FEW_CALIBRATION_TEXTS:
-            warnings.warn(
-                f"These intervals are calibrated on {n_scores} held-out texts, which also "
-                f"chose the epoch; with fewer than {FEW_CALIBRATION_TEXTS}, "
-                f"intervals='{method}' covers less than asked (90% 'split' intervals "
-                "covered 86.5% of new texts with 20 held out, 87.9% with 50; README, "
-                "'Prediction intervals'). For intervals you report, refit with "
-                "intervals='cv', which calibrates on every training text.",
-                UserWarning, stacklevel=user_stacklevel())
         chunks = []
         for offset, states, featurizer in self._token_state_chunks(X):
             if method == "cv+":
@@ -324,6 +315,16 @@ class IntervalMixin:
                 chunks.append(intervals(method, outputs, self.calibration_scores_, coverage))
         if not chunks:
             return np.zeros((0, *np.shape(self.y_mean_), 2))
+        # After the input is checked and found not empty: intervals to warn about.
+        if method in ("split", "cqr") and n_scores < FEW_CALIBRATION_TEXTS:
+            warnings.warn(
+                f"These intervals are calibrated on {n_scores} held-out texts, which also "
+                f"chose the epoch; with fewer than {FEW_CALIBRATION_TEXTS}, "
+                f"intervals='{method}' covers less than asked (90% 'split' intervals "
+                "covered 86.5% of new texts with 20 held out, 87.9% with 50; README, "
+                "'Prediction intervals'). For intervals you report, refit with "
+                "intervals='cv', which calibrates on every training text.",
+                UserWarning, stacklevel=user_stacklevel())
         bounds = np.concatenate(chunks)
         if not np.isfinite(bounds).all():
             # Honest, not an error; but a silent column of inf surprised users of the

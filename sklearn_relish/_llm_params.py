@@ -89,8 +89,8 @@ class LLMParamsMixin:
             # loads, on a stand-in: this estimator records them only once fit succeeds.
             validate_data(BaseEstimator(), X, skip_check_array=True, reset=True,
                           ensure_2d=False)
-        if not reset and not texts and (isinstance(X, list | tuple)
-                                         or getattr(X, "ndim", None) == 1):
+        if not reset and not texts and getattr(X, "ndim", 1) == 1 and not (
+                hasattr(X, "columns") or hasattr(X, "column_names")):
             # An empty list or 1-D array (a Series a mask emptied) has no columns to tell
             # texts from pairs: it is the fitted kind. An empty DataFrame keeps its columns.
             kind = PAIR if self.n_features_in_ == 2 else kind

@@ -74,3 +74,31 @@ def test_sigterm_while_an_output_is_written_leaves_no_temporary_file(tmp_path, m
     assert "relish: terminated" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before
 
+
+def test_an_ignored_sigterm_stays_ignored(monkeypatch):
+    # A parent that ignores SIGTERM for its children (nohup-like) is obeyed, as Python
+    # obeys an ignored SIGINT: the run was stopped with exit 143.
+    import os
+    import signal
+
+    from sklearn_relish import _cli
+
+    def sent_sigterm(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 0
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        monkeypatch.setattr(_cli, "demo", sent_sigterm)
+        assert _cli.main(["demo"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_warnings_name_command_line_settings(capsys):
+    _cli._show_warning(UserWarning("refit with intervals='cv', which calibrates"),
+                       UserWarning, "x.py", 1)
+    assert capsys.readouterr().err == (
+        "relish: warning: refit with --param intervals=cv, which calibrates\n")
+

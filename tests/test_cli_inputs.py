@@ -77,6 +77,13 @@ def test_a_blank_line_between_rows_of_a_one_column_file_is_refused_not_dropped(t
     assert list(read_table(path, verbatim=True)["text"]) == ["happy", "sad"]
     path.write_text('text\n"two\n\nparagraphs"\nok\n' if kind == "csv" else "text\nok\n")
     assert len(read_table(path, verbatim=True)) == (2 if kind == "csv" else 1)  # quoted
+    if kind == "csv":  # a quoted whitespace text is a text, as pandas reads it
+        path.write_text('text\nhello\n"  "\nworld\n')
+        assert list(read_table(path, verbatim=True)["text"]) == ["hello", "  ", "world"]
+    # Past a cell longer than Python's csv field limit (128 KiB), still checked.
+    path.write_text("text\n" + "a" * 200_000 + "\n\nb\n")
+    with pytest.raises(CommandError, match="line 3 is blank"):
+        read_table(path, verbatim=True)
 
 
 def test_a_tsv_quoted_the_csv_way_is_refused_not_read_with_its_quotes(tmp_path):
@@ -90,6 +97,12 @@ def test_a_tsv_quoted_the_csv_way_is_refused_not_read_with_its_quotes(tmp_path):
     with pytest.raises(CommandError, match=r"data row 1 \(line 2\): column 'text' .* quoted "
                                            r"the CSV way .* save the file as \.csv"):
         read_table(path, verbatim=True)
+    # A line break and no quote: the cell is quoted all the same, and split in two.
+    for name, frame in [("nl.tsv", {"text": ["first line\nsecond line", "ok"], "id": [1, 2]}),
+                        ("nl1.tsv", {"text": ["first\nsecond", "third"]})]:
+        pd.DataFrame(frame).to_csv(tmp_path / name, sep="\t", index=False)
+        with pytest.raises(CommandError, match=r"data row 1 .*\(a line break inside quotes\)"):
+            read_table(tmp_path / name, verbatim=True)
     # Quotes in real texts are texts: a quoted phrase, quotes around a whole text.
     path.write_text('text\tscore\n"Great movie" said my friend\t1\n"all of it"\t2\n')
     assert list(read_table(path, verbatim=True)["text"]) == [
@@ -111,6 +124,13 @@ def test_an_output_folder_that_cannot_take_the_file_is_refused_before_the_work(t
     with pytest.raises(CommandError, match="locked is not writable"):
         refuse_to_overwrite(locked / "out.csv", force=False)
     assert refuse_to_overwrite(tmp_path / "out.csv", force=False) == tmp_path / "out.csv"
+    # A link replaced with --force is written beside its target: that folder decides.
+    (tmp_path / "real.csv").write_text("old\n")
+    (locked / "current.csv").symlink_to(tmp_path / "real.csv")
+    assert refuse_to_overwrite(locked / "current.csv", force=True) == locked / "current.csv"
+    (tmp_path / "link.csv").symlink_to(locked / "target.csv")
+    with pytest.raises(CommandError, match="locked is not writable"):
+        refuse_to_overwrite(tmp_path / "link.csv", force=True)
 
 
 def test_true_and_false_targets_are_refused_as_the_word_true_is(tmp_path):

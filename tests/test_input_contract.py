@@ -76,6 +76,17 @@ def test_fit_non_string_entry_names_the_row(tiny_llama, value):
               TARGETS)
 
 
+@pytest.mark.parametrize("pairs", [False, True])
+def test_bytes_are_told_to_decode_not_astype_str(tiny_llama, pairs):
+    # astype(str) turns b"good" into the text "b'good'"; as a pair's second cell the
+    # message told the user to pass the text column alone.
+    X = [(t, t) for t in TEXTS] if pairs else list(TEXTS)
+    X[2] = (TEXTS[2], b"good") if pairs else b"good"
+    info = fit_fails(tiny_llama, TypeError, r"X\[2(, 1)?\] is a bytes .* decode it first", X,
+                     TARGETS)
+    assert "astype" not in str(info.value) and "text pairs" not in str(info.value)
+
+
 def test_predict_int_entries_name_the_row(fitted):
     predict_fails(fitted, TypeError, r"X\[1\] is a int", ["good", 7])
 
@@ -368,7 +379,10 @@ def test_two_column_frame_is_pairs(tiny_llama):
         model.predict(TEXTS[:2])
     # An empty list has no columns to disagree with: no pairs, no predictions. Nor has
     # an empty Series or 1-D array (a mask that selected nothing), which were refused.
-    for empty in ([], pd.Series([], dtype=object), np.array([], dtype=object)):
+    import pyarrow as pa
+
+    for empty in ([], pd.Series([], dtype=object), np.array([], dtype=object),
+                  pa.array([], pa.string()), pa.chunked_array([], pa.string())):
         assert model.predict(empty).shape == (0,)
     with pytest.raises(ValueError, match=r"yet now missing:\n- b"):
         model.predict(frame[["a"]].iloc[:0])  # an empty frame still has its one column

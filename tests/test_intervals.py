@@ -237,6 +237,11 @@ def test_a_small_hold_out_says_split_covers_less_and_names_cv(calibrated, monkey
     assert got[0].filename == __file__
     import warnings
 
+    with warnings.catch_warnings():  # no intervals, nothing to warn of; bad input: the error
+        warnings.simplefilter("error")
+        assert calibrated.predict_interval([]).shape == (0, 2)
+        with pytest.raises(TypeError, match=r"X\[0\] is a int"):
+            calibrated.predict_interval([1, 2])
     monkeypatch.setattr(_intervals, "FEW_CALIBRATION_TEXTS", 16)  # as if 16 were enough
     with warnings.catch_warnings():
         warnings.simplefilter("error")
