@@ -327,7 +327,11 @@ def test_a_full_disk_during_conversion_names_the_folder_and_leaves_nothing(tmp_p
     import errno
     import importlib.util
 
+    # transformers.modeling_utils imported now binds the real save_file: imported first
+    # under the patch, it kept the failing one for the session, and every later
+    # save_pretrained (the tiny test backbone's) hit a full disk.
     import safetensors.torch
+    import transformers.modeling_utils  # noqa: F401
 
     from sklearn_relish._embedded import EMBEDDED, _convert_gguf
 
