@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._files import write_atomically
+from ._inputs import is_missing
 
 READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
            ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -191,7 +192,7 @@ def _refuse_csv_quoting(table: Any, path: Path) -> None:
         return
     rows = table.to_numpy(dtype=object)
     for row, cells in enumerate(rows):
-        filled = [col for col, cell in enumerate(cells) if not _is_missing(cell)]
+        filled = [col for col, cell in enumerate(cells) if not is_missing(cell)]
         last = cells[filled[-1]] if filled else None
         if not (odd_quotes(last) and last.startswith('"')):
             continue
@@ -199,10 +200,6 @@ def _refuse_csv_quoting(table: Any, path: Path) -> None:
             if odd_quotes(later[0]) and later[0].endswith('"'):
                 _refuse_quoted(path, row, table.columns[filled[-1]], last,
                                "a line break inside quotes")
-
-
-def _is_missing(cell: Any) -> bool:
-    return cell is None or (isinstance(cell, float) and cell != cell)
 
 
 def _refuse_quoted(path: Path, row: int, name: Any, cell: str, pattern: str) -> None:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._files import give_new_file_permissions, new_temp_dir, new_temp_file
+from ._files import give_new_file_permissions, is_disk_full, new_temp_dir, new_temp_file
 
 PREFIX = "embedded:"
 SMOLLM2 = PREFIX + "SmolLM2-135M-Instruct-Q4_1"
@@ -223,7 +223,7 @@ def _convert_gguf(folder: Path, gguf_file: str) -> Path:
                 os.replace(work, target)
     except OSError as error:
         shutil.rmtree(work, ignore_errors=True)
-        if error.errno is None:  # transformers' own errors (a file it cannot read)
+        if not is_disk_full(error):  # transformers' own errors, a folder it cannot read
             raise
         # A full home disk failed inside transformers' or safetensors' write, naming no
         # folder: say where the conversion goes and how to move it.

@@ -9,6 +9,7 @@ process's umask, as it does to every other file.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -21,6 +22,11 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
+
+def is_disk_full(error: OSError) -> bool:
+    """A full disk or quota, which a library's write reports naming no file: callers
+    re-raise it saying where they were writing and how to write elsewhere."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 def new_temp_file(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> tuple[int, str]:
     """An open descriptor and the path of a new, empty file in ``folder`` (umask applies)."""

@@ -9,7 +9,6 @@ tarball. This module obtains that sdist (from the data home or with
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import get_data_home
 from sklearn.utils import Bunch
+
+from .._files import is_disk_full
 
 __all__ = ["load_vader"]
 
@@ -213,7 +214,7 @@ def _extract(sdist: Path, vader_dir: Path) -> None:
         for name in contents:
             os.replace(tmp_dir / name, vader_dir / name)
     except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_disk_full(error):
             raise
         # A full disk names no file: say where the data was going, and what to free.
         raise OSError(error.errno, f"cannot extract the VADER data into {vader_dir} "
