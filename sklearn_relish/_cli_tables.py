@@ -178,28 +178,41 @@ def _refuse_csv_quoting(table: Any, path: Path) -> None:
     ending in a cell that opens a quote, with a later row's first cell closing it."""
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-    def odd_quotes(cell: Any) -> bool:
-        return isinstance(cell, str) and cell.count('"') % 2 == 1
-
-    names = [name for name in table.columns
+    texts = [name for name in table.columns
              if not (is_numeric_dtype(table[name]) or is_bool_dtype(table[name]))]
-    for name in names:
-        for row, cell in enumerate(table[name]):
+    if not texts:
+        return
+    # Both patterns need a cell that starts with a quote: rare, so such rows are found by
+    # pandas' vectorised test and only they are looked at cell by cell (a Python loop
+    # over every cell made reading 200,000 rows of 10 columns 5 times slower).
+    opening = np.zeros(len(table), dtype=bool)
+    for name in texts:
+        try:  # pandas' string columns test in C; an object column in Python
+            starts = table[name].str.startswith('"', na=False)
+        except AttributeError:  # no .str: values that are not all text
+            starts = table[name].map(lambda cell: isinstance(cell, str) and cell[:1] == '"')
+        opening |= starts.to_numpy(bool)
+    if not opening.any():
+        return
+    first_cells = table.iloc[:, 0].tolist()
+    rows = np.flatnonzero(opening)
+    for row, cells in zip(rows, table.iloc[rows].to_numpy(dtype=object), strict=True):
+        for name, cell in zip(table.columns, cells, strict=True):
             if (isinstance(cell, str) and len(cell) > 3 and cell[0] == cell[-1] == '"'
                     and '""' in cell[1:-1] and '"' not in cell[1:-1].replace('""', "")):
                 _refuse_quoted(path, row, name, cell, "inner quotes doubled")
-    if not names:
-        return
-    rows = table.to_numpy(dtype=object)
-    for row, cells in enumerate(rows):
         filled = [col for col, cell in enumerate(cells) if not is_missing(cell)]
         last = cells[filled[-1]] if filled else None
-        if not (odd_quotes(last) and last.startswith('"')):
+        if not (_odd_quotes(last) and last.startswith('"')):
             continue
-        for later in rows[row + 1:row + 101]:  # a cell of up to 100 lines
-            if odd_quotes(later[0]) and later[0].endswith('"'):
-                _refuse_quoted(path, row, table.columns[filled[-1]], last,
-                               "a line break inside quotes")
+        if any(_odd_quotes(cell) and cell.endswith('"')  # closed within 100 lines
+               for cell in first_cells[row + 1:row + 101]):
+            _refuse_quoted(path, row, table.columns[filled[-1]], last,
+                           "a line break inside quotes")
+
+
+def _odd_quotes(cell: Any) -> bool:
+    return isinstance(cell, str) and cell.count('"') % 2 == 1
 
 
 def _refuse_quoted(path: Path, row: int, name: Any, cell: str, pattern: str) -> None:
